@@ -1,0 +1,110 @@
+"""Every configuration field, with its default and what it means.
+
+Targets override a few fields (configs/mars.py, …); `--config=configs/X.py:variant` selects a
+variant through get_config(arg); single fields change on the command line: --config.loss.triplet=0.
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # one seed drives parameters, sampling, augmentation and k-means
+    c.variant = "paper"  # 'paper' (the method as described) or 'reference' (the authors' code)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = ml_collections.ConfigDict()
+    c.data.source.name = "svreid"  # labelled source dataset (svreid_jax.data.datasets.load name)
+    c.data.source.root = ""  # folder that holds it (see README, "Pointing a config at real data")
+    c.data.source.options = ml_collections.ConfigDict()  # extra keyword arguments for the reader
+    c.data.target = ml_collections.ConfigDict()
+    c.data.target.name = "mars"  # unlabelled target dataset; its query/gallery are evaluated
+    c.data.target.root = ""  # folder that holds it
+    c.data.target.options = ml_collections.ConfigDict()  # e.g. gallery='include_query' for MARS
+    c.data.demo = False  # generate the procedural demo data (svreid_jax.data.toy) and use it
+    c.data.demo_root = ""  # where the demo data goes; empty = <workdir>/data
+    c.data.demo_options = ml_collections.ConfigDict()  # keyword arguments for toy.ensure (sizes, seed)
+    c.data.demo_source_domain = "source"  # demo domain used as labelled source: 'source', or 'target' (oracle)
+    c.data.height = 256  # frame height after resize (pixels)
+    c.data.width = 128  # frame width after resize (pixels)
+    c.data.seq_len = 4  # frames per training clip
+    c.data.train_temporal = "restricted_random"  # temporal crop for training clips (data.sampling)
+    c.data.target_sampling = "random"  # 'random' (label-free) or 'identity' (P×K by target labels, D7)
+    c.data.num_threads = 2  # grain reader threads per iterator
+    c.data.prefetch = 4  # batches buffered ahead by grain
+
+    c.batch = ml_collections.ConfigDict()
+    c.batch.num_identities = 8  # P: identities per source batch
+    c.batch.num_instances = 4  # K: tracklets per identity
+    c.batch.target_size = 32  # target clips per step
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.flip = True  # random horizontal flip, one decision per clip
+    c.augment.erasing_probability = 0.5  # Random Erasing probability per clip (0 disables)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.depth = 50  # ResNet depth: 18, 34, 50, 101, or 'tiny' for tests and the demo
+    c.model.width = 64  # base channel width (64 for the real ResNets)
+    c.model.last_stride = 1  # stride of the last stage (1 keeps 16×8 maps at 256×128, re-ID custom)
+    c.model.stem_pool_padding = 1  # stem max-pool padding (torchvision 1; the reference 0)
+    c.model.conv_bias = False  # biases on convolutions (the reference's inflated convs have them)
+    c.model.frame_pooling = "max"  # per-frame spatial pooling: 'max' (reference) or 'avg'
+    c.model.disc_hidden = 256  # hidden units of the domain discriminators
+    c.model.disc_dropout = 0.5  # dropout inside the discriminators
+    c.model.dtype = "float32"  # compute dtype ('bfloat16' on accelerators); parameters stay float32
+    c.model.init_from = ""  # local ImageNet weights (.pth or .npz); empty = random init
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.ce = 1.0  # weight of the source identity cross-entropy
+    c.loss.label_smoothing = 0.0  # label smoothing of that cross-entropy (reference: none)
+    c.loss.triplet = 1.0  # weight of the batch-hard triplet loss on source
+    c.loss.triplet_margin = 0.3  # triplet margin
+    c.loss.triplet_metric = "cosine"  # triplet distance: 'cosine' (reference) or 'euclidean'
+    c.loss.frame_domain = 1.0  # weight of the frame-level domain loss (static invariance; 0 disables)
+    c.loss.clip_domain = 1.0  # weight of the sequence-level domain loss (dynamic invariance; 0 disables)
+    c.loss.consistency_ce = 1.0  # weight of L^C_1, student soft assignment vs teacher clusters (0 disables)
+    c.loss.consistency_dist = 1.0  # weight of L^C_2, student distance to its teacher centroid (0 disables)
+
+    c.adaptation = ml_collections.ConfigDict()
+    c.adaptation.grl_max_steps = 20000  # I_max of the GRL schedule β = 2/(1+exp(−10·step/I_max)) − 1
+    c.adaptation.ema_decay = 0.999  # teacher EMA decay α
+    c.adaptation.ema_warmup = True  # use min(1 − 1/(step+1), α) early on
+    c.adaptation.kmeans_clusters = 8  # clusters of the teacher's target embeddings per batch
+    c.adaptation.kmeans_iters = 10  # Lloyd iterations (fixed, so the step is jit-able)
+    c.adaptation.consistency_temperature = 0.1  # temperature of the student's soft assignment
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam_l2"  # 'adam_l2' (torch Adam, L2 in the gradient: reference) or 'adamw'
+    c.optimizer.learning_rate = 3e-4  # peak learning rate
+    c.optimizer.beta1 = 0.9  # Adam β1
+    c.optimizer.beta2 = 0.999  # Adam β2
+    c.optimizer.eps = 1e-8  # Adam ε
+    c.optimizer.weight_decay = 5e-4  # L2 / decoupled weight decay
+    c.optimizer.decay_bn_and_bias = False  # also decay BN scales and biases (the reference does)
+    c.optimizer.lr_milestones = (40, 80, 120)  # epochs at which the learning rate is multiplied by lr_gamma
+    c.optimizer.lr_gamma = 0.1  # multiplier at each milestone
+    c.optimizer.warmup_epochs = 0.0  # linear warm-up length in epochs (0 = none)
+    c.optimizer.warmup_factor = 0.1  # warm-up starts at this fraction of the peak rate
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_epochs = 150  # epochs over the source P×K sampler
+    c.train.steps_per_epoch = -1  # -1 = as many as the source sampler gives; >0 caps it
+    c.train.log_every_steps = 50  # metrics and progress (steps/s, ETA) every this many steps
+    c.train.eval_every_epochs = 5  # target evaluation every this many epochs (0 = only at the end)
+    c.train.checkpoint_every_epochs = 5  # checkpoint every this many epochs (and always at the end)
+    c.train.max_consecutive_nonfinite = 10  # stop after this many skipped (NaN/inf) updates in a row
+    c.train.keep_checkpoints = 2  # checkpoints kept on disk
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.temporal = "restricted_begin"  # 'restricted_begin' (reference 4 frames), 'evenly' or 'dense'
+    c.eval.seq_len = 4  # frames per evaluation clip
+    c.eval.batch_size = 32  # clips per evaluation batch (multiple of the device count)
+    c.eval.distance = "cosine"  # 'cosine', 'euclidean' or 'inner' (reference CCVID: raw inner product)
+    c.eval.flip_average = False  # also embed mirrored clips and average
+    c.eval.use_teacher = False  # evaluate the EMA teacher instead of the student
+    c.eval.max_rank = 50  # CMC length
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.mode = "jit"  # 'jit' (mesh + NamedSharding, global BN)
+    c.parallel.multihost = False  # call jax.distributed.initialize() first
+    return c

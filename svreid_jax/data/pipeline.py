@@ -1,0 +1,205 @@
+"""grain input pipelines: P×K source batches, label-free target batches, evaluation clips.
+
+A training stream is a grain `MapDataset` over *positions* 0, 1, 2, …: position i is the i-th item
+of the endless concatenation of sampler epochs (epoch = i // items_per_epoch). So the iterator
+state is one integer, resuming is exact, and every process can compute any position. Decoding,
+resizing and flipping run in grain threads; batches are uint8 `[B, T, H, W, 3]`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from svreid_jax.data import sampling, transforms
+from svreid_jax.data.records import Tracklet
+
+# Streams are long but finite so grain can index them; 2**40 positions never run out.
+_STREAM_LENGTH = 2**40
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+    """How a clip is cut from a tracklet and how frames are prepared."""
+
+    seq_len: int = 4
+    height: int = 256
+    width: int = 128
+    temporal: str = "restricted_random"  # see sampling.clip_indices
+    flip: bool = True  # random horizontal flip, one decision per clip
+
+
+class _EpochStream:
+    """Random-access view of an endless sampler: position → tracklet index.
+
+    `epoch_fn(epoch)` returns one epoch of tracklet indices. Each process reads its own slice of
+    every global batch, so a local batch of `local_batch` items is position range
+    [step·global + process·local, … + local) of the global stream.
+    """
+
+    def __init__(self, epoch_fn: Callable[[int], np.ndarray], items_per_epoch: int,
+                 global_batch: int, process_index: int, process_count: int):
+        if items_per_epoch < global_batch:
+            raise ValueError(
+                f"an epoch holds {items_per_epoch} items, fewer than one global batch of {global_batch}; "
+                "use a smaller batch or more data"
+            )
+        if global_batch % process_count:
+            raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+        self._epoch_fn = epoch_fn
+        # Whole batches per epoch: a batch never straddles two sampler epochs.
+        self.batches_per_epoch = items_per_epoch // global_batch
+        self._global = global_batch
+        self._local = global_batch // process_count
+        self._process = process_index
+        self._cache: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return _STREAM_LENGTH
+
+    def _epoch(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            order = self._cache.get(epoch)
+            if order is None:
+                order = self._epoch_fn(epoch)
+                self._cache = {e: o for e, o in self._cache.items() if e >= epoch - 1}
+                self._cache[epoch] = order
+            return order
+
+    def __getitem__(self, position: int) -> tuple[int, int]:
+        step, offset = divmod(int(position), self._local)
+        global_position = step * self._global + self._process * self._local + offset
+        epoch, batch_in_epoch = divmod(step, self.batches_per_epoch)
+        within = batch_in_epoch * self._global + self._process * self._local + offset
+        return int(self._epoch(epoch)[within]), global_position
+
+
+class _LoadTrainClip(grain.transforms.Map):
+    """Samples, decodes and flips one training clip.
+
+    Its randomness comes from (seed, global stream position), not grain's per-process index, so a
+    multi-process run draws exactly the augmentations of a single-process run.
+    """
+
+    def __init__(self, tracklets: Sequence[Tracklet], spec: ClipSpec, seed: int):
+        self._tracklets = tracklets
+        self._spec = spec
+        self._seed = seed
+
+    def map(self, element):
+        index, global_position = element
+        rng = np.random.default_rng([self._seed & 0xFFFFFFFF, global_position])
+        tracklet = self._tracklets[index]
+        spec = self._spec
+        frames = sampling.clip_indices(len(tracklet), spec.seq_len, spec.temporal, rng)
+        flip = bool(spec.flip and rng.random() < 0.5)
+        return {
+            "video": transforms.load_clip(tracklet.frames, frames, spec.height, spec.width, flip),
+            "pid": np.int32(tracklet.pid),
+            "camid": np.int32(tracklet.camid),
+            "index": np.int32(index),
+        }
+
+
+def _train_iterator(tracklets, stream: _EpochStream, batch_size: int, spec: ClipSpec, seed: int,
+                    num_threads: int, prefetch: int) -> grain.DatasetIterator:
+    ds = (
+        grain.MapDataset.source(stream)
+        .map(_LoadTrainClip(tracklets, spec, seed))
+        .batch(batch_size, drop_remainder=True)
+    )
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    return iter(ds.to_iter_dataset(options))
+
+
+def _check_nonempty(tracklets: Sequence[Tracklet], what: str) -> None:
+    if not tracklets:
+        raise ValueError(f"the {what} split holds no tracklets; check the dataset root and its lists")
+
+
+def source_stream(tracklets: Sequence[Tracklet], *, num_identities: int, num_instances: int, spec: ClipSpec,
+                  seed: int, num_threads: int = 2, prefetch: int = 4, process_index: int = 0,
+                  process_count: int = 1) -> tuple[grain.DatasetIterator, int]:
+    """P×K identity batches of the labelled source.
+
+    Returns (iterator of {'video': uint8 [b,T,H,W,3], 'pid','camid','index': int32 [b]}, steps per
+    epoch), where b = P·K / process_count is this process's share of the global batch.
+    """
+    _check_nonempty(tracklets, "source train")
+    pids = [t.pid for t in tracklets]
+    global_batch = num_identities * num_instances
+    local = global_batch // max(process_count, 1)
+    if local % num_instances:
+        raise ValueError(f"each process's batch ({local}) must hold whole groups of K={num_instances}")
+    stream = _EpochStream(
+        lambda epoch: sampling.identity_epoch(pids, num_instances, seed, epoch),
+        sampling.identity_epoch_length(pids, num_instances), global_batch, process_index, process_count,
+    )
+    return _train_iterator(tracklets, stream, local, spec, seed, num_threads, prefetch), stream.batches_per_epoch
+
+
+def target_stream(tracklets: Sequence[Tracklet], *, batch_size: int, spec: ClipSpec, seed: int,
+                  num_threads: int = 2, prefetch: int = 4, process_index: int = 0,
+                  process_count: int = 1, identity_balanced: bool = False,
+                  num_instances: int = 4) -> grain.DatasetIterator:
+    """Target batches. Label-free random tracklets by default (the unsupervised setting).
+
+    identity_balanced=True reproduces the reference's P×K sampling by *target ground-truth* pids
+    (method-spec D7); it uses target labels and the caller should say so.
+    """
+    _check_nonempty(tracklets, "target train")
+    if identity_balanced:
+        pids = [t.pid for t in tracklets]
+        epoch_fn = lambda epoch: sampling.identity_epoch(pids, num_instances, seed + 1, epoch)  # noqa: E731
+        items = sampling.identity_epoch_length(pids, num_instances)
+    else:
+        epoch_fn = lambda epoch: sampling.random_epoch(len(tracklets), seed + 1, epoch)  # noqa: E731
+        items = len(tracklets)
+    stream = _EpochStream(epoch_fn, items, batch_size, process_index, process_count)
+    return _train_iterator(tracklets, stream, batch_size // max(process_count, 1), spec, seed + 1,
+                           num_threads, prefetch)
+
+
+class _LoadEvalClip(grain.transforms.Map):
+    def __init__(self, tracklets: Sequence[Tracklet], spec: ClipSpec):
+        self._tracklets = tracklets
+        self._spec = spec
+
+    def map(self, element):
+        tracklet_index, frame_indices = element
+        spec = self._spec
+        if tracklet_index < 0:  # padding of the last batch
+            return {
+                "video": np.zeros((spec.seq_len, spec.height, spec.width, 3), np.uint8),
+                "tracklet": np.int32(-1),
+            }
+        tracklet = self._tracklets[tracklet_index]
+        return {
+            "video": transforms.load_clip(tracklet.frames, frame_indices, spec.height, spec.width, False),
+            "tracklet": np.int32(tracklet_index),
+        }
+
+
+def eval_clips(tracklets: Sequence[Tracklet], *, spec: ClipSpec, batch_size: int, method: str = "restricted_begin",
+               num_threads: int = 2) -> Iterator[dict]:
+    """Deterministic evaluation clips, in fixed-size batches (the last one padded).
+
+    method: 'restricted_begin' (reference: one 4-frame clip), 'evenly' (one clip of seq_len evenly
+    spaced frames) or 'dense' (all frames in chunks of seq_len; a tracklet gives several clips).
+    Yields {'video': uint8 [batch_size, T, H, W, 3], 'tracklet': int32 [batch_size]} where
+    tracklet = -1 marks padding. Average the clip features per tracklet index.
+    """
+    items: list[tuple[int, np.ndarray]] = []
+    for i, tracklet in enumerate(tracklets):
+        if method == "dense":
+            items.extend((i, chunk) for chunk in sampling.dense_chunks(len(tracklet), spec.seq_len))
+        else:
+            items.append((i, sampling.clip_indices(len(tracklet), spec.seq_len, method)))
+    pad = (-len(items)) % batch_size
+    items.extend([(-1, np.zeros(spec.seq_len, np.int64))] * pad)
+    ds = grain.MapDataset.source(items).map(_LoadEvalClip(tracklets, spec)).batch(batch_size)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))

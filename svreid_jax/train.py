@@ -1,0 +1,267 @@
+"""The training loop: data, model, state, steps, evaluation, logs and checkpoints. No model maths here."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from svreid_jax import steps
+from svreid_jax.data import datasets, pipeline, toy
+from svreid_jax.data.records import DatasetSplits
+from svreid_jax.evaluation import features, ranking
+from svreid_jax.models import reid
+from svreid_jax.state import TrainState, create_train_state, learning_rate_schedule
+from svreid_jax.utils import progress as progress_lib
+from svreid_jax.utils.checkpointing import Checkpointer
+from svreid_jax.utils.writers import MetricWriter
+
+RANKS = (1, 5, 10, 20)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def load_datasets(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits]:
+    """(source splits, target splits) as the config names them; generates the demo data if asked."""
+    source_cfg, target_cfg = config.data.source, config.data.target
+    source_root, target_root = source_cfg.root, target_cfg.root
+    if config.data.demo:
+        root = config.data.demo_root or os.path.join(workdir, "data")
+        paths = toy.ensure(root, **config.data.demo_options.to_dict())
+        target_root = str(paths.target_root)
+        source_root = target_root if config.data.demo_source_domain == "target" else str(paths.source_root)
+    source = datasets.load(source_cfg.name, source_root, **source_cfg.options.to_dict())
+    target = datasets.load(target_cfg.name, target_root, **target_cfg.options.to_dict())
+    return source, target
+
+
+def clip_spec(config, train: bool) -> pipeline.ClipSpec:
+    if train:
+        return pipeline.ClipSpec(seq_len=config.data.seq_len, height=config.data.height, width=config.data.width,
+                                 temporal=config.data.train_temporal, flip=config.augment.flip)
+    return pipeline.ClipSpec(seq_len=config.eval.seq_len, height=config.data.height, width=config.data.width,
+                             temporal=config.eval.temporal, flip=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def create_model(config, num_classes: int) -> reid.ReIDNet:
+    m = config.model
+    backbone = {"depth": m.depth, "width": m.width, "last_stride": m.last_stride,
+                "stem_pool_padding": m.stem_pool_padding, "conv_bias": m.conv_bias}
+    return reid.ReIDNet(num_classes=num_classes, backbone=backbone, frame_pooling=m.frame_pooling,
+                        disc_hidden=m.disc_hidden, disc_dropout=m.disc_dropout, dtype=jnp.dtype(m.dtype))
+
+
+def init_variables(config, model, rng: jax.Array) -> tuple[Any, Any]:
+    shape = (1, config.data.seq_len, config.data.height, config.data.width, 3)
+    params, batch_stats = reid.init_model(model, rng, shape)
+    if config.model.init_from:
+        from svreid_jax import interop  # optional path: only when a weight file is named
+
+        params, batch_stats = interop.load_backbone_weights(config.model.init_from, params, batch_stats)
+    return params, batch_stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(config, model, variables, splits: DatasetSplits, mesh) -> dict[str, float]:
+    """Target query/gallery evaluation: {'rank1','rank5','rank10','rank20','mAP', 'num_valid_queries', ...}."""
+    spec = clip_spec(config, train=False)
+    embed = steps.make_embed_step(model)
+    kwargs = dict(spec=spec, batch_size=config.eval.batch_size, method=config.eval.temporal, mesh=mesh,
+                  num_threads=config.data.num_threads, flip_average=config.eval.flip_average)
+    start = time.perf_counter()
+    q = features.extract(embed, variables, splits.query, **kwargs)
+    g = features.extract(embed, variables, splits.gallery, **kwargs)
+    extract_sec = time.perf_counter() - start
+    distmat = ranking.pairwise_distance(q, g, metric=config.eval.distance)
+    result = ranking.evaluate_ranking(
+        distmat, np.array([t.pid for t in splits.query]), np.array([t.pid for t in splits.gallery]),
+        np.array([t.camid for t in splits.query]), np.array([t.camid for t in splits.gallery]),
+        max_rank=config.eval.max_rank,
+    )
+    metrics = {f"rank{r}": float(result.cmc[r - 1]) for r in RANKS if r <= len(result.cmc)}
+    metrics["mAP"] = float(result.mAP)
+    metrics["num_valid_queries"] = float(result.num_valid_queries)
+    metrics["num_skipped_queries"] = float(result.num_skipped_queries)
+    metrics["extract_sec"] = extract_sec
+    return metrics
+
+
+def results_table(metrics: dict[str, float], title: str) -> str:
+    """A markdown table of R-1/5/10/20 and mAP in percent."""
+    cols = [f"R-{r}" for r in RANKS] + ["mAP"]
+    vals = [100 * metrics[f"rank{r}"] for r in RANKS] + [100 * metrics["mAP"]]
+    return "\n".join([
+        f"| {title} | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+        "| target | " + " | ".join(f"{v:.1f}" for v in vals) + " |",
+    ])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _log_devices() -> None:
+    logging.info("JAX %s, process %d/%d, devices: %s", jax.__version__, jax.process_index(),
+                 jax.process_count(), jax.devices())
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Train as configured, evaluate on the target test split at the end, return the final metrics.
+
+    Writes under workdir: metrics.jsonl, tensorboard/, checkpoints/, results.json, results.md.
+    Resumes automatically from the latest checkpoint in workdir.
+    """
+    if config.parallel.multihost:
+        jax.distributed.initialize()
+    _log_devices()
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    writer = MetricWriter(workdir, enabled=is_main)
+    mesh = steps.data_mesh()
+
+    source, target = load_datasets(config, workdir)
+    num_classes = source.num_train_pids
+    logging.info("source: %d train tracklets / %d ids; target: %d train, %d query, %d gallery tracklets",
+                 len(source.train), num_classes, len(target.train), len(target.query), len(target.gallery))
+
+    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    source_it, steps_per_epoch = pipeline.source_stream(
+        source.train, num_identities=config.batch.num_identities, num_instances=config.batch.num_instances,
+        spec=clip_spec(config, train=True), seed=config.seed, num_threads=config.data.num_threads,
+        prefetch=config.data.prefetch, **process)
+    if config.train.steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, config.train.steps_per_epoch)
+    identity_balanced = config.data.target_sampling == "identity"
+    if identity_balanced:
+        logging.warning("data.target_sampling='identity' samples target batches by target ground-truth "
+                        "labels (the reference's behaviour, method-spec D7): this is not unsupervised.")
+    target_it = pipeline.target_stream(
+        target.train, batch_size=config.batch.target_size, spec=clip_spec(config, train=True),
+        seed=config.seed, num_threads=config.data.num_threads, prefetch=config.data.prefetch,
+        identity_balanced=identity_balanced, num_instances=config.batch.num_instances, **process)
+    uses_target = steps.active_terms(config)["target"]
+    total_steps = config.train.num_epochs * steps_per_epoch
+
+    model = create_model(config, num_classes)
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    params, batch_stats = init_variables(config, model, init_rng)
+    state = create_train_state(config, model.apply, params, batch_stats, state_rng, steps_per_epoch)
+    state = steps.replicate(state, mesh)
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
+    iterators = {"source_iter": source_it, "target_iter": target_it}
+    if checkpointer.latest_step() is not None:
+        state, meta = checkpointer.restore(state, iterators)
+        logging.info("resumed from %s at step %d", checkpointer.directory, int(meta["step"]))
+    start_step = int(jax.device_get(state.step))
+
+    train_step = steps.jit_train_step(steps.make_train_step(model, config), mesh)
+    progress = progress_lib.Progress(total_steps, start_step)
+    lr_schedule = learning_rate_schedule(config, steps_per_epoch)
+    logging.info("training %d steps (%d epochs × %d steps) from step %d", total_steps,
+                 config.train.num_epochs, steps_per_epoch, start_step)
+
+    pending_metrics: list[dict] = []
+    nonfinite_run = 0
+    step = start_step
+    try:
+        for step in range(start_step, total_steps):
+            src = next(source_it)
+            # The target stream advances even when no loss reads it, so every variant of a config sees
+            # the same source batches; the unused target is cut to one clip per device.
+            tgt = next(target_it)
+            target_video = tgt["video"] if uses_target else tgt["video"][: jax.local_device_count()]
+            batch = {"source": {"video": src["video"], "pid": src["pid"]}, "target": {"video": target_video}}
+            state, metrics = train_step(state, steps.shard_batch(batch, mesh))
+            pending_metrics.append(metrics)
+            done = step + 1
+            if done % config.train.log_every_steps == 0 or done == total_steps:
+                fetched = jax.device_get(pending_metrics)
+                pending_metrics = []
+                for m in fetched:
+                    nonfinite_run = nonfinite_run + 1 if m["skipped"] > 0 else 0
+                    if nonfinite_run >= config.train.max_consecutive_nonfinite:
+                        raise FloatingPointError(
+                            f"{nonfinite_run} consecutive non-finite losses/gradients at step {done}; "
+                            "stopping (the last good state is checkpointed)")
+                summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+                summary["skipped"] = float(np.sum([m["skipped"] for m in fetched]))
+                summary["learning_rate"] = float(lr_schedule(done))
+                summary["epoch"] = done / steps_per_epoch
+                writer.write_scalars(done, summary, prefix="train/")
+                logging.info("%s | loss %.4f", progress.line(done), summary["loss"])
+            epoch_done = done % steps_per_epoch == 0
+            epoch = done // steps_per_epoch
+            if epoch_done and done < total_steps:
+                if config.train.eval_every_epochs and epoch % config.train.eval_every_epochs == 0:
+                    metrics = evaluate(config, model, _eval_variables(config, state), target, mesh)
+                    writer.write_scalars(done, metrics, prefix="eval/")
+                if config.train.checkpoint_every_epochs and epoch % config.train.checkpoint_every_epochs == 0:
+                    checkpointer.save(done, state, iterators, {"step": done, "epoch": epoch})
+    except BaseException:
+        # Keep what was learnt: save the last finished step before re-raising (interrupts included).
+        if pending_metrics or step > start_step:
+            try:
+                checkpointer.save(int(jax.device_get(state.step)), state, iterators,
+                                  {"step": int(jax.device_get(state.step)), "interrupted": True})
+                checkpointer.close()
+            except Exception as save_error:  # noqa: BLE001 — report, but surface the original error
+                logging.error("could not save the interrupted state: %s", save_error)
+        writer.close()
+        raise
+
+    if total_steps > start_step:
+        checkpointer.save(total_steps, state, iterators, {"step": total_steps, "epoch": config.train.num_epochs})
+    final = evaluate(config, model, _eval_variables(config, state), target, mesh)
+    checkpointer.close()
+    writer.write_scalars(total_steps, final, prefix="eval/")
+    table = results_table(final, f"{config.data.source.name} → {config.data.target.name}")
+    if is_main:
+        with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+            json.dump(final, f, indent=2)
+        with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+            f.write(table + "\n")
+    writer.close()
+    print(table, flush=True)
+    print(f"target rank-1 {100 * final['rank1']:.1f}%, mAP {100 * final['mAP']:.1f}% "
+          f"({int(final['num_valid_queries'])} queries)", flush=True)
+    return final
+
+
+def _eval_variables(config, state: TrainState) -> dict:
+    if config.eval.use_teacher:
+        return {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
+    """--mode=eval: restore the latest checkpoint of workdir and evaluate it on the target."""
+    _log_devices()
+    mesh = steps.data_mesh()
+    source, target = load_datasets(config, workdir)
+    model = create_model(config, source.num_train_pids)
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    params, batch_stats = reid.init_model(model, init_rng, (1, config.data.seq_len, config.data.height,
+                                                            config.data.width, 3))
+    state = create_train_state(config, model.apply, params, batch_stats, state_rng, 1)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+    state = checkpointer.restore_state_only(steps.replicate(state, mesh))
+    checkpointer.close()
+    final = evaluate(config, model, _eval_variables(config, state), target, mesh)
+    print(results_table(final, f"{config.data.source.name} → {config.data.target.name}"), flush=True)
+    return final

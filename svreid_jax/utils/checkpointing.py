@@ -1,0 +1,65 @@
+"""orbax checkpoints of the full run: train state, data iterator positions and run metadata.
+
+A step directory holds `state` (params, optimiser, teacher, BN stats, RNG, step), one item per data
+iterator (grain state, so a resumed run sees the same batches) and `meta` (JSON). Saving is async;
+`close()` waits for the last save, so a finished or interrupted-by-exception run keeps it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, max_to_keep: int = 2, asynchronous: bool = True):
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=asynchronous,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, iterators: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(dict(meta))}
+        for name, it in iterators.items():
+            items[name] = grain.checkpoint.CheckpointSave(it)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(self, state: Any, iterators: Mapping[str, Any], step: int | None = None) -> tuple[Any, dict]:
+        """Restore into the structure of `state` (same shardings); iterators are set in place.
+
+        Returns (state, meta).
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        items = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
+        for name, it in iterators.items():
+            items[name] = grain.checkpoint.CheckpointRestore(it)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"], dict(restored["meta"])
+
+    def restore_state_only(self, state: Any, step: int | None = None) -> Any:
+        """Restore just the train state (evaluation of a checkpoint)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        return restored["state"]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,67 @@
+"""Metric writers without TensorFlow: log lines, a JSONL file and TensorBoard events (tensorboardX).
+
+clu's writers import TensorFlow, so this keeps their method names (write_scalars, write_images,
+write_texts, flush, close) on top of logging + tensorboardX. Only process 0 writes files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+from absl import logging
+
+
+def _scalar(value: Any) -> float:
+    return float(np.asarray(value))
+
+
+class MetricWriter:
+    """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tensorboard`."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True, log_to_console: bool = True):
+        self._enabled = enabled
+        self._log = log_to_console
+        self._jsonl = None
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            from tensorboardX import SummaryWriter  # imported lazily: heavy, and unused in workers
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any], *, prefix: str = "") -> None:
+        values = {f"{prefix}{k}": _scalar(v) for k, v in scalars.items()}
+        if self._log:
+            text = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+            logging.info("[%d] %s", step, text)
+        if not self._enabled:
+            return
+        self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+        for key, value in values.items():
+            self._tb.add_scalar(key, value, int(step))
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """images: name → uint8 [H, W, 3]."""
+        if self._enabled:
+            for key, image in images.items():
+                self._tb.add_image(key, np.asarray(image), int(step), dataformats="HWC")
+
+    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
+        if self._enabled:
+            for key, text in texts.items():
+                self._tb.add_text(key, text, int(step))
+
+    def flush(self) -> None:
+        if self._enabled:
+            self._jsonl.flush()
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._enabled:
+            self._jsonl.close()
+            self._tb.close()
+            self._enabled = False

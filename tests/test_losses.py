@@ -1,0 +1,127 @@
+"""Losses against hand-computed values and a numpy k-means."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from svreid_jax import losses
+
+
+def test_cross_entropy_uniform_logits_is_log_k():
+    logits = jnp.zeros((3, 4))
+    assert float(losses.cross_entropy(logits, jnp.array([0, 1, 3]))) == pytest.approx(np.log(4), abs=1e-6)
+
+
+def test_cross_entropy_label_smoothing_hand_value():
+    # logits (log 1, log 3) → p = (0.25, 0.75); label 1 with smoothing 0.2 → targets (0.1, 0.9).
+    logits = jnp.log(jnp.array([[1.0, 3.0]]))
+    expected = -(0.1 * np.log(0.25) + 0.9 * np.log(0.75))
+    assert float(losses.cross_entropy(logits, jnp.array([1]), 0.2)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_batch_hard_triplet_cosine_hand_value():
+    # a=(1,0), b=(0,1) share pid 0; c=(1,0), d=(-1,0) share pid 1; distance = −cos.
+    # anchor a: hardest pos b (0), hardest neg c (−1) → 1.3;  b: 0 vs 0 → 0.3
+    # c: pos d (1), neg a (−1) → 2.3;  d: pos c (1), neg b (0) → 1.3;  mean 1.3
+    x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
+    y = jnp.array([0, 0, 1, 1])
+    assert float(losses.batch_hard_triplet(x, y, 0.3, "cosine")) == pytest.approx(1.3, abs=1e-6)
+
+
+def test_batch_hard_triplet_euclidean_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5)).astype(np.float32)
+    y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    same = y[:, None] == y[None]
+    expected = np.mean(np.maximum(np.where(same, d, -np.inf).max(1) - np.where(same, np.inf, d).min(1) + 0.3, 0))
+    got = float(losses.batch_hard_triplet(jnp.asarray(x), jnp.asarray(y), 0.3, "euclidean"))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_triplet_rejects_unknown_metric():
+    with pytest.raises(ValueError, match="unknown distance metric 'manhattan'"):
+        losses.batch_hard_triplet(jnp.ones((2, 2)), jnp.array([0, 1]), metric="manhattan")
+
+
+def test_domain_cross_entropy_hand_values():
+    # Perfectly confident correct discriminator → 0; uniform → log 2.
+    confident_s = jnp.array([[10.0, -10.0]] * 3)
+    confident_t = jnp.array([[-10.0, 10.0]] * 2)
+    assert float(losses.domain_cross_entropy(confident_s, confident_t)) == pytest.approx(0.0, abs=1e-6)
+    uniform = jnp.zeros((2, 4, 2))
+    assert float(losses.domain_cross_entropy(uniform, uniform)) == pytest.approx(np.log(2), abs=1e-6)
+    assert float(losses.domain_accuracy(confident_s, confident_t)) == 1.0
+    assert float(losses.domain_accuracy(confident_t, confident_s)) == 0.0
+
+
+def _numpy_lloyd(points, centroids, iters):
+    centroids = centroids.copy()
+    for _ in range(iters):
+        assign = np.argmin(((points[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+        for k in range(len(centroids)):
+            if np.any(assign == k):
+                centroids[k] = points[assign == k].mean(0)
+    return centroids
+
+
+def test_lloyd_iterations_match_numpy_on_fixed_points():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(40, 3)).astype(np.float32)
+    init = points[[0, 5, 10, 20]].copy()
+    got = np.asarray(losses.lloyd_iterations(jnp.asarray(points), jnp.asarray(init), 7))
+    np.testing.assert_allclose(got, _numpy_lloyd(points.astype(np.float64), init.astype(np.float64), 7), atol=1e-5)
+
+
+def test_kmeans_recovers_separated_blobs():
+    centers = np.array([[0, 0], [10, 0], [0, 10]], np.float32)
+    points = np.concatenate([c + 0.1 * np.random.default_rng(i).normal(size=(10, 2)) for i, c in enumerate(centers)])
+    centroids, assign = jax.jit(losses.kmeans, static_argnums=(2, 3))(jax.random.PRNGKey(0), jnp.asarray(points), 3, 5)
+    assign = np.asarray(assign)
+    # Each blob is one cluster, and the three clusters differ.
+    assert all(len(set(assign[i * 10:(i + 1) * 10])) == 1 for i in range(3))
+    assert len(set(assign)) == 3
+    np.testing.assert_allclose(np.sort(np.asarray(centroids), axis=0), np.sort(
+        np.stack([points[i * 10:(i + 1) * 10].mean(0) for i in range(3)]), axis=0), atol=1e-5)
+
+
+def test_kmeans_plus_plus_init_picks_distinct_points():
+    points = jnp.asarray(np.random.default_rng(2).normal(size=(16, 4)), jnp.float32)
+    init = np.asarray(losses.kmeans_plus_plus_init(jax.random.PRNGKey(3), points, 6))
+    rows = {tuple(np.round(r, 6)) for r in init}
+    assert len(rows) == 6
+    assert all(any(np.allclose(r, p) for p in np.asarray(points)) for r in init)
+
+
+def test_teacher_consistency_terms():
+    # Teacher = student on two tight, well-separated directions: the student's assignment agrees
+    # with the teacher's clusters, so L^C_1 is small; L^C_2 equals the numpy distance to the centroid.
+    rng = np.random.default_rng(4)
+    base = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    x = np.concatenate([base[0] + 0.01 * rng.normal(size=(6, 3)), base[1] + 0.01 * rng.normal(size=(6, 3))])
+    out = losses.teacher_consistency(jax.random.PRNGKey(0), jnp.asarray(x), jnp.asarray(x), num_clusters=2,
+                                     temperature=1.0)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cents = np.stack([xn[:6].mean(0), xn[6:].mean(0)])
+    expected_dist = np.mean(np.concatenate([np.linalg.norm(xn[:6] - cents[0], axis=1),
+                                            np.linalg.norm(xn[6:] - cents[1], axis=1)]))
+    assert float(out["consistency_dist"]) == pytest.approx(expected_dist, rel=1e-4)
+    logits = xn @ (cents / np.linalg.norm(cents, axis=1, keepdims=True)).T / 1.0
+    labels = np.array([0] * 6 + [1] * 6)
+    # Cluster numbering is arbitrary: the loss is the same under swapping both.
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    expected_ce = min(-np.mean(logp[np.arange(12), labels]), -np.mean(logp[np.arange(12), 1 - labels]))
+    assert float(out["consistency_ce"]) == pytest.approx(expected_ce, rel=1e-4)
+
+
+def test_teacher_consistency_gradient_reaches_student_only():
+    s = jnp.asarray(np.random.default_rng(5).normal(size=(8, 4)), jnp.float32)
+    t = s + 0.1
+
+    def total(s, t):
+        out = losses.teacher_consistency(jax.random.PRNGKey(1), s, t, num_clusters=3)
+        return out["consistency_ce"] + out["consistency_dist"]
+
+    gs, gt = jax.grad(total, argnums=(0, 1))(s, t)
+    assert float(jnp.abs(gs).sum()) > 0
+    assert float(jnp.abs(gt).sum()) == 0.0

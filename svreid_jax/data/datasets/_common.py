@@ -1,0 +1,105 @@
+"""Helpers shared by the dataset readers: checked file access, list parsing, frame ordering.
+
+Every failure is a `DatasetError` whose message names the file (and line or key) and says what was
+expected, so a user pointing a config at the wrong folder sees one readable sentence.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+from svreid_jax.data.records import DatasetError
+
+# The last run of digits in a file name: 'frame_12.jpg' → 12, '0001C1T0001F012.jpg' → 12.
+_LAST_INT = re.compile(r"(\d+)(?!.*\d)")
+
+
+def require_root(root: str, dataset: str, layout: str) -> str:
+    """`root` as an absolute path, or a DatasetError that names it and sketches the expected tree."""
+    if not root:
+        raise DatasetError(f"{dataset}: no dataset root given; expected a folder laid out as\n{layout}")
+    path = os.path.abspath(os.path.expanduser(str(root)))
+    if not os.path.isdir(path):
+        raise DatasetError(f"{dataset}: dataset root {path} does not exist or is not a folder; "
+                           f"expected a folder laid out as\n{layout}")
+    return path
+
+
+def require_file(path: str, dataset: str, what: str) -> str:
+    """`path` if it is a file, else a DatasetError saying which file is missing and what it holds."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"{dataset}: missing file {path} ({what})")
+    return path
+
+
+def require_dir(path: str, dataset: str, what: str) -> str:
+    if not os.path.isdir(path):
+        raise DatasetError(f"{dataset}: missing folder {path} ({what})")
+    return path
+
+
+def read_lines(path: str, dataset: str) -> list[str]:
+    """The lines of a text file, without line ends. Unreadable / non-UTF-8 files → DatasetError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{dataset}: cannot read {path}: {e}") from None
+
+
+def read_fields(path: str, dataset: str, fields: Sequence[str]) -> list[tuple[int, list[str]]]:
+    """Whitespace-separated records of a list file, blank lines skipped.
+
+    Returns [(1-based line number, tokens)], each with exactly len(fields) tokens; a line with
+    another count → DatasetError naming the file, the line and the expected fields.
+    """
+    records = []
+    for lineno, line in enumerate(read_lines(path, dataset), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        if len(tokens) != len(fields):
+            raise DatasetError(
+                f"{dataset}: {path}, line {lineno}: expected {len(fields)} whitespace-separated fields "
+                f"<{'> <'.join(fields)}>, got {len(tokens)}: {line.strip()!r}")
+        records.append((lineno, tokens))
+    return records
+
+
+def parse_int(token: str, path: str, lineno: int, dataset: str, what: str) -> int:
+    """int(token), or a DatasetError naming the file, line and field."""
+    try:
+        return int(token)
+    except ValueError:
+        raise DatasetError(f"{dataset}: {path}, line {lineno}: {what} must be an integer, got {token!r}") from None
+
+
+def frame_sort_key(name: str) -> tuple[int, int, str]:
+    """Temporal order of frame files: by the last integer in the name, numerically.
+
+    Names without any digit sort after the numbered ones, lexicographically; ties (same number)
+    are broken by the full name so the order is total and deterministic.
+    """
+    match = _LAST_INT.search(os.path.splitext(name)[0])
+    if match is None:
+        return (1, 0, name)
+    return (0, int(match.group(1)), name)
+
+
+def list_frames(folder: str, extensions: Iterable[str] = (".jpg",)) -> list[str]:
+    """Absolute paths of the frame files in `folder` (one listdir), in temporal order.
+
+    Extensions match case-insensitively. Raises FileNotFoundError / NotADirectoryError like
+    os.scandir; the callers turn those into DatasetErrors that name the list line.
+    """
+    exts = tuple(e.lower() for e in extensions)
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries if e.name.lower().endswith(exts) and not e.is_dir()]
+    names.sort(key=frame_sort_key)
+    return [os.path.join(folder, n) for n in names]
+
+
+def relabel(keys: Iterable) -> dict:
+    """Map each distinct key to 0..N-1 in sorted order of the keys."""
+    return {k: i for i, k in enumerate(sorted(set(keys)))}

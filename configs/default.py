@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.augment.erasing_probability = 0.5  # Random Erasing probability per clip (0 disables)
 
     c.model = ml_collections.ConfigDict()
-    c.model.depth = 50  # ResNet depth: 18, 34, 50, 101, or 'tiny' for tests and the demo
+    c.model.depth = "50"  # ResNet depth: "18", "34", "50", "101", or "tiny" for tests and the demo
     c.model.width = 64  # base channel width (64 for the real ResNets)
     c.model.last_stride = 1  # stride of the last stage (1 keeps 16×8 maps at 256×128, re-ID custom)
     c.model.stem_pool_padding = 1  # stem max-pool padding (torchvision 1; the reference 0)

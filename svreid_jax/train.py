@@ -66,7 +66,7 @@ def init_variables(config, model, rng: jax.Array) -> tuple[Any, Any]:
     shape = (1, config.data.seq_len, config.data.height, config.data.width, 3)
     params, batch_stats = reid.init_model(model, rng, shape)
     if config.model.init_from:
-        from svreid_jax import interop  # optional path: only when a weight file is named
+        from svreid_jax import interop  # only when a weight file is named
 
         params, batch_stats = interop.load_backbone_weights(config.model.init_from, params, batch_stats)
     return params, batch_stats

@@ -139,3 +139,17 @@ def test_config_variants_build_abstractly():
     assert "bias" in v["params"]["backbone"]["conv1"]
     with pytest.raises(ValueError):
         reid.ReIDNet(num_classes=3, backbone={"depth": 50, "widht": 8})
+
+
+def test_temporal_average_with_and_without_mask():
+    from svreid_jax.models.temporal import TemporalAverage, temporal_average
+
+    frames = jnp.arange(24, dtype=jnp.float32).reshape(2, 4, 3)
+    np.testing.assert_allclose(temporal_average(frames), np.asarray(frames).mean(1))
+    mask = jnp.array([[1, 1, 0, 0], [0, 0, 0, 0]])
+    got = np.asarray(temporal_average(frames, mask))
+    np.testing.assert_allclose(got[0], np.asarray(frames)[0, :2].mean(0))
+    np.testing.assert_array_equal(got[1], np.zeros(3))
+    np.testing.assert_allclose(TemporalAverage().apply({}, frames), np.asarray(frames).mean(1))
+    with pytest.raises(ValueError):
+        temporal_average(frames[0])

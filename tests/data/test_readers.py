@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from svreid_jax.data import datasets
+from svreid_jax.data import datasets, toy
 from svreid_jax.data.datasets import mars
 from svreid_jax.data.records import DatasetError
 
@@ -316,3 +316,70 @@ def test_mars_blank_line_in_names(tmp_path):
     with open(path, "w") as f:
         f.write("\n".join(lines[:2] + [""] + lines[2:]) + "\n\n")
     assert f"{path}, line 3 is empty" in _error(datasets.load, "mars", root)
+
+
+# ---------------------------------------------------------------------------------------------
+# The toy data, read back
+
+
+_TOY = dict(num_source_ids=5, num_source_test_ids=3, num_target_train_ids=4, num_target_test_ids=4, num_cameras=4,
+            tracklets_per_id=(2, 4), frames_per_tracklet=(8, 14), num_outfits=2, num_distractors=2, num_junk=2,
+            height=32, width=16)
+
+
+@pytest.fixture(scope="module")
+def toy_paths(tmp_path_factory):
+    return toy.generate(str(tmp_path_factory.mktemp("toy")), **_TOY)
+
+
+def _list(path):
+    with open(path) as f:
+        return [line.split() for line in f if line.strip()]
+
+
+def test_toy_source_reads_back(toy_paths):
+    d = os.path.join(toy_paths.source_root, "SVReID")
+    s = datasets.load("svreid", toy_paths.source_root)
+    train, query, gallery = (_list(os.path.join(d, n)) for n in ("train_svreid.txt", "query.txt", "gallery.txt"))
+    assert (len(s.train), len(s.query), len(s.gallery)) == (len(train), len(query), len(gallery))
+    assert len(query) == 3  # one per source test identity
+    # Toy pids are zero-padded, so string order is numeric order.
+    raw = sorted({int(p) for _, p, _ in train})
+    assert raw == [1, 2, 3, 4, 5] and [t.pid for t in s.train] == [raw.index(int(p)) for _, p, _ in train]
+    assert [t.pid for t in s.query + s.gallery] == [int(p) for _, p, _ in query + gallery]
+    assert {t.pid for t in s.query} == {6, 7, 8}
+    assert [t.camid for t in s.train] == [int(tdir.rsplit("/", 1)[1]) for tdir, _, _ in train]
+    assert {t.camid for t in s.train} <= {0, 1, 2, 3}
+    # Two outfits per identity: train clothes ids are 0..9 in order of '<pid>_<outfit>'.
+    assert [t.clothes_id for t in s.train] == [2 * (int(p) - 1) + int(c) for _, p, c in train]
+    for t in s.train + s.query + s.gallery:
+        assert [os.path.basename(f) for f in t.frames] == [f"{i + 1}.jpg" for i in range(len(t))]
+        assert 8 <= len(t) <= 14
+
+
+def test_toy_target_reads_back(toy_paths):
+    root = toy_paths.target_root
+    s, stats = mars.load_with_stats(root)
+    train_names = open(os.path.join(root, "info", "train_name.txt")).read().split()
+    test_names = open(os.path.join(root, "info", "test_name.txt")).read().split()
+    tracklet = lambda n: n[:11]  # noqa: E731  (pid4, C, cam, T, number)
+    assert len(s.train) == len({tracklet(n) for n in train_names})
+    num_test = len({tracklet(n) for n in test_names})
+    assert stats.junk_test == 2 and stats.distractors == 2 and stats.test_rows == num_test
+    assert len(s.query) + len(s.gallery) == num_test - 2
+    assert s.num_train_pids == 4 and sorted({t.pid for t in s.train}) == [0, 1, 2, 3]
+    raw_test = {int(n[:4]) for n in test_names if not n.startswith("00-1")}
+    assert {t.pid for t in s.query + s.gallery} == raw_test and 0 in raw_test and len(raw_test) == 5
+    assert not {int(n[:4]) for n in train_names} & (raw_test - {0})  # disjoint people
+    assert {t.pid for t in s.query} == raw_test - {0}
+    for t in s.train + s.query + s.gallery:
+        names = [os.path.basename(f) for f in t.frames]
+        assert names == [f"{names[0][:12]}{i + 1:03d}.jpg" for i in range(len(t))]  # F001, F002, ...
+        assert t.camid == int(names[0][5]) - 1 and t.camid in range(4)
+    # Every query keeps a same-identity gallery tracklet from another camera.
+    for q in s.query:
+        assert any(g.pid == q.pid and g.camid != q.camid for g in s.gallery)
+    include = datasets.load("mars", root, gallery="include_query")
+    everything = datasets.load("mars", root, gallery="all")
+    assert include.gallery == s.gallery + s.query
+    assert len(everything.gallery) == num_test - 2 and set(everything.gallery) == set(include.gallery)

@@ -1,0 +1,127 @@
+"""Procedural demo data: determinism, the completion stamp, sizes and motion."""
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from svreid_jax.data import toy
+
+SMALL = dict(num_source_ids=4, num_source_test_ids=2, num_target_train_ids=3, num_target_test_ids=3,
+             num_cameras=3, tracklets_per_id=(2, 3), frames_per_tracklet=(8, 12), num_distractors=2, num_junk=1,
+             height=32, width=16)
+
+
+def _tree_digest(root) -> dict[str, str]:
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    return toy.generate(str(root), **SMALL)
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a = toy.generate(str(tmp_path / "a"), seed=3, **SMALL)
+    b = toy.generate(str(tmp_path / "b"), seed=3, **SMALL)
+    digest_a, digest_b = _tree_digest(tmp_path / "a"), _tree_digest(tmp_path / "b")
+    assert len(digest_a) > 100 and digest_a == digest_b
+    assert a.source_root == str(tmp_path / "a" / "source") and a.target_root == str(tmp_path / "a" / "target")
+    assert any(k.endswith(".mat") for k in digest_a)  # .mat files too (no timestamp in their header)
+
+
+def test_other_seed_other_bytes(tmp_path):
+    toy.generate(str(tmp_path / "a"), seed=0, **SMALL)
+    toy.generate(str(tmp_path / "b"), seed=1, **SMALL)
+    digest_a, digest_b = _tree_digest(tmp_path / "a"), _tree_digest(tmp_path / "b")
+    common = set(digest_a) & set(digest_b) - {"toy_stamp.json"}
+    jpgs = [k for k in common if k.endswith(".jpg")]
+    assert jpgs and sum(digest_a[k] != digest_b[k] for k in jpgs) == len(jpgs)
+
+
+def test_ensure_generates_once_and_records_options(tmp_path):
+    root = str(tmp_path / "demo")
+    paths = toy.ensure(root, **SMALL)
+    marker = os.path.join(paths.source_root, "marker")
+    open(marker, "w").close()
+    assert toy.ensure(root, **SMALL) == paths
+    assert os.path.exists(marker)  # nothing was regenerated
+    with open(os.path.join(root, "toy_stamp.json")) as f:
+        stamp = json.load(f)
+    assert stamp["options"]["num_source_ids"] == 4 and stamp["options"]["tracklets_per_id"] == [2, 3]
+    # Other options (here a list instead of a tuple must not count as different, a new size must).
+    assert toy.ensure(root, **{**SMALL, "tracklets_per_id": [2, 3]}) == paths and os.path.exists(marker)
+    toy.ensure(root, **{**SMALL, "num_junk": 2})
+    assert not os.path.exists(marker)
+
+
+def test_interrupted_generation_is_redone(tmp_path, monkeypatch):
+    root = str(tmp_path / "demo")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toy, "_write_target", crash)
+    with pytest.raises(KeyboardInterrupt):
+        toy.ensure(root, **SMALL)
+    assert os.path.isdir(os.path.join(root, "source")) and not os.path.exists(os.path.join(root, "toy_stamp.json"))
+    monkeypatch.undo()
+    toy.ensure(root, **SMALL)
+    toy.generate(str(tmp_path / "fresh"), **SMALL)
+    assert _tree_digest(root) == _tree_digest(tmp_path / "fresh")
+
+
+def test_unknown_option_rejected(tmp_path):
+    with pytest.raises(TypeError):
+        toy.ensure(str(tmp_path), num_people=3)
+
+
+def test_sizes_in_range(small):
+    svreid = os.path.join(small.source_root, "SVReID")
+    lines = {n: open(os.path.join(svreid, n)).read().split("\n")[:-1]
+             for n in ("train_svreid.txt", "query.txt", "gallery.txt")}
+    train_pids = [line.split()[1] for line in lines["train_svreid.txt"]]
+    assert len(set(train_pids)) == 4
+    for pid in set(train_pids):
+        assert 2 <= train_pids.count(pid) <= 3
+    assert len(lines["query.txt"]) == 2  # one query per source test identity
+    for line in lines["train_svreid.txt"] + lines["gallery.txt"]:
+        frames = os.listdir(os.path.join(svreid, line.split()[0]))
+        assert 8 <= len(frames) <= 12
+        assert int(line.split()[0].split("/")[-1]) < 3  # camera folder
+    names = open(os.path.join(small.target_root, "info", "test_name.txt")).read().split()
+    assert all(len(n) == len("0001C1T0001F001.jpg") for n in names)
+    assert sum(n.startswith("00-1") for n in names) >= 8 and sum(n.startswith("0000") for n in names) >= 16
+    with Image.open(os.path.join(small.target_root, "bbox_test", names[0][:4], names[0])) as im:
+        assert im.size == (16, 32) and im.mode == "RGB"
+
+
+def test_frames_change_over_time(small):
+    folder = os.path.join(small.source_root, "SVReID", open(os.path.join(
+        small.source_root, "SVReID", "train_svreid.txt")).readline().split()[0])
+    frames = [np.asarray(Image.open(os.path.join(folder, f"{i}.jpg")), np.float32) for i in range(1, 9)]
+    diffs = [np.abs(frames[i + 1] - frames[i]).mean() for i in range(7)]
+    assert min(diffs) > 0.5  # the walker moves between every pair of consecutive frames
+
+
+def test_domains_differ(small):
+    """Source backgrounds are flat; target frames carry texture and noise."""
+    def roughness(path):
+        a = np.asarray(Image.open(path), np.float32)
+        return np.abs(np.diff(a[:, :3], axis=0)).mean()  # left edge columns: background
+    svreid = os.path.join(small.source_root, "SVReID")
+    src_dir = os.path.join(svreid, open(os.path.join(svreid, "train_svreid.txt")).readline().split()[0])
+    tgt_dir = os.path.join(small.target_root, "bbox_train")
+    tgt_dir = os.path.join(tgt_dir, sorted(os.listdir(tgt_dir))[0])
+    src = np.mean([roughness(os.path.join(src_dir, n)) for n in os.listdir(src_dir)])
+    tgt = np.mean([roughness(os.path.join(tgt_dir, n)) for n in os.listdir(tgt_dir)])
+    assert tgt > 3 * src

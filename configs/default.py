@@ -72,6 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.adaptation.kmeans_clusters = 8  # clusters of the teacher's target embeddings per batch
     c.adaptation.kmeans_iters = 10  # Lloyd iterations (fixed, so the step is jit-able)
     c.adaptation.consistency_temperature = 0.1  # temperature of the student's soft assignment
+    c.adaptation.consistency_rampup_steps = 0  # sigmoid ramp-up of the consistency weights (0 = none)
+    c.adaptation.teacher_augment = True  # the teacher sees its own flip/erasing of each target clip
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam_l2"  # 'adam_l2' (torch Adam, L2 in the gradient: reference) or 'adamw'

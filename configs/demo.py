@@ -6,6 +6,7 @@ Variants (--config=configs/demo.py:<variant>):
   oracle       trains on the *target* training labels (an upper bound; not UDA)
   frame        source + frame-level discriminator
   frame_clip   source + both discriminators
+  micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
 """
 import ml_collections
 
@@ -40,12 +41,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.adaptation.grl_max_steps = 500
     c.adaptation.ema_decay = 0.99
+    c.adaptation.kmeans_clusters = 16
+    c.adaptation.consistency_rampup_steps = 200
+    c.loss.consistency_ce = 0.3
+    c.loss.consistency_dist = 0.3
     c.eval.batch_size = 64
-    return apply_variant(c, arg or "paper")
+    for variant in (arg or "paper").split(","):
+        c = apply_variant(c, variant.strip())
+    return c
 
 
 def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
     if variant == "paper":
+        return c
+    if variant == "micro":
+        # A few steps on a handful of tiny tracklets: the end-to-end smoke test of tests/test_main.py.
+        c.data.demo_options = dict(num_source_ids=8, num_source_test_ids=2, num_target_train_ids=6,
+                                   num_target_test_ids=6, num_cameras=3, tracklets_per_id=(2, 3),
+                                   frames_per_tracklet=(4, 8), num_distractors=1, num_junk=1, height=32, width=16)
+        c.data.height, c.data.width = 32, 16
+        c.model.width = 8
+        c.batch.num_identities, c.batch.num_instances, c.batch.target_size = 2, 4, 8
+        c.adaptation.kmeans_clusters = 2
+        c.train.num_epochs, c.train.steps_per_epoch = 2, 2
+        c.train.log_every_steps = 1
+        c.train.checkpoint_every_epochs = 1
+        c.eval.batch_size = 8
         return c
     if variant in ("source_only", "oracle"):
         c.loss.frame_domain = c.loss.clip_domain = 0.0

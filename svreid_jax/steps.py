@@ -36,6 +36,12 @@ def active_terms(config) -> dict[str, bool]:
     return {"domain": domain, "teacher": teacher, "target": domain or teacher}
 
 
+def consistency_rampup(step: jax.Array, rampup_steps: int) -> jax.Array:
+    """exp(−5 (1 − step/rampup)²) up to rampup_steps, then 1 (Tarvainen & Valpola's schedule)."""
+    phase = 1.0 - jnp.clip(jnp.asarray(step, jnp.float32) / rampup_steps, 0.0, 1.0)
+    return jnp.exp(-5.0 * phase * phase)
+
+
 def make_train_step(model, config):
     """Build the pure train step for the paper variant (DESIGN.md): source CE + triplet, frame- and
     sequence-level domain discriminators behind the GRL, mean-teacher consistency on the target."""
@@ -43,7 +49,8 @@ def make_train_step(model, config):
     w = config.loss
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
-        rng, k_src_aug, k_tgt_aug, k_src_drop, k_tgt_drop, k_teacher, k_kmeans = jax.random.split(state.rng, 7)
+        rng, k_src_aug, k_tgt_aug, k_src_drop, k_tgt_drop, k_teacher, k_kmeans, k_teacher_aug = jax.random.split(
+            state.rng, 8)
         beta = grl.grl_beta(state.step, config.adaptation.grl_max_steps)
         source = _prepare(batch["source"]["video"], k_src_aug, config)
         labels = batch["source"]["pid"]
@@ -54,8 +61,14 @@ def make_train_step(model, config):
         if terms["teacher"]:
             # The teacher runs in train mode (its BN sees target batch statistics, like the
             # reference) and gets no gradient.
+            teacher_input = target
+            if config.adaptation.teacher_augment:
+                # Mean teacher: the teacher sees its own flip and erasing of the clip, so agreeing
+                # with it asks the student for invariance instead of echoing its own view.
+                k_flip, k_erase = jax.random.split(k_teacher_aug)
+                teacher_input = _prepare(transforms.random_flip(k_flip, batch["target"]["video"]), k_erase, config)
             teacher_out, teacher_vars = model.apply(
-                {"params": state.ema_params, "batch_stats": state.ema_batch_stats}, target,
+                {"params": state.ema_params, "batch_stats": state.ema_batch_stats}, teacher_input,
                 train=True, grl_beta=0.0, rngs={"dropout": k_teacher}, mutable=["batch_stats"],
             )
             teacher_out = jax.lax.stop_gradient(teacher_out)
@@ -95,7 +108,13 @@ def make_train_step(model, config):
                         num_iters=config.adaptation.kmeans_iters,
                         temperature=config.adaptation.consistency_temperature,
                     ))
-            total = sum(getattr(w, name) * value for name, value in terms_out.items())
+            weights = {name: getattr(w, name) for name in terms_out}
+            if terms["teacher"] and config.adaptation.consistency_rampup_steps > 0:
+                # Sigmoid ramp-up (mean teacher): the teacher's clusters are noise early on.
+                ramp = consistency_rampup(state.step, config.adaptation.consistency_rampup_steps)
+                weights["consistency_ce"] = weights["consistency_ce"] * ramp
+                weights["consistency_dist"] = weights["consistency_dist"] * ramp
+            total = sum(weights[name] * value for name, value in terms_out.items())
             return total, (total, terms_out, aux, new_vars["batch_stats"])
 
         grads, (total, terms_out, aux, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)

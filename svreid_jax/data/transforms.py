@@ -95,3 +95,9 @@ def random_erasing(
     mask = inside & (apply[:, None] & any_fit)[..., None, None]
     fill = jnp.asarray(ERASE_FILL, video.dtype)
     return jnp.where(mask[..., None], fill, video)
+
+
+def random_flip(rng: jax.Array, video: jax.Array) -> jax.Array:
+    """Mirror each clip of [B, T, H, W, C] with probability 0.5 (one decision per clip)."""
+    flip = jax.random.bernoulli(rng, 0.5, (video.shape[0],))
+    return jnp.where(flip[:, None, None, None, None], video[:, :, :, ::-1], video)

@@ -125,3 +125,10 @@ def test_domains_differ(small):
     src = np.mean([roughness(os.path.join(src_dir, n)) for n in os.listdir(src_dir)])
     tgt = np.mean([roughness(os.path.join(tgt_dir, n)) for n in os.listdir(tgt_dir)])
     assert tgt > 3 * src
+
+
+def test_bad_options_rejected(tmp_path):
+    with pytest.raises(ValueError, match="frames_per_tracklet"):
+        toy.generate(str(tmp_path), **{**SMALL, "frames_per_tracklet": (12, 8)})
+    with pytest.raises(ValueError, match="num_cameras"):
+        toy.generate(str(tmp_path), **{**SMALL, "num_cameras": 10})

@@ -31,13 +31,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch.target_size = 32
 
     c.optimizer.learning_rate = 1e-3
-    c.optimizer.lr_milestones = (12,)
+    c.optimizer.lr_milestones = (30,)
     c.optimizer.warmup_epochs = 1.0
 
-    c.train.num_epochs = 15
+    c.train.num_epochs = 40
     c.train.log_every_steps = 20
     c.train.eval_every_epochs = 0
-    c.train.checkpoint_every_epochs = 5
+    c.train.checkpoint_every_epochs = 10
 
     c.adaptation.grl_max_steps = 500
     c.adaptation.ema_decay = 0.99

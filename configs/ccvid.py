@@ -1,0 +1,9 @@
+"""SVReID → CCVID (source SVReID-cc) with the paper's hyper-parameters (method-spec §5).
+
+Set the roots: --config.data.source.root=/data/svreid --config.data.target.root=/data/ccvid
+"""
+from configs import targets
+
+
+def get_config(arg=None):
+    return targets.target_config("ccvid", arg)

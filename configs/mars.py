@@ -1,0 +1,10 @@
+"""SVReID → MARS with the paper's hyper-parameters (method-spec §5).
+
+Set the roots: --config.data.source.root=/data/svreid --config.data.target.root=/data/mars
+Variants: configs/mars.py (paper, default).
+"""
+from configs import targets
+
+
+def get_config(arg=None):
+    return targets.target_config("mars", arg)

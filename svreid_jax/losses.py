@@ -146,3 +146,26 @@ def teacher_consistency(rng: jax.Array, student: jax.Array, teacher: jax.Array, 
     ce = cross_entropy(logits, assign)
     dist = jnp.mean(jnp.sqrt(jnp.sum((s - centroids[assign]) ** 2, axis=-1) + 1e-12))
     return {"consistency_ce": ce, "consistency_dist": dist}
+
+
+def temporal_infonce(projection: jax.Array, num_instances: int, temperature: float = 0.07) -> jax.Array:
+    """SINet's temporal InfoNCE over groups of K same-identity clips (method-spec §4.3).
+
+    projection: [B, T, D] projected frame features; consecutive runs of `num_instances` clips share a
+    pid (the P×K sampler guarantees it). Within a group, frame (t, k) has as positives the same time
+    step t of the other K−1 clips, and as negatives every entry at another time step (its own
+    clip's other frames included). Per (anchor, positive): s_pos − log(Σ_neg e^s + e^s_pos), with
+    s = cosine / temperature; the loss is minus the mean over all such pairs.
+    """
+    b, t, d = projection.shape
+    if b % num_instances:
+        raise ValueError(f"batch {b} is not made of whole groups of {num_instances} clips")
+    z = _l2_normalize(projection.astype(jnp.float32)).reshape(b // num_instances, num_instances * t, d)
+    sim = jnp.einsum("gnd,gmd->gnm", z, z) / temperature  # [G, N, N], entry n = (k, t) → k·T + t
+    time = jnp.tile(jnp.arange(t), num_instances)
+    clip = jnp.repeat(jnp.arange(num_instances), t)
+    positive = (time[:, None] == time[None, :]) & (clip[:, None] != clip[None, :])
+    negative = time[:, None] != time[None, :]
+    neg_lse = jax.nn.logsumexp(jnp.where(negative, sim, -jnp.inf), axis=-1, keepdims=True)  # [G, N, 1]
+    per_pair = sim - jnp.logaddexp(neg_lse, sim)
+    return -jnp.sum(jnp.where(positive, per_pair, 0.0)) / (positive.sum() * sim.shape[0])

@@ -125,3 +125,39 @@ def test_teacher_consistency_gradient_reaches_student_only():
     gs, gt = jax.grad(total, argnums=(0, 1))(s, t)
     assert float(jnp.abs(gs).sum()) > 0
     assert float(jnp.abs(gt).sum()) == 0.0
+
+
+def _numpy_infonce(z, k, tau):
+    z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    b, t, _ = z.shape
+    terms = []
+    for g in range(b // k):
+        group = z[g * k:(g + 1) * k]  # [K, T, D]
+        for ka in range(k):
+            for ta in range(t):
+                anchor = group[ka, ta]
+                negs = [group[kb, tb] @ anchor / tau for kb in range(k) for tb in range(t) if tb != ta]
+                for kp in range(k):
+                    if kp == ka:
+                        continue
+                    s_pos = group[kp, ta] @ anchor / tau
+                    terms.append(s_pos - np.log(np.sum(np.exp(negs)) + np.exp(s_pos)))
+    return -np.mean(terms)
+
+
+def test_temporal_infonce_matches_per_pair_numpy_loop():
+    z = np.random.default_rng(6).normal(size=(8, 4, 5)).astype(np.float32)
+    got = float(losses.temporal_infonce(jnp.asarray(z), 4, 0.07))
+    assert got == pytest.approx(_numpy_infonce(z.astype(np.float64), 4, 0.07), rel=1e-4)
+
+
+def test_temporal_infonce_hand_value_two_clips_two_frames():
+    # K=2, T=2, orthogonal unit vectors per time step, tau=1: for each anchor the one positive has
+    # s=1 and the two negatives s=0 → loss = −(1 − log(2 + e)).
+    z = jnp.asarray([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    assert float(losses.temporal_infonce(z, 2, 1.0)) == pytest.approx(-(1 - np.log(2 + np.e)), abs=1e-6)
+
+
+def test_temporal_infonce_rejects_partial_groups():
+    with pytest.raises(ValueError, match="whole groups of 4"):
+        losses.temporal_infonce(jnp.ones((6, 4, 3)), 4)

@@ -41,6 +41,7 @@ class MetricWriter:
         if not self._enabled:
             return
         self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+        self._jsonl.flush()  # so `tail -f metrics.jsonl` and a crash both see every logged step
         for key, value in values.items():
             self._tb.add_scalar(key, value, int(step))
 

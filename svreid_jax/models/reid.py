@@ -5,10 +5,17 @@ This is the `paper` variant's placement (DESIGN.md): the discriminators sit on t
 per-frame and clip embeddings, so the reversed adversarial gradient reaches the deployed network
 (unlike the reference code, method-spec §10 D1, where they sit on a detached MS-TCN branch).
 
+Backbones (`arch`): 'resnet50' is the plain per-frame ResNet of `backbone.depth` (historical name,
+any depth); 'sinet', 'sbnet', 'idnet' add the SINet plug-ins (IDM/SBM, svreid_jax.models.sinet) that
+mix the T frames of each clip, so the clip length T of the input is part of the model: SBM needs
+T = 4 (or 8), IDM keeps the T·h·w it was initialised with.
+
 Parameter tree ('params'; BN statistics mirror it in 'batch_stats'):
-  backbone/...              ResNet with torchvision names (svreid_jax.models.resnet)
+  backbone/...              ResNet with torchvision names (svreid_jax.models.resnet); with a SINet
+                            arch also layer2_{1,3}_idm/..., layer3_{1,3,5}_sbm/...
   bnneck/{scale,bias}       BatchNorm on the clip embedding
   classifier/{kernel,bias}  Dense(num_classes)
+  projection/{kernel,bias}  Dense(D) for the temporal InfoNCE (only with infonce_projection=True)
   frame_discriminator/{fc1,fc2}, clip_discriminator/{fc1,fc2}
 """
 from __future__ import annotations
@@ -22,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from svreid_jax.models import resnet as resnet_lib
+from svreid_jax.models import sinet as sinet_lib
 from svreid_jax.models.discriminators import DomainDiscriminator
 from svreid_jax.models.temporal import temporal_average
 
@@ -29,6 +37,12 @@ Dtype = Any
 
 OUTPUT_KEYS = ("frame_embeddings", "clip_embedding", "bn_embedding", "logits", "frame_domain_logits",
                "clip_domain_logits")
+# Added to the outputs when ReIDNet.infonce_projection is set.
+PROJECTION_KEY = "projection"
+ARCHS = sinet_lib.ARCHS
+
+# The reference's projection: Conv1d(D→D, k=1) with kaiming_normal_(mode='fan_out'), bias 0.
+_projection_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 # Backbone config fields ReIDNet passes on to `resnet(...)`; `depth` selects the preset.
 BACKBONE_FIELDS = ("depth", "width", "last_stride", "stem_pool_padding", "conv_bias")
@@ -78,6 +92,19 @@ class ReIDNet(nn.Module):
       disc_dropout: dropout rate inside the discriminators.
       dtype: backbone compute dtype (e.g. jnp.bfloat16). Pooled embeddings and everything after
         them (BN-neck, classifier, discriminators) are computed in float32; params are float32.
+      arch: 'resnet50' (default: the plain ResNet of `backbone.depth`, whatever the depth), or a
+        SINet backbone 'sinet' (IDM + SBM, the reference's default), 'sbnet' (SBM only), 'idnet'
+        (IDM only). The SINet archs need depth 50 (34 and 101 also have the plug-in positions) and
+        take T from the input; with SBM, T must be 4 or 8.
+      infonce_projection: add the reference's InfoNCE projection head: a Dense(D) (≡ Conv1d k=1,
+        Kaiming-normal fan_out, bias 0) on the per-frame BN-neck features, returned as
+        `projection` [B, T, D]. The key is absent when this is False.
+
+    Projection input: the frame features normalised with the BN-neck's scale and bias, and with the
+    *frames'* batch statistics in train mode (the running statistics in eval mode), as the
+    reference's `bn(x)` on (B, D, T). Unlike the reference, this does not update the BN-neck's
+    running statistics (the reference updates them from frames too, method-spec §3.2), so turning
+    the projection on leaves the BN-neck and the embeddings exactly as without it.
 
     Discriminator input: the discriminators see `rms_normalise(embedding)`, i.e. each frame/clip
     vector divided by its own RMS. Raw max-pooled ReLU features have a large, drifting scale
@@ -98,11 +125,17 @@ class ReIDNet(nn.Module):
     disc_hidden: int = 256
     disc_dropout: float = 0.5
     dtype: Dtype = jnp.float32
+    arch: str = "resnet50"
+    infonce_projection: bool = False
 
     def __post_init__(self):
         # Store the backbone config as a FrozenDict so the module stays hashable (Linen hashes
         # modules in nn.jit/nn.remat and when they are static arguments); ConfigDicts are accepted.
         object.__setattr__(self, "backbone", flax.core.FrozenDict(_backbone_kwargs(self.backbone)))
+        if self.arch not in ARCHS:
+            raise ValueError(f"ReIDNet.arch must be one of {list(ARCHS)}, got {self.arch!r}")
+        if self.arch != "resnet50":
+            sinet_lib.check_arch(self.arch, resnet_lib._preset(self.backbone["depth"])[0])
         super().__post_init__()
 
     @nn.compact
@@ -111,9 +144,9 @@ class ReIDNet(nn.Module):
 
         frame_embeddings [B, T, D], clip_embedding [B, D], bn_embedding [B, D],
         logits [B, num_classes], frame_domain_logits [B, T, 2], clip_domain_logits [B, 2]
-        (all float32). `grl_beta` scales the reversed gradient of both discriminators; it may be a
-        traced scalar. `train` selects batch statistics (and updates 'batch_stats' when mutable)
-        and enables dropout (rng 'dropout').
+        (+ projection [B, T, D] with `infonce_projection`) (all float32). `grl_beta` scales the
+        reversed gradient of both discriminators; it may be a traced scalar. `train` selects batch
+        statistics (and updates 'batch_stats' when mutable) and enables dropout (rng 'dropout').
         """
         if video.ndim != 5:
             raise ValueError(f"ReIDNet expects video [B, T, H, W, C], got shape {video.shape}")
@@ -122,7 +155,11 @@ class ReIDNet(nn.Module):
         b, t = video.shape[:2]
         kw = _backbone_kwargs(self.backbone)
         depth = kw.pop("depth")
-        net = resnet_lib.resnet(depth, include_fc=False, dtype=self.dtype, name="backbone", **kw)
+        if self.arch == "resnet50":
+            net = resnet_lib.resnet(depth, include_fc=False, dtype=self.dtype, name="backbone", **kw)
+        else:
+            net = sinet_lib.video_resnet(self.arch, t, depth, include_fc=False, dtype=self.dtype,
+                                         name="backbone", **kw)
 
         fmap = net(video.reshape((b * t,) + video.shape[2:]), train=train)  # [B·T, h, w, D]
         fmap = fmap.astype(jnp.float32)
@@ -130,15 +167,19 @@ class ReIDNet(nn.Module):
         frame_embeddings = pooled.reshape(b, t, -1)  # [B, T, D]
         clip_embedding = temporal_average(frame_embeddings)  # [B, D]
 
-        bn_embedding = nn.BatchNorm(
+        bnneck = nn.BatchNorm(
             use_running_average=not train,
             momentum=resnet_lib.BN_MOMENTUM,
             epsilon=resnet_lib.BN_EPSILON,
             scale_init=_bnneck_scale_init,
             bias_init=nn.initializers.zeros,
             param_dtype=jnp.float32,
+            # Two-pass batch variance, as PyTorch: E[x²] − E[x]² cancels badly in float32 for
+            # max-pooled features whose mean is large next to their spread across a small batch.
+            use_fast_variance=False,
             name="bnneck",
-        )(clip_embedding)
+        )
+        bn_embedding = bnneck(clip_embedding)
         logits = nn.Dense(
             self.num_classes,
             kernel_init=nn.initializers.normal(0.001),
@@ -152,7 +193,7 @@ class ReIDNet(nn.Module):
         frame_domain_logits = frame_disc(rms_normalise(frame_embeddings), beta=grl_beta, train=train)
         clip_domain_logits = clip_disc(rms_normalise(clip_embedding), beta=grl_beta, train=train)
 
-        return {
+        outputs = {
             "frame_embeddings": frame_embeddings,
             "clip_embedding": clip_embedding,
             "bn_embedding": bn_embedding,
@@ -160,6 +201,30 @@ class ReIDNet(nn.Module):
             "frame_domain_logits": frame_domain_logits,
             "clip_domain_logits": clip_domain_logits,
         }
+        if self.infonce_projection:
+            frames_bn = _frame_batch_norm(bnneck, frame_embeddings, train=train)
+            outputs[PROJECTION_KEY] = nn.Dense(
+                frames_bn.shape[-1],
+                kernel_init=_projection_kernel_init,
+                bias_init=nn.initializers.zeros,
+                param_dtype=jnp.float32,
+                name="projection",
+            )(frames_bn)
+        return outputs
+
+
+def _frame_batch_norm(bnneck: nn.BatchNorm, frames: jax.Array, *, train: bool) -> jax.Array:
+    """frames [B, T, D] normalised like the BN-neck would (its scale/bias; batch statistics over the
+    B·T frames in train mode, the running statistics in eval mode), without updating anything."""
+    scale = bnneck.get_variable("params", "scale")
+    bias = bnneck.get_variable("params", "bias")
+    if train:
+        mean = jnp.mean(frames, axis=(0, 1))
+        var = jnp.mean(jnp.square(frames - mean), axis=(0, 1))  # biased, as PyTorch normalises
+    else:
+        mean = bnneck.get_variable("batch_stats", "mean")
+        var = bnneck.get_variable("batch_stats", "var")
+    return (frames - mean) * jax.lax.rsqrt(var + resnet_lib.BN_EPSILON) * scale + bias
 
 
 def init_model(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> tuple[Any, Any]:

@@ -193,6 +193,7 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     name=f"layer{s + 1}_{i}",
                 )(x, train=train)
+                x = self.after_block(x, stage=s + 1, block=i, train=train)
         if not self.include_fc:
             return x
         x = jnp.mean(x, axis=(1, 2))
@@ -204,6 +205,13 @@ class ResNet(nn.Module):
             bias_init=torch_default_bias_init(x.shape[-1]),
             name="fc",
         )(x)
+
+    def after_block(self, x: jax.Array, *, stage: int, block: int, train: bool) -> jax.Array:
+        """Plug-in hook, called on the output of block `layer{stage}_{block}` (1-based stage, 0-based
+        block). The identity here; subclasses (svreid_jax.models.sinet.VideoResNet) override it to
+        insert modules, which they may create inline since it runs inside the compact `__call__`."""
+        del stage, block, train
+        return x
 
 
 # depth → (stage_sizes, block, default width)

@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.augment.erasing_probability = 0.5  # Random Erasing probability per clip (0 disables)
 
     c.model = ml_collections.ConfigDict()
+    c.model.arch = "resnet50"  # backbone family: 'resnet50' (plain ResNet of `depth`), 'sinet', 'sbnet', 'idnet'
     c.model.depth = "50"  # ResNet depth: "18", "34", "50", "101", or "tiny" for tests and the demo
     c.model.width = 64  # base channel width (64 for the real ResNets)
     c.model.last_stride = 1  # stride of the last stage (1 keeps 16×8 maps at 256×128, re-ID custom)
@@ -60,6 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.triplet = 1.0  # weight of the batch-hard triplet loss on source
     c.loss.triplet_margin = 0.3  # triplet margin
     c.loss.triplet_metric = "cosine"  # triplet distance: 'cosine' (reference) or 'euclidean'
+    c.loss.infonce = 0.0  # weight of SINet's temporal InfoNCE on source (reference 0.001; adds a projection)
+    c.loss.infonce_temperature = 0.07  # its temperature
     c.loss.frame_domain = 1.0  # weight of the frame-level domain loss (static invariance; 0 disables)
     c.loss.clip_domain = 1.0  # weight of the sequence-level domain loss (dynamic invariance; 0 disables)
     c.loss.consistency_ce = 1.0  # weight of L^C_1, student soft assignment vs teacher clusters (0 disables)
@@ -96,6 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every_epochs = 5  # checkpoint every this many epochs (and always at the end)
     c.train.max_consecutive_nonfinite = 10  # stop after this many skipped (NaN/inf) updates in a row
     c.train.keep_checkpoints = 2  # checkpoints kept on disk
+    c.train.select_holdout_ids = 0  # source identities held out to pick the best checkpoint (0 = last one)
+    c.train.select_on_target_test = False  # pick by target *test* rank-1 (reference D10; biased)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.temporal = "restricted_begin"  # 'restricted_begin' (reference 4 frames), 'evenly' or 'dense'

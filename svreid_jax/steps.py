@@ -84,6 +84,10 @@ def make_train_step(model, config):
                 "triplet": losses.batch_hard_triplet(out_s["bn_embedding"], labels, config.loss.triplet_margin,
                                                      config.loss.triplet_metric),
             }
+            if w.infonce > 0:
+                # Groups are the K clips of one identity, contiguous in P×K batches.
+                terms_out["infonce"] = losses.temporal_infonce(
+                    out_s["projection"], config.batch.num_instances, w.infonce_temperature)
             aux = {"accuracy": jnp.mean(jnp.argmax(out_s["logits"], -1) == labels)}
             if terms["target"]:
                 # Source and target run as separate train-mode forwards (as in the reference), so

@@ -1,6 +1,7 @@
 """The training loop: data, model, state, steps, evaluation, logs and checkpoints. No model maths here."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -42,6 +43,44 @@ def load_datasets(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits]:
     return source, target
 
 
+def hold_out_source(splits: DatasetSplits, num_ids: int, seed: int) -> tuple[DatasetSplits, DatasetSplits]:
+    """Split source identities: (training splits, a held-out query/gallery for model selection).
+
+    `num_ids` source identities (drawn with the seed) leave training; each gives its first tracklet
+    as a query and the rest as gallery. Training pids are relabelled 0..N−1. Selecting on these
+    never looks at target labels.
+    """
+    pids = sorted({t.pid for t in splits.train})
+    if num_ids >= len(pids) - 1:
+        raise ValueError(f"train.select_holdout_ids={num_ids} leaves too few of the {len(pids)} source identities")
+    held = set(np.random.default_rng(seed).choice(pids, size=num_ids, replace=False).tolist())
+    kept = [p for p in pids if p not in held]
+    relabel = {p: i for i, p in enumerate(kept)}
+    train_part = tuple(dataclasses.replace(t, pid=relabel[t.pid]) for t in splits.train if t.pid in relabel)
+    query, gallery, seen = [], [], set()
+    for t in splits.train:
+        if t.pid in held:
+            (gallery if t.pid in seen else query).append(t)
+            seen.add(t.pid)
+    return (DatasetSplits(train_part, splits.query, splits.gallery),
+            DatasetSplits((), tuple(query), tuple(gallery)))
+
+
+def prepare_data(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits, DatasetSplits | None]:
+    """(source, target, selection split or None) as the config asks, logging what was chosen."""
+    source, target = load_datasets(config, workdir)
+    selection = None
+    if config.train.select_holdout_ids > 0 and not config.train.select_on_target_test:
+        source, selection = hold_out_source(source, config.train.select_holdout_ids, config.seed)
+        logging.info("model selection on %d held-out source identities (%d query / %d gallery tracklets)",
+                     config.train.select_holdout_ids, len(selection.query), len(selection.gallery))
+    elif config.train.select_on_target_test:
+        logging.warning("train.select_on_target_test=True selects the checkpoint by target *test* rank-1 "
+                        "(the reference's behaviour, method-spec D10): the result is optimistically biased.")
+        selection = target
+    return source, target, selection
+
+
 def clip_spec(config, train: bool) -> pipeline.ClipSpec:
     if train:
         return pipeline.ClipSpec(seq_len=config.data.seq_len, height=config.data.height, width=config.data.width,
@@ -59,7 +98,8 @@ def create_model(config, num_classes: int) -> reid.ReIDNet:
     backbone = {"depth": m.depth, "width": m.width, "last_stride": m.last_stride,
                 "stem_pool_padding": m.stem_pool_padding, "conv_bias": m.conv_bias}
     return reid.ReIDNet(num_classes=num_classes, backbone=backbone, frame_pooling=m.frame_pooling,
-                        disc_hidden=m.disc_hidden, disc_dropout=m.disc_dropout, dtype=jnp.dtype(m.dtype))
+                        disc_hidden=m.disc_hidden, disc_dropout=m.disc_dropout, dtype=jnp.dtype(m.dtype),
+                        arch=m.arch, infonce_projection=config.loss.infonce > 0)
 
 
 def init_variables(config, model, rng: jax.Array) -> tuple[Any, Any]:
@@ -134,7 +174,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     writer = MetricWriter(workdir, enabled=is_main)
     mesh = steps.data_mesh()
 
-    source, target = load_datasets(config, workdir)
+    source, target, selection = prepare_data(config, workdir)
     num_classes = source.num_train_pids
     logging.info("source: %d train tracklets / %d ids; target: %d train, %d query, %d gallery tracklets",
                  len(source.train), num_classes, len(target.train), len(target.query), len(target.gallery))
@@ -176,6 +216,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     logging.info("training %d steps (%d epochs × %d steps) from step %d", total_steps,
                  config.train.num_epochs, steps_per_epoch, start_step)
 
+    best = {"rank1": -1.0, "step": None}
+    best_checkpointer = (Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
+                         if selection is not None else None)
+    if best_checkpointer is not None and best_checkpointer.latest_step() is not None:
+        best.update(step=best_checkpointer.latest_step(),
+                    rank1=float(best_checkpointer.read_meta().get("select_rank1", -1.0)))
     pending_metrics: list[dict] = []
     nonfinite_run = 0
     step = start_step
@@ -209,8 +255,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             epoch = done // steps_per_epoch
             if epoch_done and done < total_steps:
                 if config.train.eval_every_epochs and epoch % config.train.eval_every_epochs == 0:
-                    metrics = evaluate(config, model, _eval_variables(config, state), target, mesh)
-                    writer.write_scalars(done, metrics, prefix="eval/")
+                    if selection is not None:
+                        chosen = evaluate(config, model, _eval_variables(config, state), selection, mesh)
+                        writer.write_scalars(done, chosen, prefix="select/")
+                        if chosen["rank1"] > best["rank1"]:
+                            best.update(rank1=chosen["rank1"], step=done)
+                            best_checkpointer.save(done, state, {}, {"step": done, "select_rank1": chosen["rank1"]})
+                    if selection is not target:
+                        metrics = evaluate(config, model, _eval_variables(config, state), target, mesh)
+                        writer.write_scalars(done, metrics, prefix="eval/")
                 if config.train.checkpoint_every_epochs and epoch % config.train.checkpoint_every_epochs == 0:
                     checkpointer.save(done, state, iterators, {"step": done, "epoch": epoch})
     except BaseException:
@@ -227,6 +280,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     if total_steps > start_step:
         checkpointer.save(total_steps, state, iterators, {"step": total_steps, "epoch": config.train.num_epochs})
+    if best_checkpointer is not None:
+        # The last state competes too; then the selected one is what gets evaluated and reported.
+        last = evaluate(config, model, _eval_variables(config, state), selection, mesh)
+        writer.write_scalars(total_steps, last, prefix="select/")
+        if best["step"] is None or last["rank1"] >= best["rank1"]:
+            best_checkpointer.save(total_steps, state, {}, {"step": total_steps, "select_rank1": last["rank1"]})
+        best_checkpointer.wait()
+        state = best_checkpointer.restore_state_only(state)
+        logging.info("evaluating the selected checkpoint from step %d", best_checkpointer.latest_step())
+        best_checkpointer.close()
     final = evaluate(config, model, _eval_variables(config, state), target, mesh)
     checkpointer.close()
     writer.write_scalars(total_steps, final, prefix="eval/")
@@ -253,7 +316,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     """--mode=eval: restore the latest checkpoint of workdir and evaluate it on the target."""
     _log_devices()
     mesh = steps.data_mesh()
-    source, target = load_datasets(config, workdir)
+    source, target, _ = prepare_data(config, workdir)
     model = create_model(config, source.num_train_pids)
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     params, batch_stats = reid.init_model(model, init_rng, (1, config.data.seq_len, config.data.height,

@@ -22,7 +22,7 @@ def _run_main(workdir, *extra):
 
 def test_main_trains_evaluates_and_writes_everything(tmp_path):
     workdir = tmp_path / "run"
-    done = _run_main(workdir)
+    done = _run_main(workdir, "--config.train.select_holdout_ids=2", "--config.train.eval_every_epochs=1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "target rank-1" in done.stdout and "| R-1 | R-5 | R-10 | R-20 | mAP |" in done.stdout
     lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
@@ -34,16 +34,19 @@ def test_main_trains_evaluates_and_writes_everything(tmp_path):
     results = json.load(open(workdir / "results.json"))
     assert 0.0 <= results["rank1"] <= 1.0 and 0.0 <= results["mAP"] <= 1.0
     assert "ETA" in done.stderr  # progress lines with throughput and ETA
+    # Model selection ran on held-out *source* identities, never on target labels.
+    assert any("select/rank1" in l for l in lines)
+    assert "evaluating the selected checkpoint" in done.stderr
 
     # Running again with a longer schedule resumes from step 4 instead of starting over.
-    again = _run_main(workdir, "--config.train.num_epochs=3")
+    again = _run_main(workdir, "--config.train.num_epochs=3", "--config.train.select_holdout_ids=2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stderr and "from step 4" in again.stderr
     steps_after = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl") if "train/loss" in l]
     assert steps_after[-2:] == [5, 6]
 
     # --mode=eval evaluates the latest checkpoint.
-    evaluated = _run_main(workdir, "--mode=eval", "--config.train.num_epochs=3")
+    evaluated = _run_main(workdir, "--mode=eval", "--config.train.num_epochs=3", "--config.train.select_holdout_ids=2")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "| R-1 |" in evaluated.stdout
 
@@ -54,3 +57,17 @@ def test_missing_data_root_is_one_clear_error(tmp_path):
     config.data.source.root = str(tmp_path / "no_such_svreid")
     with pytest.raises(DatasetError, match="no_such_svreid"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_hold_out_source_splits_identities():
+    from svreid_jax.data.records import DatasetSplits, Tracklet
+
+    train_split = tuple(Tracklet((f"{p}_{k}.jpg",), p, k) for p in range(6) for k in range(3))
+    kept, held = train.hold_out_source(DatasetSplits(train_split, (), ()), 2, seed=0)
+    held_pids = {t.pid for t in held.query}
+    assert len(held_pids) == 2 and {t.pid for t in held.gallery} == held_pids
+    assert len(held.query) == 2 and len(held.gallery) == 4
+    assert sorted({t.pid for t in kept.train}) == [0, 1, 2, 3]  # relabelled
+    assert len(kept.train) == 12
+    with pytest.raises(ValueError, match="select_holdout_ids=5 leaves too few"):
+        train.hold_out_source(DatasetSplits(train_split, (), ()), 5, seed=0)

@@ -89,3 +89,16 @@ def test_source_only_skips_target_terms():
     assert steps.active_terms(config) == {"domain": False, "teacher": False, "target": False}
     _, metrics = jax.jit(steps.make_train_step(model, config))(state, _batch(0))
     assert "frame_domain" not in metrics and "consistency_ce" not in metrics
+
+
+def test_infonce_term_runs_in_the_step():
+    config = _config()
+    config.loss.infonce = 0.001
+    config.loss.frame_domain = config.loss.clip_domain = 0.0
+    config.loss.consistency_ce = config.loss.consistency_dist = 0.0
+    model = reid.ReIDNet(num_classes=4, backbone={"depth": "tiny", "width": 8}, disc_hidden=16,
+                         infonce_projection=True)
+    params, batch_stats = reid.init_model(model, jax.random.PRNGKey(0), (1, T, H, W, 3))
+    state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), steps_per_epoch=10)
+    _, metrics = jax.jit(steps.make_train_step(model, config))(state, _batch(0))
+    assert np.isfinite(float(metrics["infonce"])) and float(metrics["infonce"]) > 0

@@ -57,6 +57,12 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return restored["state"]
 
+    def read_meta(self, step: int | None = None) -> dict:
+        """The JSON metadata saved with a step (the latest by default)."""
+        step = self.latest_step() if step is None else step
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

@@ -1,14 +1,15 @@
 """Dataset readers behind one entry point: `load(name, root, **options) -> DatasetSplits`.
 
 Adding a dataset: write `datasets/<name>.py` with a function `(root, **options) -> DatasetSplits`
-and add one line to LOADERS below.
+and add one line to LOADERS below (and to WITH_STATS if it also reports what it dropped).
 """
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
-from svreid_jax.data.datasets import mars, svreid
+from svreid_jax.data.datasets import ccvid, folder, ilidsvid, lsvid, mars, prid, svreid
 from svreid_jax.data.records import DatasetSplits
 
 # name → reader. Options of a reader are its keyword arguments after `root`.
@@ -17,6 +18,19 @@ LOADERS: dict[str, Callable[..., DatasetSplits]] = {
     "svreid_cc": svreid.load_svreid_cc,
     "svreid_plus": svreid.load_svreid_plus,
     "mars": mars.load_mars,
+    "ilidsvid": ilidsvid.load_ilidsvid,
+    "prid": prid.load_prid,
+    "lsvid": lsvid.load_lsvid,
+    "ccvid": ccvid.load_ccvid,
+    "folder": folder.load_folder,
+}
+
+# name → the same reader returning (DatasetSplits, a dataclass of counts: rows read, rows dropped, ...),
+# with the same options.
+WITH_STATS: dict[str, Callable[..., tuple[DatasetSplits, Any]]] = {
+    "mars": mars.load_with_stats,
+    "prid": prid.load_with_stats,
+    "lsvid": lsvid.load_with_stats,
 }
 
 
@@ -25,19 +39,36 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(LOADERS))
 
 
+def options(name: str) -> dict[str, Any]:
+    """The options of dataset `name` with their defaults. Unknown name → ValueError listing the known ones."""
+    try:
+        loader = LOADERS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}") from None
+    return {p.name: p.default for p in inspect.signature(loader).parameters.values() if p.name != "root"}
+
+
+def _check_options(name: str, given: dict) -> None:
+    accepted = options(name)
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise ValueError(f"dataset {name!r} has no option(s) {', '.join(unknown)}; "
+                         f"its options: {', '.join(accepted) or 'none'}")
+
+
 def load(name: str, root: str, **options) -> DatasetSplits:
     """Read dataset `name` from folder `root`.
 
     Unknown names and unknown options raise ValueError listing what is accepted; bad or missing
     files raise `records.DatasetError` (a ValueError) naming the file and line or key.
     """
-    try:
-        loader = LOADERS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}") from None
-    accepted = [p for p in inspect.signature(loader).parameters if p != "root"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"dataset {name!r} has no option(s) {', '.join(unknown)}; "
-                         f"its options: {', '.join(accepted) or 'none'}")
-    return loader(root, **options)
+    _check_options(name, options)
+    return LOADERS[name](root, **options)
+
+
+def load_with_stats(name: str, root: str, **options) -> tuple[DatasetSplits, Any]:
+    """`load`, plus the reader's counts of what it read and dropped (None for readers without any)."""
+    _check_options(name, options)
+    if name in WITH_STATS:
+        return WITH_STATS[name](root, **options)
+    return LOADERS[name](root, **options), None

@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.target_sampling = "random"  # 'random' (label-free) or 'identity' (P×K by target labels, D7)
     c.data.num_threads = 2  # grain reader threads per iterator
     c.data.prefetch = 4  # batches buffered ahead by grain
+    c.data.num_workers = 0  # grain worker processes (0 = threads only; >0 helps on many-core hosts)
 
     c.batch = ml_collections.ConfigDict()
     c.batch.num_identities = 8  # P: identities per source batch

@@ -183,7 +183,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     source_it, steps_per_epoch = pipeline.source_stream(
         source.train, num_identities=config.batch.num_identities, num_instances=config.batch.num_instances,
         spec=clip_spec(config, train=True), seed=config.seed, num_threads=config.data.num_threads,
-        prefetch=config.data.prefetch, **process)
+        prefetch=config.data.prefetch, num_workers=config.data.num_workers, **process)
     if config.train.steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, config.train.steps_per_epoch)
     identity_balanced = config.data.target_sampling == "identity"
@@ -193,7 +193,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     target_it = pipeline.target_stream(
         target.train, batch_size=config.batch.target_size, spec=clip_spec(config, train=True),
         seed=config.seed, num_threads=config.data.num_threads, prefetch=config.data.prefetch,
-        identity_balanced=identity_balanced, num_instances=config.batch.num_instances, **process)
+        identity_balanced=identity_balanced, num_instances=config.batch.num_instances,
+        num_workers=config.data.num_workers, **process)
     uses_target = steps.active_terms(config)["target"]
     total_steps = config.train.num_epochs * steps_per_epoch
 

@@ -61,6 +61,17 @@ class _EpochStream:
     def __len__(self) -> int:
         return _STREAM_LENGTH
 
+    def __getstate__(self):
+        # Worker processes get a copy without the lock and cache (neither pickles nor needs to).
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_cache"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _epoch(self, epoch: int) -> np.ndarray:
         with self._lock:
             order = self._cache.get(epoch)
@@ -106,14 +117,19 @@ class _LoadTrainClip(grain.transforms.Map):
 
 
 def _train_iterator(tracklets, stream: _EpochStream, batch_size: int, spec: ClipSpec, seed: int,
-                    num_threads: int, prefetch: int) -> grain.DatasetIterator:
+                    num_threads: int, prefetch: int, num_workers: int = 0) -> grain.DatasetIterator:
     ds = (
         grain.MapDataset.source(stream)
         .map(_LoadTrainClip(tracklets, spec, seed))
         .batch(batch_size, drop_remainder=True)
     )
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-    return iter(ds.to_iter_dataset(options))
+    iter_ds = ds.to_iter_dataset(options)
+    if num_workers > 0:
+        # Worker processes sidestep the GIL for decoding on many-core hosts (TPU VMs); on 2 cores
+        # threads are faster (jax-ecosystem.md §1.6), hence 0 by default. The state still checkpoints.
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(iter_ds)
 
 
 def _check_nonempty(tracklets: Sequence[Tracklet], what: str) -> None:
@@ -123,7 +139,7 @@ def _check_nonempty(tracklets: Sequence[Tracklet], what: str) -> None:
 
 def source_stream(tracklets: Sequence[Tracklet], *, num_identities: int, num_instances: int, spec: ClipSpec,
                   seed: int, num_threads: int = 2, prefetch: int = 4, process_index: int = 0,
-                  process_count: int = 1) -> tuple[grain.DatasetIterator, int]:
+                  process_count: int = 1, num_workers: int = 0) -> tuple[grain.DatasetIterator, int]:
     """P×K identity batches of the labelled source.
 
     Returns (iterator of {'video': uint8 [b,T,H,W,3], 'pid','camid','index': int32 [b]}, steps per
@@ -139,13 +155,14 @@ def source_stream(tracklets: Sequence[Tracklet], *, num_identities: int, num_ins
         lambda epoch: sampling.identity_epoch(pids, num_instances, seed, epoch),
         sampling.identity_epoch_length(pids, num_instances), global_batch, process_index, process_count,
     )
-    return _train_iterator(tracklets, stream, local, spec, seed, num_threads, prefetch), stream.batches_per_epoch
+    return (_train_iterator(tracklets, stream, local, spec, seed, num_threads, prefetch, num_workers),
+            stream.batches_per_epoch)
 
 
 def target_stream(tracklets: Sequence[Tracklet], *, batch_size: int, spec: ClipSpec, seed: int,
                   num_threads: int = 2, prefetch: int = 4, process_index: int = 0,
                   process_count: int = 1, identity_balanced: bool = False,
-                  num_instances: int = 4) -> grain.DatasetIterator:
+                  num_instances: int = 4, num_workers: int = 0) -> grain.DatasetIterator:
     """Target batches. Label-free random tracklets by default (the unsupervised setting).
 
     identity_balanced=True reproduces the reference's P×K sampling by *target ground-truth* pids
@@ -161,7 +178,7 @@ def target_stream(tracklets: Sequence[Tracklet], *, batch_size: int, spec: ClipS
         items = len(tracklets)
     stream = _EpochStream(epoch_fn, items, batch_size, process_index, process_count)
     return _train_iterator(tracklets, stream, batch_size // max(process_count, 1), spec, seed + 1,
-                           num_threads, prefetch)
+                           num_threads, prefetch, num_workers)
 
 
 class _LoadEvalClip(grain.transforms.Map):

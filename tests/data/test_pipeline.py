@@ -114,3 +114,24 @@ def test_eval_clips_begin_and_dense(tracklets):
 def test_empty_split_is_reported():
     with pytest.raises(ValueError, match="source train split holds no tracklets"):
         pipeline.source_stream((), num_identities=2, num_instances=4, spec=SPEC, seed=0)
+
+
+def test_worker_processes_give_the_same_batches_and_resume(tracklets):
+    kw = dict(num_identities=2, num_instances=4, spec=SPEC, seed=3, num_threads=1)
+    threads, _ = pipeline.source_stream(tracklets, **kw)
+    expected = _take(threads, 4)
+    workers, _ = pipeline.source_stream(tracklets, num_workers=2, **kw)
+    try:
+        got = _take(workers, 2)
+        state = workers.get_state()
+    finally:
+        workers.close()
+    resumed, _ = pipeline.source_stream(tracklets, num_workers=2, **kw)
+    try:
+        resumed.set_state(state)
+        got += _take(resumed, 2)
+    finally:
+        resumed.close()
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a["index"], b["index"])
+        np.testing.assert_array_equal(a["video"], b["video"])

@@ -5,7 +5,9 @@ query per (identity, camera) the identity appears in, pid-0 distractors in the g
 synthetic features (identity centre + noise). Prints a markdown table.
 
     python benchmarks/ranking.py                     # MARS size
-    python benchmarks/ranking.py --num-query 834 --num-gallery 1074 --num-ids 151 --num-distractors 0
+    python benchmarks/ranking.py --num-gallery 1074 --num-ids 151 --num-distractors 0   # CCVID-like size
+
+Queries are capped at the number of (identity, camera) pairs drawn (about 3.2 per identity).
 """
 from __future__ import annotations
 

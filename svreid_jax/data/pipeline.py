@@ -4,6 +4,9 @@ A training stream is a grain `MapDataset` over *positions* 0, 1, 2, …: positio
 of the endless concatenation of sampler epochs (epoch = i // items_per_epoch). So the iterator
 state is one integer, resuming is exact, and every process can compute any position. Decoding,
 resizing and flipping run in grain threads; batches are uint8 `[B, T, H, W, 3]`.
+
+`tracklets` is a sequence of records.Tracklet read from folders, or a `pack.PackedTracklets`
+(packed array_record shards), whose frames decode from the stored bytes to the same pixels.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grain
 import numpy as np
 
-from svreid_jax.data import sampling, transforms
+from svreid_jax.data import pack, sampling, transforms
 from svreid_jax.data.records import Tracklet
 
 # Streams are long but finite so grain can index them; 2**40 positions never run out.
@@ -89,6 +92,15 @@ class _EpochStream:
         return int(self._epoch(epoch)[within]), global_position
 
 
+def _decode_clip(tracklets: Sequence[Tracklet], index: int, frame_indices, height: int, width: int,
+                 flip: bool) -> np.ndarray:
+    """Frames of tracklets[index]: from its files, or from the stored bytes of a `pack.PackedTracklets`
+    (same PIL decoding, so the same pixels)."""
+    if isinstance(tracklets, pack.PackedTracklets):
+        return tracklets.load_clip(index, frame_indices, height, width, flip)
+    return transforms.load_clip(tracklets[index].frames, frame_indices, height, width, flip)
+
+
 class _LoadTrainClip(grain.transforms.Map):
     """Samples, decodes and flips one training clip.
 
@@ -109,7 +121,7 @@ class _LoadTrainClip(grain.transforms.Map):
         frames = sampling.clip_indices(len(tracklet), spec.seq_len, spec.temporal, rng)
         flip = bool(spec.flip and rng.random() < 0.5)
         return {
-            "video": transforms.load_clip(tracklet.frames, frames, spec.height, spec.width, flip),
+            "video": _decode_clip(self._tracklets, index, frames, spec.height, spec.width, flip),
             "pid": np.int32(tracklet.pid),
             "camid": np.int32(tracklet.camid),
             "index": np.int32(index),
@@ -194,9 +206,8 @@ class _LoadEvalClip(grain.transforms.Map):
                 "video": np.zeros((spec.seq_len, spec.height, spec.width, 3), np.uint8),
                 "tracklet": np.int32(-1),
             }
-        tracklet = self._tracklets[tracklet_index]
         return {
-            "video": transforms.load_clip(tracklet.frames, frame_indices, spec.height, spec.width, False),
+            "video": _decode_clip(self._tracklets, tracklet_index, frame_indices, spec.height, spec.width, False),
             "tracklet": np.int32(tracklet_index),
         }
 

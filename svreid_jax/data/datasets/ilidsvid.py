@@ -167,7 +167,8 @@ def load_ilidsvid(root: str, split_id: int = 0) -> DatasetSplits:
     from_json = _splits_from_json(json_path) if os.path.isfile(json_path) else None
     if from_json is not None:
         if split_id >= len(from_json):
-            raise DatasetError(f"{NAME}: {json_path} holds {len(from_json)} splits; split_id={split_id} is not one of them")
+            raise DatasetError(f"{NAME}: {json_path} holds {len(from_json)} splits; "
+                               f"split_id={split_id} is not one of them")
         train, test = (sorted(names) for names in from_json[split_id])
         known = set(persons)
         for which, names in (("train", train), ("test", test)):

@@ -180,7 +180,8 @@ def _camera(first_frame: str, where: str) -> int:
     try:
         cam = int(fields[2])
     except (IndexError, ValueError):
-        raise DatasetError(f"{NAME}: {where}: cannot read the camera from frame name {os.path.basename(first_frame)!r}; "
+        raise DatasetError(f"{NAME}: {where}: cannot read the camera from frame name "
+                           f"{os.path.basename(first_frame)!r}; "
                            f"expected '_'-separated fields with the camera number (1..{_NUM_CAMERAS}) third") from None
     if not 1 <= cam <= _NUM_CAMERAS:
         raise DatasetError(f"{NAME}: {where}: camera {cam} in frame name {os.path.basename(first_frame)!r} "
@@ -209,7 +210,8 @@ def load_with_stats(root: str, cut_length: int | None = None) -> tuple[DatasetSp
     """
     if cut_length is not None and (isinstance(cut_length, bool) or not isinstance(cut_length, int)
                                    or cut_length < 1):
-        raise ValueError(f"{NAME}: cut_length={cut_length!r}; expected None or a positive integer (the reference uses 48)")
+        raise ValueError(f"{NAME}: cut_length={cut_length!r}; expected None or a positive integer "
+                         "(the reference uses 48)")
     dataset_dir, train_path, test_path, mat_path = _find_layout(root)
     train_rows = _read_list(train_path)
     test_rows = _read_list(test_path)

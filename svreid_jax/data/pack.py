@@ -1,0 +1,268 @@
+"""Pack a dataset into array_record shards (tensorflow-datasets, no TensorFlow) and read it back.
+
+  python -m svreid_jax.data.pack --dataset=NAME --root=DIR --out=DIR [--split_id=K] [--option key=value ...]
+                                 [--overwrite]
+
+writes `<out>/svreid_tracklets/<config>/1.0.0/` (config = the dataset name plus its non-default
+options, e.g. `lsvid-cut_length=48`) through the tfds builder in
+`svreid_jax/data/tfds_builders/svreid_tracklets/`: one record per tracklet holding the frame
+files' original bytes (PNG stays PNG, nothing is re-encoded), their format, pid, camid, clothes_id
+and split. It prints that directory.
+
+Reading back: `load_packed(directory)` gives DatasetSplits whose splits are `PackedTracklets`:
+sequences of `Tracklet` (pid, camid, clothes_id and length from the dataset's metadata, no record
+read) whose frames are references 'packed://<split>/<index>/<frame>', not files. Pass a
+PackedTracklets itself (or a slice of it) to `pipeline.source_stream / target_stream /
+eval_clips`: clips then decode from the stored bytes with the same PIL code as from folders, so
+the pixels, and for the same seed the batches, are identical.
+
+Nothing here imports tensorflow_datasets until packing or the first frame read.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from svreid_jax.data import transforms
+from svreid_jax.data.records import DatasetSplits, Tracklet
+
+BUILDER_NAME = "svreid_tracklets"
+USAGE = ("python -m svreid_jax.data.pack --dataset=NAME --root=DIR --out=DIR [--split_id=K] "
+         "[--option key=value ...] [--overwrite]")
+_SPLITS = ("train", "query", "gallery")
+
+
+def pack(dataset: str, root: str, out: str, options: dict[str, Any] | None = None, *,
+         overwrite: bool = False, progress: bool = True) -> str:
+    """Pack `datasets.load(dataset, root, **options)` under `out`; returns the dataset directory.
+
+    An existing complete packing of the same dataset, options and root is reused unless `overwrite`
+    (one from another root → ValueError). Reader errors (DatasetError, ValueError) propagate before
+    anything is written.
+    """
+    import tensorflow_datasets as tfds
+
+    from svreid_jax.data import datasets
+    from svreid_jax.data.tfds_builders.svreid_tracklets import Builder
+
+    options = dict(options or {})
+    datasets.options(dataset)  # unknown name → ValueError before tfds creates folders
+    if not progress:
+        tfds.disable_progress_bar()
+    builder = Builder(dataset=dataset, root=root, options=options, data_dir=os.path.abspath(out),
+                      file_format="array_record")
+    directory = os.fspath(builder.data_dir)
+    if not overwrite and os.path.isfile(os.path.join(directory, "dataset_info.json")):
+        packed_root = _read_metadata(directory).get("root")
+        wanted = os.path.abspath(os.path.expanduser(root))
+        if packed_root != wanted:
+            raise ValueError(f"{directory} already holds {dataset} packed from {packed_root}, not {wanted}; "
+                             "choose another output folder or pack again with overwrite")
+        logging.warning("%s already holds this packing of %s; reusing it (overwrite packs again)", directory, dataset)
+        return directory
+    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+    return directory
+
+
+def find_packed(directory: str) -> str:
+    """The packed dataset directory (the one holding dataset_info.json) at or below `directory`.
+
+    Several packings below `directory` → ValueError listing them; none → FileNotFoundError.
+    """
+    directory = os.path.abspath(os.path.expanduser(directory))
+    if os.path.isfile(os.path.join(directory, "dataset_info.json")):
+        return directory
+    found = sorted(dirpath for dirpath, _, files in os.walk(directory)
+                   if "dataset_info.json" in files and "incomplete" not in os.path.basename(dirpath))
+    if not found:
+        raise FileNotFoundError(f"no packed dataset (dataset_info.json) at or below {directory}; "
+                                f"create one with: {USAGE}")
+    if len(found) > 1:
+        raise ValueError(f"{directory} holds several packed datasets; name one of: {', '.join(found)}")
+    return found[0]
+
+
+def _read_metadata(directory: str) -> dict:
+    path = os.path.join(directory, "metadata.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            metadata = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{directory} is not a dataset packed by svreid_jax.data.pack: cannot read "
+                                f"{path} ({e})") from None
+    if metadata.get("format_version") != 1 or "splits" not in metadata:
+        raise ValueError(f"{path}: unknown packing format {metadata.get('format_version')!r}; "
+                         "pack the dataset again with this version")
+    return metadata
+
+
+class _Shards:
+    """The array_record data sources of one packed dataset, opened on first use, shared by views."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self._sources: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def source(self, split: str):
+        with self._lock:
+            src = self._sources.get(split)
+            if src is None:
+                import tensorflow_datasets as tfds
+
+                src = tfds.builder_from_directory(self.directory).as_data_source(split)
+                self._sources[split] = src
+            return src
+
+    def __getstate__(self):  # for grain worker processes: reopen there
+        return {"directory": self.directory}
+
+    def __setstate__(self, state):
+        self.__init__(state["directory"])
+
+
+class _Buffers(Sequence):
+    """Frame bytes as file objects for PIL, a fresh one per access (a clip may repeat a frame)."""
+
+    def __init__(self, data: Sequence[bytes]):
+        self._data = data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getitem__(self, i):
+        return io.BytesIO(self._data[i])
+
+
+class PackedTracklets(Sequence):
+    """One split of a packed dataset: a sequence of `Tracklet` whose frames decode from stored bytes.
+
+    tracklets[i] is a Tracklet (from the metadata; frames are 'packed://…' references);
+    frame_bytes(i, k) is the original file content of frame k of tracklet i; load_clip(i, indices,
+    height, width, flip) decodes like `transforms.load_clip` does from files. Slicing gives a view
+    that keeps reading the same shards.
+    """
+
+    def __init__(self, directory: str, split: str):
+        if split not in _SPLITS:
+            raise ValueError(f"split={split!r}; expected one of {', '.join(_SPLITS)}")
+        directory = find_packed(directory)
+        columns = _read_metadata(directory)["splits"].get(split)
+        self._init(_Shards(directory), split, columns)
+
+    def _init(self, shards: _Shards, split: str, columns: dict | None) -> None:
+        self._shards = shards
+        self.split = split
+        if columns is None:  # the reader left this split empty
+            self._rows: tuple[int, ...] = ()
+            self._tracklets: tuple[Tracklet, ...] = ()
+            return
+        self._rows = tuple(range(len(columns["pid"])))
+        self._tracklets = tuple(
+            Tracklet(frames=tuple(f"packed://{split}/{i}/{k}" for k in range(n)), pid=int(pid), camid=int(camid),
+                     clothes_id=None if clothes < 0 else int(clothes))
+            for i, (pid, camid, clothes, n) in enumerate(zip(columns["pid"], columns["camid"], columns["clothes_id"],
+                                                              columns["num_frames"])))
+
+    @classmethod
+    def _view(cls, shards: _Shards, split: str, rows: tuple[int, ...], tracklets: tuple[Tracklet, ...]):
+        view = cls.__new__(cls)
+        view._shards, view.split, view._rows, view._tracklets = shards, split, rows, tracklets
+        return view
+
+    @property
+    def directory(self) -> str:
+        return self._shards.directory
+
+    def __len__(self) -> int:
+        return len(self._tracklets)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return PackedTracklets._view(self._shards, self.split, self._rows[index], self._tracklets[index])
+        return self._tracklets[index]
+
+    def __repr__(self) -> str:
+        return f"PackedTracklets({self.directory!r}, {self.split!r}, {len(self)} tracklets)"
+
+    def record(self, index: int) -> dict:
+        """The stored record of tracklet `index` (all its frames' bytes)."""
+        row = self._rows[index]
+        record = self._shards.source(self.split)[row]
+        if int(record["index"]) != row:
+            raise ValueError(f"{self.directory}: record {row} of split {self.split!r} holds index "
+                             f"{int(record['index'])}; the packing is damaged")
+        return record
+
+    def frame_bytes(self, index: int, frame: int) -> bytes:
+        """The original file bytes of frame `frame` of tracklet `index`."""
+        return self.record(index)["frames"]["bytes"][frame]
+
+    def load_clip(self, index: int, frame_indices: Sequence[int], height: int, width: int,
+                  flip: bool) -> np.ndarray:
+        """uint8 [T, height, width, 3]: `transforms.load_clip` on the stored bytes of the selected frames."""
+        frames = self.record(index)["frames"]
+        try:
+            return transforms.load_clip(_Buffers(frames["bytes"]), frame_indices, height, width, flip)
+        except OSError as e:
+            raise OSError(f"cannot decode a frame of packed tracklet {index} of split {self.split!r} in "
+                          f"{self.directory} (frames {[n.decode() for n in frames['name'][:3]]}…): {e}") from None
+
+
+def load_packed(directory: str) -> DatasetSplits:
+    """The three splits of a packed dataset as PackedTracklets (see the module docstring)."""
+    directory = find_packed(directory)
+    columns = _read_metadata(directory)["splits"]
+    shards = _Shards(directory)  # one set of open shards for the three splits
+    splits = {}
+    for split in _SPLITS:
+        splits[split] = PackedTracklets.__new__(PackedTracklets)
+        splits[split]._init(shards, split, columns.get(split))
+    return DatasetSplits(**splits)
+
+
+def packed_info(directory: str) -> dict:
+    """The packing's metadata: dataset, options, root, reader_counts, per-split columns."""
+    return _read_metadata(find_packed(directory))
+
+
+def main(argv: Sequence[str]) -> int:
+    """Command line entry point; argv[0] is the program name. Returns the exit code."""
+    from absl import flags
+
+    from svreid_jax.data import check
+    from svreid_jax.data.records import DatasetError
+
+    fv = check.define_flags(flags.FlagValues())
+    flags.DEFINE_string("out", None, "Folder to write the packed dataset under.", flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "Pack again even if this dataset and options are already packed.",
+                         flag_values=fv)
+    code = check.parse_flags(fv, argv, USAGE)
+    if code is not None:
+        return code
+    if fv.out is None:
+        print(f"error: --out must be given\nusage: {USAGE}", file=sys.stderr)
+        return 2
+    try:
+        options = check.reader_options(fv.option, fv.split_id)
+        directory = pack(fv.dataset, fv.root, fv.out, options, overwrite=fv.overwrite)
+    except (DatasetError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    counts = {s: len(PackedTracklets(directory, s)) for s in _SPLITS}
+    print(f"packed {fv.dataset} ({', '.join(f'{s}: {n} tracklets' for s, n in counts.items())}) to {directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,6 +1,7 @@
 """Packing into tfds array_record shards: records hold the original bytes, the packed splits give the
 same batches as the folders byte for byte, the command line works, and TensorFlow is never imported."""
 import os
+import pickle
 import subprocess
 import sys
 
@@ -99,6 +100,16 @@ def test_packed_eval_clips_match_folders_byte_for_byte(packed, method):
         a = list(pipeline.eval_clips(getattr(folders, name), spec=SPEC, batch_size=3, method=method, num_threads=2))
         b = list(pipeline.eval_clips(getattr(splits, name), spec=SPEC, batch_size=3, method=method, num_threads=2))
         _assert_same_batches(a, b)
+
+
+def test_packed_split_pickles_for_worker_processes(packed):
+    folders, directory = packed
+    view = pack.load_packed(directory).gallery[1:]
+    clip = view.load_clip(0, [0, 0, 0, 0], 12, 6, True)  # a repeated frame decodes each time
+    copy = pickle.loads(pickle.dumps(view))
+    assert len(copy) == 2 and copy[1] == view[1]
+    np.testing.assert_array_equal(copy.load_clip(0, [0, 0, 0, 0], 12, 6, True), clip)
+    assert clip.tobytes() == pipeline.transforms.load_clip(folders.gallery[1].frames, [0] * 4, 12, 6, True).tobytes()
 
 
 def test_empty_splits_and_reuse(tmp_path):

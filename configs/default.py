@@ -17,10 +17,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.source.name = "svreid"  # labelled source dataset (svreid_jax.data.datasets.load name)
     c.data.source.root = ""  # folder that holds it (see README, "Pointing a config at real data")
     c.data.source.options = ml_collections.ConfigDict()  # extra keyword arguments for the reader
+    c.data.source.packed = ""  # packed array_record dir (svreid_jax.data.pack) to read instead of root
     c.data.target = ml_collections.ConfigDict()
     c.data.target.name = "mars"  # unlabelled target dataset; its query/gallery are evaluated
     c.data.target.root = ""  # folder that holds it
     c.data.target.options = ml_collections.ConfigDict()  # e.g. gallery='include_query' for MARS
+    c.data.target.packed = ""  # packed array_record dir to read instead of root
     c.data.demo = False  # generate the procedural demo data (svreid_jax.data.toy) and use it
     c.data.demo_root = ""  # where the demo data goes; empty = <workdir>/data
     c.data.demo_options = ml_collections.ConfigDict()  # keyword arguments for toy.ensure (sizes, seed)

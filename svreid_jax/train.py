@@ -38,9 +38,18 @@ def load_datasets(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits]:
         paths = toy.ensure(root, **config.data.demo_options.to_dict())
         target_root = str(paths.target_root)
         source_root = target_root if config.data.demo_source_domain == "target" else str(paths.source_root)
-    source = datasets.load(source_cfg.name, source_root, **source_cfg.options.to_dict())
-    target = datasets.load(target_cfg.name, target_root, **target_cfg.options.to_dict())
+    source = _load_split_set(source_cfg, source_root)
+    target = _load_split_set(target_cfg, target_root)
     return source, target
+
+
+def _load_split_set(cfg, root: str) -> DatasetSplits:
+    if cfg.packed:
+        # array_record shards written by `python -m svreid_jax.data.pack`: same tracklets, same batches.
+        from svreid_jax.data import pack
+
+        return pack.load_packed(cfg.packed)
+    return datasets.load(cfg.name, root, **cfg.options.to_dict())
 
 
 def hold_out_source(splits: DatasetSplits, num_ids: int, seed: int) -> tuple[DatasetSplits, DatasetSplits]:
@@ -50,6 +59,9 @@ def hold_out_source(splits: DatasetSplits, num_ids: int, seed: int) -> tuple[Dat
     as a query and the rest as gallery. Training pids are relabelled 0..N−1. Selecting on these
     never looks at target labels.
     """
+    if not isinstance(splits.train, tuple):
+        raise ValueError("train.select_holdout_ids needs the folder layout; packed shards cannot be re-split. "
+                         "Set data.source.packed='' or train.select_holdout_ids=0")
     pids = sorted({t.pid for t in splits.train})
     if num_ids >= len(pids) - 1:
         raise ValueError(f"train.select_holdout_ids={num_ids} leaves too few of the {len(pids)} source identities")

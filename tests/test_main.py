@@ -71,3 +71,20 @@ def test_hold_out_source_splits_identities():
     assert len(kept.train) == 12
     with pytest.raises(ValueError, match="select_holdout_ids=5 leaves too few"):
         train.hold_out_source(DatasetSplits(train_split, (), ()), 5, seed=0)
+
+
+def test_packed_data_reads_the_same_tracklets_as_folders(tmp_path):
+    from svreid_jax.data import pack, toy
+
+    config = demo.get_config("paper,micro")
+    config.data.demo_root = str(tmp_path / "data")
+    folder_source, folder_target = train.load_datasets(config, str(tmp_path))
+    paths = toy.ensure(str(tmp_path / "data"), **config.data.demo_options.to_dict())
+    packed_dir = pack.pack("mars", paths.target_root, str(tmp_path / "packed"), progress=False)
+    config.data.target.packed = packed_dir
+    _, packed_target = train.load_datasets(config, str(tmp_path))
+    for split in ("train", "query", "gallery"):
+        a, b = getattr(folder_target, split), getattr(packed_target, split)
+        assert len(a) == len(b) > 0
+        assert [t.pid for t in a] == [b[i].pid for i in range(len(b))]
+        assert [len(t) for t in a] == [len(b[i]) for i in range(len(b))]

@@ -43,8 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.adaptation.ema_decay = 0.99
     c.adaptation.kmeans_clusters = 16
     c.adaptation.consistency_rampup_steps = 200
-    c.loss.consistency_ce = 0.3
-    c.loss.consistency_dist = 0.3
+    c.loss.consistency_ce = 0.1
+    c.loss.consistency_dist = 0.1
     c.eval.batch_size = 64
     for variant in (arg or "paper").split(","):
         c = apply_variant(c, variant.strip())

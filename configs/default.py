@@ -113,6 +113,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.flip_average = False  # also embed mirrored clips and average
     c.eval.use_teacher = False  # evaluate the EMA teacher instead of the student
     c.eval.max_rank = 50  # CMC length
+    c.eval.rerank = False  # k-reciprocal re-ranking of the distances (Zhong et al. CVPR'17; dense N² matrices)
+    c.eval.rerank_k1 = 20  # re-ranking: k of the k-reciprocal neighbourhoods
+    c.eval.rerank_k2 = 6  # re-ranking: neighbours averaged by the local query expansion (1 = none)
+    c.eval.rerank_lambda = 0.3  # re-ranking: weight of the original distance next to the Jaccard distance
+    c.eval.protocols = True  # final and --mode=eval results add MARS include_query/all galleries, CCVID SC/CC
+    c.eval.all_splits = False  # --mode=eval on iLIDS-VID/PRID: split_id 0..9, reported as mean ± std
+    c.eval.checkpoint = "auto"  # modes eval/visualize/extract: 'auto' (best/ if selection saved one), 'latest', 'best'
+    c.eval.visualize_queries = 8  # --mode=visualize: queries drawn, each with its top-10 gallery tracklets
+    c.eval.visualize_points = 400  # --mode=visualize: at most this many tracklets per domain in the PCA scatter
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.mode = "jit"  # 'jit' (mesh + NamedSharding, global BN)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -15,7 +14,8 @@ from absl import logging
 from svreid_jax import steps
 from svreid_jax.data import datasets, pipeline, toy
 from svreid_jax.data.records import DatasetSplits
-from svreid_jax.evaluation import features, ranking
+from svreid_jax.evaluation import extract as eval_extract
+from svreid_jax.evaluation import protocols
 from svreid_jax.models import reid
 from svreid_jax.state import TrainState, create_train_state, learning_rate_schedule
 from svreid_jax.utils import progress as progress_lib
@@ -128,39 +128,37 @@ def init_variables(config, model, rng: jax.Array) -> tuple[Any, Any]:
 # Evaluation
 
 
-def evaluate(config, model, variables, splits: DatasetSplits, mesh) -> dict[str, float]:
-    """Target query/gallery evaluation: {'rank1','rank5','rank10','rank20','mAP', 'num_valid_queries', ...}."""
-    spec = clip_spec(config, train=False)
-    embed = steps.make_embed_step(model)
-    kwargs = dict(spec=spec, batch_size=config.eval.batch_size, method=config.eval.temporal, mesh=mesh,
-                  num_threads=config.data.num_threads, flip_average=config.eval.flip_average)
+def evaluate(config, model, variables, splits: DatasetSplits, mesh, *, all_protocols: bool = False) -> dict[str, float]:
+    """Query/gallery evaluation: {'rank1','rank5','rank10','rank20','mAP','num_valid_queries', ...}.
+
+    Distances follow eval.distance (and eval.rerank). With `all_protocols` the other protocols that apply
+    are added as '<protocol>/<metric>' keys (evaluation.protocols.evaluate_target): the MARS include_query
+    and all galleries for a MARS exclude_query target, SC/CC when the tracklets carry clothes ids. The
+    unprefixed keys are always the primary protocol (the reference's).
+    """
     start = time.perf_counter()
-    q = features.extract(embed, variables, splits.query, **kwargs)
-    g = features.extract(embed, variables, splits.gallery, **kwargs)
+    tracklets = tuple(splits.query) + tuple(splits.gallery)
+    feats = eval_extract.tracklet_features(config, model, variables, tracklets, mesh)
     extract_sec = time.perf_counter() - start
-    distmat = ranking.pairwise_distance(q, g, metric=config.eval.distance)
-    result = ranking.evaluate_ranking(
-        distmat, np.array([t.pid for t in splits.query]), np.array([t.pid for t in splits.gallery]),
-        np.array([t.camid for t in splits.query]), np.array([t.camid for t in splits.gallery]),
-        max_rank=config.eval.max_rank,
-    )
-    metrics = {f"rank{r}": float(result.cmc[r - 1]) for r in RANKS if r <= len(result.cmc)}
-    metrics["mAP"] = float(result.mAP)
-    metrics["num_valid_queries"] = float(result.num_valid_queries)
-    metrics["num_skipped_queries"] = float(result.num_skipped_queries)
+    nq = len(splits.query)
+    target = config.data.target
+    mars = target.name == "mars" and target.options.get("gallery", "exclude_query") == "exclude_query"
+    results = protocols.evaluate_target(feats[:nq], feats[nq:], splits.query, splits.gallery,
+                                        distance=protocols.DistanceSpec.from_config(config),
+                                        max_rank=config.eval.max_rank, mars=mars, all_protocols=all_protocols)
+    metrics = protocols.flatten(results)
     metrics["extract_sec"] = extract_sec
     return metrics
 
 
-def results_table(metrics: dict[str, float], title: str) -> str:
-    """A markdown table of R-1/5/10/20 and mAP in percent."""
-    cols = [f"R-{r}" for r in RANKS] + ["mAP"]
-    vals = [100 * metrics[f"rank{r}"] for r in RANKS] + [100 * metrics["mAP"]]
-    return "\n".join([
-        f"| {title} | " + " | ".join(cols) + " |",
-        "|---" * (len(cols) + 1) + "|",
-        "| target | " + " | ".join(f"{v:.1f}" for v in vals) + " |",
-    ])
+def results_table(metrics: dict[str, float], title: str, primary: str | None = None) -> str:
+    """A markdown table of R-1/5/10/20 and mAP in percent, one row per protocol of `metrics`.
+
+    The first row holds the unprefixed metrics, labelled `primary` (default: 'target', or the protocol
+    name when other protocols are present); '<protocol>/<metric>' keys make the other rows.
+    """
+    rows, std = protocols.unflatten(metrics, primary)
+    return protocols.markdown_table(rows, title, std)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,15 +301,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         state = best_checkpointer.restore_state_only(state)
         logging.info("evaluating the selected checkpoint from step %d", best_checkpointer.latest_step())
         best_checkpointer.close()
-    final = evaluate(config, model, _eval_variables(config, state), target, mesh)
+    final = evaluate(config, model, _eval_variables(config, state), target, mesh, all_protocols=config.eval.protocols)
     checkpointer.close()
     writer.write_scalars(total_steps, final, prefix="eval/")
     table = results_table(final, f"{config.data.source.name} → {config.data.target.name}")
     if is_main:
-        with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(final, f, indent=2)
-        with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-            f.write(table + "\n")
+        protocols.write_results(workdir, "results", final, table)
     writer.close()
     print(table, flush=True)
     print(f"target rank-1 {100 * final['rank1']:.1f}%, mAP {100 * final['mAP']:.1f}% "
@@ -326,18 +321,47 @@ def _eval_variables(config, state: TrainState) -> dict:
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
-    """--mode=eval: restore the latest checkpoint of workdir and evaluate it on the target."""
+    """--mode=eval: evaluate the checkpoint of workdir (eval.checkpoint) on the target test split.
+
+    Prints the table and writes <workdir>/eval_results.json and eval_results.md: one row per protocol
+    (evaluate(..., all_protocols=eval.protocols)), or with eval.all_splits (iLIDS-VID, PRID) one row per
+    split_id 0..9 under their mean ± std. Returns the flat metrics (for all_splits: the means, 'std/<metric>'
+    and 'split_<i>/<metric>').
+    """
     _log_devices()
     mesh = steps.data_mesh()
-    source, target, _ = prepare_data(config, workdir)
-    model = create_model(config, source.num_train_pids)
-    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    params, batch_stats = reid.init_model(model, init_rng, (1, config.data.seq_len, config.data.height,
-                                                            config.data.width, 3))
-    state = create_train_state(config, model.apply, params, batch_stats, state_rng, 1)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
-    state = checkpointer.restore_state_only(steps.replicate(state, mesh))
-    checkpointer.close()
-    final = evaluate(config, model, _eval_variables(config, state), target, mesh)
-    print(results_table(final, f"{config.data.source.name} → {config.data.target.name}"), flush=True)
-    return final
+    model, variables, ckpt = eval_extract.restore_variables(config, workdir, mesh)
+    distance = protocols.DistanceSpec.from_config(config)
+    name = config.data.target.name
+    if config.eval.all_splits:
+        if name not in ("ilidsvid", "prid"):
+            raise ValueError(f"eval.all_splits averages the 10 splits of iLIDS-VID and PRID; target {name!r} has none")
+        trained_on = config.data.target.options.get("split_id", 0)
+        logging.warning("eval.all_splits: one checkpoint, adapted on the training persons of split %d, is tested "
+                        "on every split; in the others part of the test persons were its unlabelled target "
+                        "training data. The usual protocol trains one model per split.", trained_on)
+        result = protocols.evaluate_splits(
+            lambda s: eval_extract.load_target(config, workdir, split_id=s),
+            lambda tracklets: eval_extract.tracklet_features(config, model, variables, tracklets, mesh),
+            distance=distance, max_rank=config.eval.max_rank)
+        metrics = result.flat()
+    else:
+        target = eval_extract.load_target(config, workdir)
+        metrics = evaluate(config, model, variables, target, mesh, all_protocols=config.eval.protocols)
+    title = f"{config.data.source.name} → {name}"
+    table = results_table(metrics, title)
+    rows, std = protocols.unflatten(metrics)
+    settings = (f"checkpoint {ckpt.directory} step {ckpt.step} ({'EMA teacher' if ckpt.teacher else 'student'}); "
+                f"distance: {distance.describe()}; clips: {config.eval.temporal}, {config.eval.seq_len} frames"
+                f"{', flip-averaged' if config.eval.flip_average else ''}")
+    report = {"title": title, "checkpoint": dataclasses.asdict(ckpt), "distance": distance.describe(),
+              "clips": {"temporal": config.eval.temporal, "seq_len": config.eval.seq_len,
+                        "flip_average": bool(config.eval.flip_average)},
+              "protocols": rows, "metrics": metrics}
+    if std is not None:
+        report["std"] = std
+    if jax.process_index() == 0:
+        protocols.write_results(workdir, "eval_results", report, f"{table}\n\n{settings}\n")
+    print(table, flush=True)
+    print(settings, flush=True)
+    return metrics

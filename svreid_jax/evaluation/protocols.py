@@ -1,0 +1,368 @@
+"""Evaluation protocols on top of `ranking`: which gallery, which matches count, over which splits.
+
+Everything here takes features that are already extracted, so one extraction serves several protocols:
+
+* `clothes_protocols`: CCVID-style general / same-clothes (SC) / clothes-changing (CC) results from one
+  distance matrix (method-spec §8.3, reid-ecosystem §2.2); SC and CC need a clothes id on every query and
+  gallery tracklet (the CCVID and SVReID-cc readers set them).
+* `mars_conventions`: the three MARS galleries (reid-ecosystem §1.4) from the features of the
+  `exclude_query` split (the reader's default and the reference's protocol): `include_query` appends the
+  query features to the gallery (AP3D / CAL style); `all` ranks against every test tracklet in the order
+  of `tracks_test_info` (the official MATLAB gallery — the same set as `include_query`, so the two differ
+  only where distances tie). AP stays the non-interpolated AP of `ranking` in all three; the official
+  MATLAB code's trapezoidal AP is not reproduced. In `include_query` / `all` each query meets its own
+  copy in the gallery: same identity, same camera, so it is junk and removed, as in those codebases.
+* `evaluate_splits`: iLIDS-VID / PRID mean ± std over the 10 train/test splits, extracting each distinct
+  tracklet once (a tracklet is in the test half of several splits).
+* `markdown_table`, `flatten`, `unflatten`: results as one table with a row per protocol, and as the
+  flat {'rank1': …, '<protocol>/rank1': …} dicts that the training logs store.
+
+Distances are `ranking.pairwise_distance` under `DistanceSpec.metric`, optionally re-ranked
+(`DistanceSpec.rerank`, k-reciprocal, `rerank.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from svreid_jax.data.records import DatasetError, DatasetSplits, Tracklet
+from svreid_jax.evaluation import ranking
+from svreid_jax.evaluation import rerank as rerank_lib
+
+RANKS = (1, 5, 10, 20)
+METRIC_KEYS = tuple(f"rank{r}" for r in RANKS) + ("mAP",)
+GENERAL, SAME_CLOTHES, CLOTHES_CHANGING = "general", "same_clothes", "clothes_changing"
+MARS_CONVENTIONS = ("exclude_query", "include_query", "all")
+STD = "std"  # flat-dict prefix of the standard deviations of a multi-split result
+_CLOTHES_MODES = {GENERAL: "standard", SAME_CLOTHES: "same_clothes", CLOTHES_CHANGING: "clothes_changing"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Distances
+
+
+@dataclasses.dataclass(frozen=True)
+class DistanceSpec:
+    """How query-gallery distances are made: a metric of `ranking.METRICS`, optionally k-reciprocal re-ranked."""
+
+    metric: str = "cosine"
+    rerank: bool = False
+    k1: int = rerank_lib.K1
+    k2: int = rerank_lib.K2
+    lambda_value: float = rerank_lib.LAMBDA
+
+    @classmethod
+    def from_config(cls, config) -> "DistanceSpec":
+        e = config.eval
+        return cls(metric=e.distance, rerank=bool(e.rerank), k1=int(e.rerank_k1), k2=int(e.rerank_k2),
+                   lambda_value=float(e.rerank_lambda))
+
+    def describe(self) -> str:
+        text = {"cosine": "cosine", "euclidean": "Euclidean", "inner": "raw inner product"}[self.metric]
+        if self.rerank:
+            text += f", k-reciprocal re-ranking (k1={self.k1}, k2={self.k2}, λ={self.lambda_value:g})"
+        return text
+
+
+def distances(query_features, gallery_features, spec: DistanceSpec) -> jax.Array:
+    """[Nq, Ng] distances under `spec` (smaller = more similar)."""
+    if spec.metric not in ranking.METRICS:
+        raise ValueError(f"unknown distance metric {spec.metric!r}; expected one of {ranking.METRICS}")
+    if spec.rerank:
+        return rerank_lib.rerank_features(query_features, gallery_features, metric=spec.metric, k1=spec.k1, k2=spec.k2,
+                                      lambda_value=spec.lambda_value)
+    return ranking.pairwise_distance(query_features, gallery_features, metric=spec.metric)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One ranking
+
+
+def summarize(result: ranking.RankingResult) -> dict[str, float]:
+    """{'rank1','rank5','rank10','rank20','mAP','num_valid_queries','num_skipped_queries'} as floats."""
+    return result.summary(RANKS)
+
+
+def labels(tracklets: Sequence[Tracklet]) -> tuple[np.ndarray, np.ndarray]:
+    """(pids int64 [N], camids int64 [N])."""
+    return (np.array([t.pid for t in tracklets], np.int64).reshape(-1),
+            np.array([t.camid for t in tracklets], np.int64).reshape(-1))
+
+
+def clothes_ids(tracklets: Sequence[Tracklet]) -> np.ndarray | None:
+    """int64 [N] clothes ids, or None unless every tracklet has one."""
+    if not tracklets or any(t.clothes_id is None for t in tracklets):
+        return None
+    return np.array([t.clothes_id for t in tracklets], np.int64)
+
+
+def rank(distmat, query: Sequence[Tracklet], gallery: Sequence[Tracklet], *, max_rank: int = 50,
+         mode: str = "standard") -> ranking.RankingResult:
+    """`ranking.evaluate_ranking` with the labels (and clothes ids, for the clothes modes) read off the tracklets."""
+    q_pids, q_cams = labels(query)
+    g_pids, g_cams = labels(gallery)
+    kwargs = {}
+    if mode != "standard":
+        q_clothes, g_clothes = clothes_ids(query), clothes_ids(gallery)
+        if q_clothes is None or g_clothes is None:
+            raise ValueError(f"protocol {mode!r} needs a clothes id on every query and gallery tracklet")
+        kwargs = dict(q_clothes=q_clothes, g_clothes=g_clothes)
+    return ranking.evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank, mode=mode, **kwargs)
+
+
+def clothes_protocols(distmat, query: Sequence[Tracklet], gallery: Sequence[Tracklet], *, max_rank: int = 50,
+                      clothes: bool | None = None) -> dict[str, ranking.RankingResult]:
+    """{'general': …} plus 'same_clothes' and 'clothes_changing' from one distance matrix.
+
+    clothes: None (default) adds SC/CC when every query and gallery tracklet has a clothes id; True requires
+    them (ValueError otherwise); False gives the general result only.
+    """
+    out = {GENERAL: rank(distmat, query, gallery, max_rank=max_rank)}
+    known = clothes_ids(query) is not None and clothes_ids(gallery) is not None
+    if clothes is None:
+        clothes = known
+    if clothes:
+        for name in (SAME_CLOTHES, CLOTHES_CHANGING):
+            out[name] = rank(distmat, query, gallery, max_rank=max_rank, mode=_CLOTHES_MODES[name])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MARS galleries
+
+
+def _key(t: Tracklet) -> tuple:
+    return t.frames
+
+
+def mars_conventions(query_features, gallery_features, query: Sequence[Tracklet], gallery: Sequence[Tracklet], *,
+                     distance: DistanceSpec = DistanceSpec(), max_rank: int = 50,
+                     all_gallery: Sequence[Tracklet] | None = None,
+                     distmat=None) -> dict[str, ranking.RankingResult]:
+    """The MARS gallery conventions from the features of the `exclude_query` split, without re-extracting.
+
+    query_features [Nq, D] / gallery_features [Ng, D]: of `query` / `gallery` as read with gallery='exclude_query'.
+    all_gallery: the test tracklets in official order (`mars_all_gallery`); without it 'all' is left out.
+      Each must be one of query ∪ gallery (matched by frame paths), else ValueError.
+    distmat: the exclude_query distances if already computed (saves one matrix).
+    Returns {'exclude_query': …, 'include_query': …[, 'all': …]}.
+    """
+    q = np.asarray(query_features, np.float32)
+    g = np.asarray(gallery_features, np.float32)
+    if q.shape[0] != len(query) or g.shape[0] != len(gallery):
+        raise ValueError(f"features ({q.shape[0]}, {g.shape[0]}) do not match the query/gallery sizes "
+                         f"({len(query)}, {len(gallery)})")
+    if distmat is None:
+        distmat = distances(q, g, distance)
+    out = {"exclude_query": rank(distmat, query, gallery, max_rank=max_rank)}
+    with_query = np.concatenate([g, q], axis=0)
+    out["include_query"] = rank(distances(q, with_query, distance), query, tuple(gallery) + tuple(query),
+                                max_rank=max_rank)
+    if all_gallery is not None:
+        row = {}
+        for i, t in enumerate(tuple(gallery) + tuple(query)):
+            row.setdefault(_key(t), i)
+        missing = [t for t in all_gallery if _key(t) not in row]
+        if missing:
+            raise ValueError(f"{len(missing)} tracklets of the 'all' gallery (first: {missing[0].frames[0]}) are "
+                             "neither query nor gallery tracklets of the exclude_query split")
+        order = np.array([row[_key(t)] for t in all_gallery], np.int64)
+        out["all"] = rank(distances(q, with_query[order], distance), query, tuple(all_gallery), max_rank=max_rank)
+    return out
+
+
+def mars_root(tracklet: Tracklet) -> str:
+    """The MARS root of a test tracklet read by the mars reader (frames are <root>/bbox_test/<pid4>/<name>)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(tracklet.frames[0])))
+
+
+def mars_all_gallery(query: Sequence[Tracklet]) -> tuple[Tracklet, ...] | None:
+    """Every MARS test tracklet in `tracks_test_info` order, re-read from the root the query frames live in.
+
+    Only the lists and .mat files are read (check_frames=False). None, with a warning, when they cannot be
+    read there (e.g. tracklets that did not come from the mars reader).
+    """
+    from svreid_jax.data import datasets  # the readers are only needed here
+
+    if not query:
+        return None
+    root = mars_root(query[0])
+    try:
+        return datasets.load("mars", root, gallery="all", check_frames=False).gallery
+    except (DatasetError, OSError) as e:
+        logging.warning("MARS 'all' gallery left out: cannot re-read the test list under %s (%s)", root, e)
+        return None
+
+
+def evaluate_target(query_features, gallery_features, query: Sequence[Tracklet], gallery: Sequence[Tracklet], *,
+                    distance: DistanceSpec, max_rank: int = 50, mars: bool = False,
+                    all_protocols: bool = True) -> dict[str, ranking.RankingResult]:
+    """Every protocol that applies to this query/gallery, the primary one first.
+
+    mars: the tracklets are a MARS exclude_query split; with all_protocols the include_query and all
+      galleries follow (keys 'exclude_query', 'include_query', 'all').
+    Otherwise {'general': …} plus SC/CC when all_protocols and the tracklets carry clothes ids.
+    """
+    distmat = distances(query_features, gallery_features, distance)
+    if mars and all_protocols:
+        return mars_conventions(query_features, gallery_features, query, gallery, distance=distance,
+                                max_rank=max_rank, all_gallery=mars_all_gallery(query), distmat=distmat)
+    if mars:
+        return {"exclude_query": rank(distmat, query, gallery, max_rank=max_rank)}
+    return clothes_protocols(distmat, query, gallery, max_rank=max_rank, clothes=None if all_protocols else False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several train/test splits (iLIDS-VID, PRID)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitsResult:
+    """Per-split metrics and their mean and standard deviation (sample std, ddof=1; 0 for one split)."""
+
+    split_ids: tuple[int, ...]
+    per_split: tuple[dict[str, float], ...]
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    def flat(self) -> dict[str, float]:
+        """{'rank1': mean, …, 'std/rank1': …, 'split_0/rank1': …} (see `unflatten`)."""
+        out = dict(self.mean)
+        out.update({f"{STD}/{k}": v for k, v in self.std.items()})
+        for s, metrics in zip(self.split_ids, self.per_split):
+            out.update({f"split_{s}/{k}": v for k, v in metrics.items()})
+        return out
+
+
+def mean_std(per_split: Sequence[Mapping[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation (ddof=1) of each key over the splits."""
+    if not per_split:
+        raise ValueError("no splits to average")
+    keys = list(per_split[0])
+    values = {k: np.array([m[k] for m in per_split], np.float64) for k in keys}
+    mean = {k: float(np.mean(v)) for k, v in values.items()}
+    std = {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
+    return mean, std
+
+
+def evaluate_splits(load_split: Callable[[int], DatasetSplits],
+                    features_fn: Callable[[Sequence[Tracklet]], np.ndarray], *,
+                    distance: DistanceSpec = DistanceSpec(), max_rank: int = 50,
+                    split_ids: Iterable[int] = range(10)) -> SplitsResult:
+    """Standard-protocol metrics of every split, and their mean ± std.
+
+    load_split(split_id) -> DatasetSplits (its query/gallery are used); features_fn(tracklets) -> [N, D]
+    features. Each distinct tracklet (by frame paths) is embedded once, however many splits test it.
+    Queries without a good match are skipped per split, as in a single-split evaluation.
+    """
+    split_ids = tuple(int(s) for s in split_ids)
+    loaded = [load_split(s) for s in split_ids]
+    unique: dict[tuple, int] = {}
+    tracklets: list[Tracklet] = []
+    for splits in loaded:
+        for t in tuple(splits.query) + tuple(splits.gallery):
+            if _key(t) not in unique:
+                unique[_key(t)] = len(tracklets)
+                tracklets.append(t)
+    feats = np.asarray(features_fn(tracklets), np.float32)
+    if feats.shape[0] != len(tracklets):
+        raise ValueError(f"features_fn returned {feats.shape[0]} rows for {len(tracklets)} tracklets")
+    per_split = []
+    for s, splits in zip(split_ids, loaded):
+        q = feats[[unique[_key(t)] for t in splits.query]]
+        g = feats[[unique[_key(t)] for t in splits.gallery]]
+        metrics = summarize(rank(distances(q, g, distance), splits.query, splits.gallery, max_rank=max_rank))
+        logging.info("split %d: rank-1 %.1f%%, mAP %.1f%%", s, 100 * metrics["rank1"], 100 * metrics["mAP"])
+        per_split.append(metrics)
+    mean, std = mean_std(per_split)
+    return SplitsResult(split_ids=split_ids, per_split=tuple(per_split), mean=mean, std=std)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def flatten(results: Mapping[str, ranking.RankingResult | Mapping[str, float]]) -> dict[str, float]:
+    """The first protocol's metrics unprefixed, the others as '<protocol>/<metric>'."""
+    out: dict[str, float] = {}
+    for i, (name, res) in enumerate(results.items()):
+        metrics = summarize(res) if isinstance(res, ranking.RankingResult) else dict(res)
+        out.update(metrics if i == 0 else {f"{name}/{k}": v for k, v in metrics.items()})
+    return out
+
+
+def primary_label(metrics: Mapping[str, float]) -> str:
+    """The name of the unprefixed protocol of a flat dict, as `evaluate_target` / `evaluate_splits` make them."""
+    names = {k.split("/", 1)[0] for k in metrics if "/" in k}
+    if STD in names:
+        num = len({n for n in names if n.startswith("split_")})
+        return f"mean ± std ({num} splits)"
+    if "include_query" in names or "all" in names:
+        return "exclude_query"
+    if SAME_CLOTHES in names or CLOTHES_CHANGING in names:
+        return GENERAL
+    return "target"
+
+
+def unflatten(metrics: Mapping[str, float], primary: str | None = None
+              ) -> tuple[dict[str, dict[str, float]], dict[str, float] | None]:
+    """(rows {protocol: metrics} with the primary first, the primary's std or None) from a flat dict."""
+    primary = primary or primary_label(metrics)
+    rows: dict[str, dict[str, float]] = {primary: {k: v for k, v in metrics.items() if "/" not in k}}
+    std = None
+    for key, value in metrics.items():
+        if "/" in key:
+            name, metric = key.split("/", 1)
+            if name == STD:
+                std = std or {}
+                std[metric] = value
+            else:
+                rows.setdefault(name, {})[metric] = value
+    return rows, std
+
+
+def _cell(value: float, std: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.1f}" if std is None else f"{100 * value:.1f} ± {100 * std:.1f}"
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float]], title: str,
+                   std: Mapping[str, float] | None = None) -> str:
+    """| title | R-1 | R-5 | R-10 | R-20 | mAP | with one row per protocol, in percent.
+
+    std: standard deviations of the *first* row's metrics, shown as 'mean ± std'.
+    """
+    cols = [f"R-{r}" for r in RANKS] + ["mAP"]
+    lines = [f"| {title} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for i, (label, metrics) in enumerate(rows.items()):
+        cells = [_cell(metrics.get(k), std.get(k) if (std and i == 0) else None) for k in METRIC_KEYS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(directory: str, name: str, data: Mapping, markdown: str) -> tuple[str, str]:
+    """Write <directory>/<name>.json (data) and <directory>/<name>.md (markdown); return both paths."""
+    import json
+
+    os.makedirs(directory, exist_ok=True)
+    json_path, md_path = os.path.join(directory, f"{name}.json"), os.path.join(directory, f"{name}.md")
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(markdown.rstrip("\n") + "\n")
+    return json_path, md_path
+
+
+__all__ = [
+    "CLOTHES_CHANGING", "DistanceSpec", "GENERAL", "MARS_CONVENTIONS", "RANKS", "SAME_CLOTHES", "SplitsResult",
+    "clothes_protocols", "distances", "evaluate_splits", "evaluate_target", "flatten", "markdown_table",
+    "mars_all_gallery", "mars_conventions", "mean_std", "primary_label", "rank", "summarize", "unflatten",
+    "write_results",
+]

@@ -1,0 +1,160 @@
+"""The evaluation modes of the command line (eval, visualize, extract), after ONE micro training run.
+
+Also in-process: --mode=extract's features equal a fresh extraction from the restored checkpoint, and
+eval.all_splits on an iLIDS-VID-layout fixture reports mean ± std over its splits.
+"""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import demo
+from svreid_jax import train
+from svreid_jax.data import datasets
+from svreid_jax.evaluation import extract
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "--config=configs/demo.py:paper,micro"
+
+
+def _run(workdir, *extra):
+    cmd = [sys.executable, "-m", "svreid_jax.main", CONFIG, f"--workdir={workdir}", *extra]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One micro training run (1 epoch of 2 steps), shared by every test here."""
+    path = tmp_path_factory.mktemp("modes") / "run"
+    _run(path, "--config.train.num_epochs=1")
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder_root(workdir, tmp_path_factory):
+    """Your own tracklets: a few demo target tracklets copied into <pid>/<camid>/<tracklet>/ folders."""
+    target = datasets.load("mars", str(workdir / "data" / "target"))
+    root = tmp_path_factory.mktemp("mine")
+    for k, t in enumerate(target.query[:3] + target.gallery[:4]):
+        folder = root / str(t.pid) / str(t.camid) / f"walk_{k}"
+        folder.mkdir(parents=True)
+        for i, frame in enumerate(t.frames):
+            shutil.copy(frame, folder / f"{i + 1:04d}.jpg")
+    return root
+
+
+def test_eval_mode_writes_every_mars_convention(workdir):
+    done = _run(workdir, "--mode=eval")
+    assert "| svreid → mars | R-1 | R-5 | R-10 | R-20 | mAP |" in done.stdout
+    report = json.load(open(workdir / "eval_results.json", encoding="utf-8"))
+    assert list(report["protocols"]) == ["exclude_query", "include_query", "all"]
+    assert report["checkpoint"]["step"] == 2 and report["distance"] == "cosine"
+    md = open(workdir / "eval_results.md", encoding="utf-8").read()
+    assert "| include_query |" in md and "| all |" in md and "step 2" in md
+    # The same checkpoint and protocol as the end of training: the same numbers.
+    final = json.load(open(workdir / "results.json"))
+    for key in ("rank1", "rank5", "mAP", "include_query/mAP"):
+        assert report["metrics"][key] == pytest.approx(final[key], abs=1e-9), key
+
+
+def test_visualize_mode_writes_pngs(workdir):
+    done = _run(workdir, "--mode=visualize", "--config.eval.visualize_queries=2")
+    for name in ("ranked_top10.png", "pca_domains.png"):
+        path = workdir / "visualize" / name
+        assert path.stat().st_size > 0 and str(path) in done.stdout
+        with Image.open(path) as im:
+            im.load()
+            assert im.width > 400 and im.height > 300
+    with Image.open(workdir / "visualize" / "ranked_top10.png") as im:
+        assert im.size == (1794, 2 * 12 + 44 + 2 * 136 + 12)  # two query rows of 10 + 1 cells
+
+
+def test_extract_mode_writes_consistent_files(workdir, folder_root):
+    done = _run(workdir, "--mode=extract", f"--data={folder_root}")
+    out = workdir / "extract"
+    assert "features.npy" in done.stdout
+    feats = np.load(out / "features.npy")
+    rows = list(csv.DictReader(open(out / "index.csv", encoding="utf-8")))
+    info = json.load(open(out / "extract.json"))
+    assert feats.dtype == np.float32 and feats.shape == (7, info["feature_dim"]) and np.all(np.isfinite(feats))
+    assert list(rows[0]) == list(extract.INDEX_COLUMNS)
+    assert [int(r["index"]) for r in rows] == list(range(7))
+    for r in rows:
+        pid, camid, name = r["tracklet"].split("/")
+        assert (int(r["pid"]), int(r["camid"])) == (int(pid), int(camid))
+        frames = sorted(os.listdir(folder_root / r["tracklet"]))
+        assert int(r["num_frames"]) == len(frames)
+        assert r["first_frame"] == str(folder_root / r["tracklet"] / frames[0])
+    assert info["num_tracklets"] == 7 and info["checkpoint"]["step"] == 2
+
+    # In process: the restored checkpoint gives the same features for the index's tracklets.
+    config = demo.get_config("paper,micro")
+    model, variables, _ = extract.restore_variables(config, str(workdir))
+    again = extract.tracklet_features(config, model, variables, extract.read_folder(str(folder_root)).tracklets)
+    np.testing.assert_allclose(again, feats, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="--data"):
+        extract.run_extract(config, str(workdir), "")
+
+
+def _ilidsvid_fixture(root, workdir, num_splits=3):
+    """iLIDS-VID layout with 4 persons (frames borrowed from the demo target) and `num_splits` split rows."""
+    import scipy.io
+
+    target = datasets.load("mars", str(workdir / "data" / "target"))
+    people = {}
+    for t in target.query + target.gallery:
+        people.setdefault(t.pid, []).append(t)
+    pairs = [ts[:2] for pid, ts in sorted(people.items()) if pid > 0 and len(ts) >= 2][:4]
+    assert len(pairs) == 4
+    for n, pair in enumerate(pairs):
+        for cam, t in zip(("cam1", "cam2"), pair):
+            folder = root / "i-LIDS-VID" / "sequences" / cam / f"person{n + 1:03d}"
+            folder.mkdir(parents=True)
+            for i, frame in enumerate(t.frames):
+                shutil.copy(frame, folder / f"{cam}_person{n + 1:03d}_{i + 1:05d}.jpg")
+    rng = np.random.default_rng(0)
+    rows = np.stack([rng.permutation(4) + 1 for _ in range(num_splits)]).astype(np.float64)
+    (root / "train-test people splits").mkdir()
+    scipy.io.savemat(str(root / "train-test people splits" / "train_test_splits_ilidsvid.mat"), {"ls_set": rows})
+
+
+def test_eval_all_splits_reports_mean_and_std(workdir, tmp_path, monkeypatch):
+    _ilidsvid_fixture(tmp_path / "ilids", workdir)
+    run = tmp_path / "run"
+    shutil.copytree(workdir / "checkpoints", run / "checkpoints")
+    config = demo.get_config("paper,micro")
+    config.data.demo = False
+    config.data.target.name = "ilidsvid"
+    config.data.target.root = str(tmp_path / "ilids")
+    config.eval.all_splits = True
+    # The fixture holds 3 splits, not the real 10.
+    monkeypatch.setattr(train.protocols, "evaluate_splits",
+                        _with_split_ids(train.protocols.evaluate_splits, range(3)))
+    metrics = train.evaluate_checkpoint(config, str(run))
+    assert set(metrics) >= {"rank1", "mAP", "std/rank1", "split_0/rank1", "split_2/mAP"}
+    per_split = [metrics[f"split_{s}/rank1"] for s in range(3)]
+    assert metrics["rank1"] == pytest.approx(np.mean(per_split))
+    assert metrics["std/rank1"] == pytest.approx(np.std(per_split, ddof=1))
+    md = open(run / "eval_results.md", encoding="utf-8").read()
+    assert "| mean ± std (3 splits) |" in md and "| split_2 |" in md
+    report = json.load(open(run / "eval_results.json", encoding="utf-8"))
+    assert set(report["std"]) >= {"rank1", "mAP"}
+    config.data.target.name = "mars"
+    with pytest.raises(ValueError, match="iLIDS-VID and PRID"):
+        train.evaluate_checkpoint(config, str(run))
+
+
+def _with_split_ids(fn, split_ids):
+    def wrapped(*args, **kwargs):
+        kwargs["split_ids"] = split_ids
+        return fn(*args, **kwargs)
+    return wrapped

@@ -10,6 +10,8 @@ Modes:
 
 Most logic lives in svreid_jax.train and svreid_jax.evaluation so that notebooks can import it.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -27,9 +29,19 @@ flags.DEFINE_string("data", None, "--mode=extract: root of your tracklets, <root
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from svreid_jax.data.records import DatasetError
+
+    try:
+        _run_mode(FLAGS.config)
+    except DatasetError as err:
+        # Bad or missing data is the user's to fix: one message naming the file, no traceback.
+        print(f"svreid_jax: data error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _run_mode(config):
     from svreid_jax import train  # after flag parsing: grain and jax read absl flags
 
-    config = FLAGS.config
     logging.info("config:\n%s", config)
     if FLAGS.mode == "train":
         train.train_and_evaluate(config, FLAGS.workdir)

@@ -88,3 +88,10 @@ def test_packed_data_reads_the_same_tracklets_as_folders(tmp_path):
         assert len(a) == len(b) > 0
         assert [t.pid for t in a] == [b[i].pid for i in range(len(b))]
         assert [len(t) for t in a] == [len(b[i]) for i in range(len(b))]
+
+
+def test_cli_reports_a_missing_root_in_one_line(tmp_path):
+    done = _run_main(tmp_path / "run", "--config.data.demo=False", f"--config.data.source.root={tmp_path}/nowhere")
+    assert done.returncode == 1
+    assert "svreid_jax: data error:" in done.stderr and "nowhere" in done.stderr
+    assert "Traceback" not in done.stderr

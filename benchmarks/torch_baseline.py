@@ -1,0 +1,482 @@
+"""The paper-variant train step written in PyTorch, for timing against svreid_jax in the same run.
+
+Written in this file from method-spec §3–§5 and svreid_jax's paper variant (DESIGN.md), not taken from
+the authors' code; torchvision is not needed (the ResNet below has torchvision's structure and names).
+One step, like `svreid_jax.steps.make_train_step` with every loss weight > 0:
+
+  * inputs: uint8 clips [B, T, H, W, 3] → /255, ImageNet mean/std, NCHW; Random Erasing (p = 0.5, the
+    reference's clip semantics: one corner per clip, area/aspect per frame) on source and target;
+  * teacher (EMA copy of the student, train-mode BN, `torch.no_grad`) on its own flip + erasing of the
+    target clips;
+  * student forward on source and on target, as two train-mode forwards (BN statistics per domain);
+  * network: ResNet (last stride 1) per frame → global max pool over H×W → mean over T → BN-neck
+    (BatchNorm1d, weight N(1, 0.02)) → Linear classifier (N(0, 0.001)); frame and clip domain
+    discriminators GRL(β) → Linear(D, 256) → ReLU → Dropout(0.5) → Linear(256, 2) on the RMS-normalised
+    frame / clip embeddings; the GRL is an autograd Function;
+  * losses: CE + batch-hard triplet (cosine, margin 0.3) on source; frame and clip domain CE (source 0,
+    target 1); mean-teacher consistency: k-means on the teacher's L2-normalised target embeddings
+    (k-means++ seeding + a fixed number of Lloyd iterations, in torch), CE of the student's soft
+    assignment softmax(cos / 0.1) against the teacher's clusters + mean distance to the assigned centroid;
+  * backward, gradient norm, non-finite guard (skip the update), Adam with L2 5e-4 added to the gradient
+    on conv/linear weights only (the JAX default `decay_bn_and_bias=False`), EMA teacher update with
+    decay min(1 − 1/(step+1), 0.999).
+
+`--dtype bfloat16` runs the backbone under `torch.autocast(device, torch.bfloat16)`; the pooled embeddings
+and everything after them stay float32, as in svreid_jax (`model.dtype` only affects the backbone).
+
+Standalone: `python benchmarks/torch_baseline.py --depth tiny --batch 2 --steps 3` prints one markdown
+row. `benchmarks/train_step.py --torch` calls `run(...)` on the same uint8 batch as the JAX step.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import re
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ERASE_FILL = (0.4914, 0.4822, 0.4465)
+
+# depth → (blocks per stage, block kind, default width); the same presets as svreid_jax.models.resnet.
+PRESETS = {"tiny": ((1, 1, 1, 1), "basic", 8), "18": ((2, 2, 2, 2), "basic", 64),
+           "34": ((3, 4, 6, 3), "basic", 64), "50": ((3, 4, 6, 3), "bottleneck", 64),
+           "101": ((3, 4, 23, 3), "bottleneck", 64)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Network
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or cin != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    """torchvision Bottleneck V1.5 (stride on the 3×3 conv)."""
+
+    expansion = 4
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        out = planes * 4
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.downsample = None
+        if stride != 1 or cin != out:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet(nn.Module):
+    """torchvision-compatible ResNet trunk (no fc): conv1, bn1, maxpool, layer1..4. [N,3,H,W] → [N,C,h,w]."""
+
+    def __init__(self, depth="50", width=None, last_stride=1):
+        super().__init__()
+        stages, kind, default_width = PRESETS[str(depth)]
+        width = width or default_width
+        block = Bottleneck if kind == "bottleneck" else BasicBlock
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = width
+        for s, n in enumerate(stages):
+            stride = 1 if s == 0 else (last_stride if s == len(stages) - 1 else 2)
+            blocks = []
+            for i in range(n):
+                blocks.append(block(cin, width * 2**s, stride if i == 0 else 1))
+                cin = width * 2**s * block.expansion
+            setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+        self.out_channels = cin
+        for m in self.modules():  # torchvision's init
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by −beta."""
+
+    @staticmethod
+    def forward(ctx, x, beta):
+        ctx.beta = float(beta)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.beta * grad, None
+
+
+class DomainDiscriminator(nn.Module):
+    def __init__(self, dim, hidden=256, dropout=0.5):
+        super().__init__()
+        self.fc1, self.drop, self.fc2 = nn.Linear(dim, hidden), nn.Dropout(dropout), nn.Linear(hidden, 2)
+
+    def forward(self, x, beta):
+        return self.fc2(self.drop(F.relu(self.fc1(GradientReversal.apply(x, beta)))))
+
+
+def rms_normalise(x, eps=1e-6):
+    x = x.float()
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+
+
+class ReIDNet(nn.Module):
+    """Per-frame ResNet → max pool → temporal mean → BN-neck → classifier, + two discriminators."""
+
+    def __init__(self, num_classes, depth="50", width=None, disc_hidden=256, autocast_dtype=None):
+        super().__init__()
+        self.backbone = ResNet(depth, width, last_stride=1)
+        dim = self.backbone.out_channels
+        self.bnneck = nn.BatchNorm1d(dim)
+        nn.init.normal_(self.bnneck.weight, 1.0, 0.02)
+        nn.init.zeros_(self.bnneck.bias)
+        self.classifier = nn.Linear(dim, num_classes)
+        nn.init.normal_(self.classifier.weight, 0.0, 0.001)
+        nn.init.zeros_(self.classifier.bias)
+        self.frame_discriminator = DomainDiscriminator(dim, disc_hidden)
+        self.clip_discriminator = DomainDiscriminator(dim, disc_hidden)
+        self.autocast_dtype = autocast_dtype
+
+    def forward(self, video, beta):
+        """video: float [B, T, 3, H, W] (normalised) → dict of float32 outputs."""
+        b, t = video.shape[:2]
+        x = video.flatten(0, 1)
+        if self.autocast_dtype is not None:
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype):
+                fmap = self.backbone(x)
+        else:
+            fmap = self.backbone(x)
+        frames = fmap.float().amax(dim=(2, 3)).reshape(b, t, -1)  # [B, T, D]
+        clip = frames.mean(1)
+        bn = self.bnneck(clip)
+        return {"frame_embeddings": frames, "clip_embedding": clip, "bn_embedding": bn,
+                "logits": self.classifier(bn),
+                "frame_domain_logits": self.frame_discriminator(rms_normalise(frames), beta),
+                "clip_domain_logits": self.clip_discriminator(rms_normalise(clip), beta)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data transforms
+
+
+def normalise(video_uint8: torch.Tensor, memory_format) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] → float32 [B, T, 3, H, W], ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=video_uint8.device)
+    std = torch.tensor(IMAGENET_STD, device=video_uint8.device)
+    x = (video_uint8.float() / 255.0 - mean) / std
+    x = x.permute(0, 1, 4, 2, 3)
+    if memory_format is torch.channels_last:
+        # [B, T, 3, H, W] whose (3, H, W) part is NHWC in memory, so flatten(0, 1) gives channels_last.
+        return x  # the permute of a contiguous NHWC tensor already has that layout
+    return x.contiguous()
+
+
+def random_erasing(x: torch.Tensor, gen: torch.Generator, probability=0.5, area=(0.02, 0.4),
+                   aspect=(0.3, 1 / 0.3), attempts=10) -> torch.Tensor:
+    """Random Erasing on [B, T, C, H, W] like svreid_jax.data.transforms.random_erasing (vectorised)."""
+    b, t, c, h, w = x.shape
+    dev = x.device
+    u = lambda *shape: torch.rand(*shape, generator=gen, device="cpu").to(dev)  # noqa: E731
+    apply = u(b) < probability
+    pos = u(b, 1, 2)
+    ar = (area[0] + (area[1] - area[0]) * u(b, t, attempts)) * h * w
+    asp = torch.exp(math.log(aspect[0]) + (math.log(aspect[1]) - math.log(aspect[0])) * u(b, t, attempts))
+    eh, ew = torch.round(torch.sqrt(ar * asp)).long(), torch.round(torch.sqrt(ar / asp)).long()
+    fits = (eh < h) & (ew < w)
+    first = fits.int().argmax(-1, keepdim=True)
+    any_fit = fits.any(-1)
+    eh, ew = eh.gather(-1, first)[..., 0], ew.gather(-1, first)[..., 0]
+    top = torch.floor(pos[..., 0] * (h - eh + 1)).long()
+    left = torch.floor(pos[..., 1] * (w - ew + 1)).long()
+    rows = torch.arange(h, device=dev)[None, None, :, None]
+    cols = torch.arange(w, device=dev)[None, None, None, :]
+    inside = ((rows >= top[..., None, None]) & (rows < (top + eh)[..., None, None])
+              & (cols >= left[..., None, None]) & (cols < (left + ew)[..., None, None]))
+    mask = (inside & (apply[:, None] & any_fit)[..., None, None])[:, :, None]  # [B, T, 1, H, W]
+    fill = torch.tensor(ERASE_FILL, device=dev, dtype=x.dtype)[None, None, :, None, None]
+    return torch.where(mask, fill, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+def batch_hard_triplet(emb, labels, margin=0.3):
+    xn = F.normalize(emb.float(), dim=-1, eps=1e-12)
+    dist = -xn @ xn.T
+    same = labels[:, None] == labels[None, :]
+    pos = torch.where(same, dist, torch.full_like(dist, -math.inf)).amax(1)
+    neg = torch.where(same, torch.full_like(dist, math.inf), dist).amin(1)
+    neg = torch.where(torch.isinf(neg), pos + margin, neg)
+    return F.relu(pos - neg + margin).mean()
+
+
+def domain_cross_entropy(source_logits, target_logits):
+    s, t = source_logits.reshape(-1, 2), target_logits.reshape(-1, 2)
+    labels = torch.cat([torch.zeros(len(s), dtype=torch.long), torch.ones(len(t), dtype=torch.long)]).to(s.device)
+    return F.cross_entropy(torch.cat([s, t]), labels)
+
+
+def _sq_dist(x, c):
+    return (x.square().sum(-1)[:, None] + c.square().sum(-1)[None, :] - 2.0 * x @ c.T).clamp_min(0.0)
+
+
+@torch.no_grad()
+def kmeans(points, k, iters, gen):
+    """k-means++ seeding, then `iters` Lloyd rounds (an empty cluster keeps its centroid)."""
+    n = points.shape[0]
+    idx = [int(torch.randint(n, (1,), generator=gen))]
+    for _ in range(1, k):
+        d2 = _sq_dist(points, points[idx]).amin(1).cpu()
+        probs = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full((n,), 1.0 / n)
+        idx.append(int(torch.multinomial(probs, 1, generator=gen)))
+    cent = points[idx].clone()
+    for _ in range(iters):
+        onehot = F.one_hot(_sq_dist(points, cent).argmin(1), k).float()
+        counts = onehot.sum(0)
+        cent = torch.where(counts[:, None] > 0, (onehot.T @ points) / counts.clamp_min(1.0)[:, None], cent)
+    return cent, _sq_dist(points, cent).argmin(1)
+
+
+def teacher_consistency(student, teacher, k, iters, temperature, gen):
+    s = F.normalize(student.float(), dim=-1, eps=1e-12)
+    t = F.normalize(teacher.float(), dim=-1, eps=1e-12)
+    cent, assign = kmeans(t, k, iters, gen)
+    ce = F.cross_entropy((s @ F.normalize(cent, dim=-1, eps=1e-12).T) / temperature, assign)
+    dist = torch.sqrt((s - cent[assign]).square().sum(-1) + 1e-12).mean()
+    return ce, dist
+
+
+# ---------------------------------------------------------------------------------------------
+# Train step
+
+
+class Trainer:
+    def __init__(self, num_classes, depth="50", width=None, dtype="float32", device="cpu", lr=3e-4,
+                 weight_decay=5e-4, ema=0.999, grl_max_steps=20000, kmeans_clusters=8, kmeans_iters=10,
+                 temperature=0.1, channels_last=True, seed=0):
+        torch.manual_seed(seed)
+        self.device = torch.device(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        autocast = {"float32": None, "bfloat16": torch.bfloat16}[dtype]
+        self.student = ReIDNet(num_classes, depth, width, autocast_dtype=autocast).to(self.device)
+        if channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student.train()
+        self.teacher.train()
+        decay = [p for p in self.student.parameters() if p.ndim > 1]  # conv and linear weights
+        no_decay = [p for p in self.student.parameters() if p.ndim <= 1]
+        self.opt = torch.optim.Adam([{"params": decay, "weight_decay": weight_decay},
+                                     {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        self.ema, self.grl_max_steps = ema, grl_max_steps
+        self.k, self.iters, self.temperature = kmeans_clusters, kmeans_iters, temperature
+        self.gen = torch.Generator().manual_seed(seed)
+        self.step_count = 0
+
+    def prepare(self, video, flip=False):
+        x = normalise(video, self.memory_format)
+        if flip:
+            x = torch.where((torch.rand(x.shape[0], generator=self.gen) < 0.5).to(x.device)[:, None, None, None, None],
+                            x.flip(-1), x)
+        return random_erasing(x, self.gen)
+
+    def step(self, source_video, source_pid, target_video) -> dict[str, float]:
+        beta = 2.0 / (1.0 + math.exp(-10.0 * self.step_count / self.grl_max_steps)) - 1.0
+        src, tgt = self.prepare(source_video), self.prepare(target_video)
+        with torch.no_grad():
+            t_out = self.teacher(self.prepare(target_video, flip=True), 0.0)
+        out_s = self.student(src, beta)
+        out_t = self.student(tgt, beta)
+        terms = {
+            "ce": F.cross_entropy(out_s["logits"], source_pid),
+            "triplet": batch_hard_triplet(out_s["bn_embedding"], source_pid),
+            "frame_domain": domain_cross_entropy(out_s["frame_domain_logits"], out_t["frame_domain_logits"]),
+            "clip_domain": domain_cross_entropy(out_s["clip_domain_logits"], out_t["clip_domain_logits"]),
+        }
+        terms["consistency_ce"], terms["consistency_dist"] = teacher_consistency(
+            out_t["bn_embedding"], t_out["bn_embedding"], self.k, self.iters, self.temperature, self.gen)
+        total = sum(terms.values())
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        grads = [p.grad for p in self.student.parameters() if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        finite = bool(torch.isfinite(total) & torch.isfinite(grad_norm))
+        if finite:
+            self.opt.step()
+            decay = min(1.0 - 1.0 / (self.step_count + 1.0), self.ema)
+            with torch.no_grad():
+                t_params, s_params = list(self.teacher.parameters()), list(self.student.parameters())
+                torch._foreach_mul_(t_params, decay)
+                torch._foreach_add_(t_params, s_params, alpha=1.0 - decay)
+        self.step_count += 1
+        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()},
+                "grad_norm": float(grad_norm),
+                "skipped": 0.0 if finite else 1.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) so later readings cover only what follows (Linux ≥ 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"{field}:\s+(\d+) kB", f.read())
+        return int(m.group(1)) * 1024 if m else None
+    except OSError:
+        return None
+
+
+def matmul_rate(dtype="float32", n=2048, repeats=5, device="cpu") -> float:
+    """Best rate (flops/s) of an n×n torch matmul in `dtype`: PyTorch's achieved matmul peak here."""
+    a = torch.randn(n, n, device=device).to(getattr(torch, dtype))
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        (a @ a).sum().item()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best
+
+
+class Runner:
+    """Build the trainer on `batch` (numpy: source video/pid, target video), then time single steps.
+
+    Peak memory: the process's peak RSS from just before the model is built (VmHWM reset; Linux), or
+    torch.cuda.max_memory_allocated on a GPU. `benchmarks/train_step.py` interleaves `step()` calls
+    with the JAX step's, so both see the same machine load.
+    """
+
+    def __init__(self, batch: dict, *, num_classes: int, depth="50", width=None, dtype="float32", device=None,
+                 kmeans_clusters=8, kmeans_iters=10, channels_last=True, seed=0, num_threads=None):
+        torch.set_num_threads(num_threads or os.cpu_count())
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.cuda = self.device.startswith("cuda")
+        self.rss_reset = _reset_peak_rss()
+        self.start_rss = _vm("VmRSS")
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        self.trainer = Trainer(num_classes, depth, width, dtype, self.device, kmeans_clusters=kmeans_clusters,
+                               kmeans_iters=kmeans_iters, channels_last=channels_last, seed=seed)
+        self.build_s = time.perf_counter() - t0
+        self.sv = torch.from_numpy(np.asarray(batch["source"]["video"])).to(self.device)
+        self.sp = torch.from_numpy(np.asarray(batch["source"]["pid"]).astype(np.int64)).to(self.device)
+        self.tv = torch.from_numpy(np.asarray(batch["target"]["video"])).to(self.device)
+        self.name = (f"PyTorch {torch.__version__} (eager{', channels_last' if channels_last else ''}"
+                     f"{', autocast bf16' if dtype == 'bfloat16' else ''})")
+        self.metrics = None
+
+    def step(self) -> tuple[float, float]:
+        """One train step: (wall seconds, process CPU seconds)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.metrics = self.trainer.step(self.sv, self.sp, self.tv)  # float() of the metrics synchronises
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+        if self.rss_reset:
+            return _vm("VmHWM"), "process peak RSS from model build to the end of warm-up (VmHWM reset)"
+        return _vm("VmHWM"), "process peak RSS"
+
+    def info(self) -> dict:
+        return {"framework": self.name, "device": self.device, "compile_s": None, "build_s": self.build_s,
+                "start_rss_bytes": self.start_rss, "metrics": self.metrics,
+                "num_params": sum(p.numel() for p in self.trainer.student.parameters())}
+
+
+def run(batch: dict, *, steps=3, warmup=1, **kwargs) -> dict:
+    """Build, warm up and time the PyTorch step alone. Returns a result dict."""
+    runner = Runner(batch, **kwargs)
+    warm = [runner.step()[0] for _ in range(max(warmup, 1))]
+    peak, mem_source = runner.peak_memory()
+    timed = [runner.step() for _ in range(steps)]
+    times = [t for t, _ in timed]
+    return {**runner.info(), "first_step_s": warm[0], "warmup_s": warm, "step_times_s": times,
+            "cpu_times_s": [c for _, c in timed], "step_s": statistics.median(times), "peak_bytes": peak,
+            "mem_source": mem_source}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--depth", default="50")
+    p.add_argument("--model-width", type=int, default=None, help="base channels (default: the depth's preset)")
+    p.add_argument("--batch", type=int, default=2, help="source clips (target clips: the same)")
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--num-classes", type=int, default=150)
+    p.add_argument("--no-channels-last", action="store_true")
+    a = p.parse_args()
+    rng = np.random.default_rng(0)
+    shape = (a.batch, a.frames, a.height, a.width, 3)
+    k = max(1, min(4, a.batch // 2))
+    batch = {"source": {"video": rng.integers(0, 256, shape, dtype=np.uint8),
+                        "pid": (np.arange(a.batch) // k).astype(np.int32)},
+             "target": {"video": rng.integers(0, 256, shape, dtype=np.uint8)}}
+    r = run(batch, num_classes=a.num_classes, depth=a.depth, width=a.model_width, dtype=a.dtype, steps=a.steps,
+            warmup=a.warmup, kmeans_clusters=min(8, a.batch), channels_last=not a.no_channels_last)
+    frames = 3 * a.batch * a.frames
+    print("| framework | step (median) | frames/s (src+tgt+teacher) | first step | peak mem |")
+    print("|---|---|---|---|---|")
+    print(f"| {r['framework']} | {r['step_s']:.3f} s | {frames / r['step_s']:.2f} | {r['first_step_s']:.2f} s | "
+          f"{(r['peak_bytes'] or 0) / 2**30:.2f} GiB |")
+    print("metrics:", {k: round(v, 4) for k, v in r["metrics"].items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+"""Benchmark: the full paper-variant train step (svreid_jax.steps), optionally against PyTorch in the same run.
+
+One step = source and target student forwards (ResNet per frame, last stride 1, max pool, temporal mean,
+BN-neck, classifier, frame and clip discriminators behind the GRL), a train-mode teacher forward on its own
+flip + erasing of the target clips, batch-hard triplet + CE + domain CE + k-means consistency, backward,
+Adam-L2 update, EMA teacher update, non-finite guard. Hyper-parameters are configs/mars.py's (the paper's);
+the flags below change only sizes and the compute dtype. Random uint8 clips are generated once (seed 0).
+
+    python benchmarks/train_step.py --depth tiny --steps 3             # quick check
+    python benchmarks/train_step.py --batch 2 --torch                  # ResNet-50, f32, JAX and PyTorch
+    python benchmarks/train_step.py --batch 16 --dtype bfloat16 --torch --steps 20 --warmup 3   # a GPU
+
+Reported (a markdown table, then notes): median and min step time over `--steps` timed steps after
+`--warmup` untimed ones; frames/s counting source + target + teacher frames, and "training frames" (source +
+target); process CPU seconds per step (all threads; on a shared machine this moves much less than wall time
+for XLA, whereas PyTorch's OpenMP threads spin while waiting and burn CPU when preempted); compile time
+(lower + compile; the model init is reported separately); an MFU estimate = XLA cost-analysis flops per
+step / step time / peak flops; and peak memory: the device allocator's peak where it has one, else the
+process's peak RSS over that framework's warm-up (VmHWM is reset after JAX compiles and before PyTorch builds
+its model), with a "Δ" column that subtracts the RSS the process already had when that framework's part
+began. XLA's own buffer sizes (`compiled.memory_analysis()`) are in the notes.
+
+Order: JAX init + compile + warm-up, then PyTorch build + warm-up, then the timed steps of the two
+interleaved (alternating which goes first), so that on a shared machine both see the same load.
+`--threads 1` pins the whole process to one CPU, which makes the comparison far less sensitive to other jobs.
+
+Peak flops: `--peak-flops`, or a default per device kind (H100/H200 dense: bf16 989e12, f32 67e12, the
+non-tensor-core rate; XLA's default f32 matmul precision on those GPUs is TF32, so f32 "MFU" against 67e12
+can exceed 100 %, and PyTorch does not use TF32 for matmuls by default). On a CPU there is no spec value to
+trust: a 2048×2048 matmul in the run's dtype is timed (XLA, and PyTorch with --torch; at the start and at the
+end of the run) and the best rate is used as the "achieved peak" (the notes say which).
+
+The PyTorch step is benchmarks/torch_baseline.py (same network, losses and optimiser, written from the
+spec) on the same uint8 batch (the global batch, on one torch device); its MFU uses the XLA flop count.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from configs import mars  # noqa: E402
+from svreid_jax import steps  # noqa: E402
+from svreid_jax.state import create_train_state  # noqa: E402
+from svreid_jax.train import create_model, init_variables  # noqa: E402
+
+# device-kind substring → {dtype: dense peak flops/s per device}
+PEAK_FLOPS = {
+    "H100": {"bfloat16": 989e12, "float32": 67e12},
+    "H200": {"bfloat16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+    # TPUs: bf16 only (f32 matmuls run as several bf16 passes; pass --peak-flops for an f32 MFU).
+    "TPU v4": {"bfloat16": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12},
+    "TPU v5p": {"bfloat16": 459e12},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) on Linux ≥ 4.0; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _proc_status(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"{field}:\s+(\d+) kB", f.read())
+        return int(m.group(1)) * 1024 if m else None
+    except OSError:
+        return None
+
+
+def peak_rss_bytes() -> int:
+    hwm = _proc_status("VmHWM")
+    if hwm is not None:
+        return hwm
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def device_peak_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats()
+    if not stats:
+        return None
+    return stats.get("peak_bytes_in_use")
+
+
+def flops_of(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def measured_matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """Best rate of a jitted n×n matmul in `dtype` (flops/s): the CPU's achieved peak for this run."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(f(a, a))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(f(a, a))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best
+
+
+def peak_flops(args) -> tuple[float | None, str]:
+    if args.peak_flops:
+        return args.peak_flops, "--peak-flops"
+    dev = jax.devices()[0]
+    for key, table in PEAK_FLOPS.items():
+        if key.lower() in dev.device_kind.lower():
+            if args.dtype not in table:
+                return None, f"no default {args.dtype} peak for {key}; pass --peak-flops"
+            return table[args.dtype], f"spec sheet, {key} {args.dtype} dense"
+    if dev.platform == "cpu":
+        rate, how = measured_matmul_peak(args.dtype), "XLA"
+        if args.torch:
+            import torch_baseline  # noqa: E402
+
+            torch_rate = torch_baseline.matmul_rate(args.dtype)
+            if torch_rate > rate:
+                rate, how = torch_rate, "PyTorch (faster than XLA's here)"
+        return rate, f"measured on this CPU: best of 5 2048² {args.dtype} matmuls, {how}"
+    return None, f"unknown device kind {dev.device_kind!r}; pass --peak-flops"
+
+
+def load_average() -> str:
+    try:
+        return "{:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def make_batch(batch: int, frames: int, height: int, width: int, seed: int = 0) -> dict:
+    """Random uint8 clips; source pids in groups of K = min(4, batch // 2) (P×K), at least 1."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, frames, height, width, 3)
+    k = max(1, min(4, batch // 2))
+    return {"source": {"video": rng.integers(0, 256, shape, dtype=np.uint8),
+                       "pid": (np.arange(batch) // k).astype(np.int32)},
+            "target": {"video": rng.integers(0, 256, shape, dtype=np.uint8)}}
+
+
+def make_config(args):
+    c = mars.get_config()
+    c.model.depth = str(args.depth)
+    if args.model_width:
+        c.model.width = args.model_width
+    elif str(args.depth) == "tiny":
+        c.model.width = 8  # the preset's width (the config's 64 is for the real ResNets)
+    c.model.dtype = args.dtype
+    c.data.height, c.data.width, c.data.seq_len = args.height, args.width, args.frames
+    c.batch.target_size = args.batch
+    # k-means on the target batch: the paper's 8 clusters, or fewer when the batch is smaller.
+    c.adaptation.kmeans_clusters = min(c.adaptation.kmeans_clusters, args.batch * jax.device_count())
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX
+
+
+class JaxRunner:
+    """Init the state and compile the step (timed separately), then time single steps.
+
+    Peak memory: the device allocator's peak_bytes_in_use where there is one; otherwise the process's
+    peak RSS from the end of compilation to the end of warm-up (VmHWM reset after compiling; the peak up to
+    and including compilation is kept separately).
+    """
+
+    def __init__(self, args, host_batch: dict):
+        config = make_config(args)
+        reset_peak_rss()
+        self.start_rss = _proc_status("VmRSS")
+        mesh = steps.data_mesh()
+        model = create_model(config, args.num_classes)
+        t0 = time.perf_counter()
+        params, batch_stats = init_variables(config, model, jax.random.PRNGKey(0))
+        state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1),
+                                   steps_per_epoch=1000)
+        self.state = steps.replicate(state, mesh)
+        jax.block_until_ready(self.state)
+        self.init_s = time.perf_counter() - t0
+        del params, batch_stats, state
+        self.batch = steps.shard_batch(host_batch, mesh)
+
+        jitted = steps.jit_train_step(steps.make_train_step(model, config), mesh, donate=True)
+        t0 = time.perf_counter()
+        lowered = jitted.lower(self.state, self.batch)
+        self.lower_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.compiled = lowered.compile()
+        self.xla_compile_s = time.perf_counter() - t0
+        self.flops = flops_of(self.compiled)
+        self.mem = self.compiled.memory_analysis()
+        self.compile_peak = peak_rss_bytes()  # init + compile (XLA's own working memory included)
+        self.rss_reset = reset_peak_rss()  # the steps' peak is measured on its own
+        self.metrics = None
+        self.name = f"JAX {jax.__version__} (jit, XLA)"
+
+    def step(self) -> tuple[float, float]:
+        """One train step (the state is donated and replaced): (wall seconds, process CPU seconds)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.state, self.metrics = self.compiled(self.state, self.batch)
+        jax.block_until_ready((self.state, self.metrics))
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        dev_peak = device_peak_bytes()
+        if dev_peak is not None:
+            return dev_peak, "device peak_bytes_in_use"
+        if self.rss_reset:
+            return peak_rss_bytes(), "process peak RSS from the end of compilation to the end of warm-up (VmHWM reset)"
+        return peak_rss_bytes(), "process max RSS (incl. compilation)"
+
+    def info(self) -> dict:
+        m = self.mem
+        return {"framework": self.name, "device": str(jax.devices()[0].device_kind), "init_s": self.init_s,
+                "lower_s": self.lower_s, "compile_s": self.lower_s + self.xla_compile_s,
+                "xla_compile_s": self.xla_compile_s, "flops": self.flops, "start_rss_bytes": self.start_rss,
+                "compile_peak_rss_bytes": self.compile_peak,
+                "metrics": {k: float(v) for k, v in jax.device_get(self.metrics).items()},
+                "num_params": int(sum(x.size for x in jax.tree.leaves(self.state.params))),
+                "xla_temp_bytes": getattr(m, "temp_size_in_bytes", None) if m else None,
+                "xla_argument_bytes": getattr(m, "argument_size_in_bytes", None) if m else None}
+
+
+def benchmark(factories: list, warmup: int, num_steps: int) -> list[dict]:
+    """Build and warm up each runner in turn (reading its peak memory right after its warm-up, before the
+    next one is built), then time `num_steps` steps of each, interleaved and alternating which goes first,
+    so that all see the same machine load."""
+    runners, warm, peaks = [], [], []
+    for make in factories:
+        r = make()
+        runners.append(r)
+        warm.append([r.step()[0] for _ in range(max(warmup, 1))])
+        peaks.append(r.peak_memory())
+    timed = [[] for _ in runners]
+    for i in range(num_steps):
+        order = list(range(len(runners)))
+        if i % 2:
+            order.reverse()
+        for j in order:
+            timed[j].append(runners[j].step())
+    results = []
+    for r, w, (peak, source), t in zip(runners, warm, peaks, timed):
+        times = [x for x, _ in t]
+        results.append({**r.info(), "first_step_s": w[0], "warmup_s": w, "step_times_s": times,
+                        "cpu_times_s": [c for _, c in t], "step_s": statistics.median(times), "peak_bytes": peak,
+                        "mem_source": source})
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _gib(x):
+    return "n/a" if x is None else f"{x / 2**30:.2f} GiB"
+
+
+def _delta(r):
+    if r.get("peak_bytes") is None or r.get("start_rss_bytes") is None or "RSS" not in r["mem_source"]:
+        return None
+    return r["peak_bytes"] - r["start_rss_bytes"]
+
+
+def report(args, results: list[dict], peak: float | None, peak_source: str) -> str:
+    ndev = jax.device_count()
+    b = args.batch * ndev  # global source clips (= target clips)
+    all_frames = 3 * b * args.frames  # source + target + teacher
+    train_frames = 2 * b * args.frames
+    flops = results[0].get("flops")
+    lines = [
+        "| framework | step: median (min) | frames/s (src+tgt+teacher) | training frames/s (src+tgt) | ratio vs JAX "
+        "| CPU s/step | compile (lower+compile) | first step | MFU | peak memory | Δ over part's start |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = results[0]["step_s"]
+    for r in results:
+        mfu = "n/a" if not (flops and peak) else f"{100 * flops / r['step_s'] / peak:.1f} %"
+        compile_txt = "none (eager)" if r.get("compile_s") is None else f"{r['compile_s']:.1f} s"
+        lines.append(
+            f"| {r['framework']} | {r['step_s']:.3f} s ({min(r['step_times_s']):.3f} s) | "
+            f"{all_frames / r['step_s']:.2f} | "
+            f"{train_frames / r['step_s']:.2f} | {base / r['step_s']:.2f}× | "
+            f"{statistics.median(r['cpu_times_s']):.2f} s | {compile_txt} | "
+            f"{r['first_step_s']:.2f} s | {mfu} | {_gib(r['peak_bytes'])} | {_gib(_delta(r))} |")
+    jx = results[0]
+    notes = [
+        "",
+        f"- setup: depth {args.depth}, {args.height}×{args.width}, T = {args.frames}, {b} source + {b} target clips "
+        f"per step ({ndev} device(s), {args.batch} per device), dtype {args.dtype}, {args.num_classes} classes, "
+        f"k-means {make_config(args).adaptation.kmeans_clusters} clusters; CPUs: "
+        f"{f'pinned to {args.cpus}' if args.threads else f'all {os.cpu_count()}'}; {args.steps} timed steps after "
+        f"{max(args.warmup, 1)} warm-up.",
+        f"- device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}; load average at start {args.load_start}, at end "
+        f"{load_average()}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"- XLA flops per step: {flops / 1e9:.1f} GFLOP; peak {peak / 1e9:.1f} GFLOP/s ({peak_source})."
+        if flops and peak else f"- XLA flops per step: {flops}; peak: {peak} ({peak_source}).",
+        f"- JAX: init {jx['init_s']:.1f} s (not in compile), lower {jx['lower_s']:.1f} s + compile "
+        f"{jx['xla_compile_s']:.1f} s, peak RSS up to the end of compilation {_gib(jx['compile_peak_rss_bytes'])}; "
+        f"XLA buffers: temp {_gib(jx['xla_temp_bytes'])}, arguments {_gib(jx['xla_argument_bytes'])}; "
+        f"params {jx['num_params'] / 1e6:.2f} M (PyTorch: "
+        f"{(results[1]['num_params'] / 1e6 if len(results) > 1 else float('nan')):.2f} M).",
+        "- timing: each framework built and warmed up in turn, then the timed steps interleaved (alternating "
+        "which goes first) so both see the same machine load.",
+    ]
+    if len(results) > 1 and "RSS" in results[1]["mem_source"]:
+        notes.append("- PyTorch's peak RSS is read in the same process after JAX's part: memory JAX freed stays in "
+                     "the process and PyTorch reuses it, so its peak and Δ are not standalone figures "
+                     "(`python benchmarks/torch_baseline.py` alone gives one).")
+    for r in results:
+        notes.append(f"- {r['framework']}: step times {', '.join(f'{t:.3f}' for t in r['step_times_s'])} s "
+                     f"(process CPU s: {', '.join(f'{t:.2f}' for t in r['cpu_times_s'])}; warm-up "
+                     f"{', '.join(f'{t:.2f}' for t in r['warmup_s'])} s); "
+                     f"memory = {r['mem_source']} (RSS when its part began: {_gib(r.get('start_rss_bytes'))}); "
+                     "loss " + ", ".join(f"{k} {r['metrics'][k]:.4f}" for k in
+                                        ("loss", "ce", "triplet", "frame_domain", "clip_domain", "consistency_ce",
+                                         "consistency_dist") if k in r["metrics"]))
+    return "\n".join(lines + notes)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=2, help="source clips per device (target clips: the same)")
+    p.add_argument("--depth", default="50", help="ResNet depth: 18, 34, 50, 101 or 'tiny' (quick check)")
+    p.add_argument("--model-width", type=int, default=0, help="base channels (0: the depth's preset)")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--frames", type=int, default=4, help="T, frames per clip")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="backbone compute dtype")
+    p.add_argument("--steps", type=int, default=3, help="timed steps")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling (at least 1)")
+    p.add_argument("--num-classes", type=int, default=150, help="source identities (classifier size)")
+    p.add_argument("--peak-flops", type=float, default=0.0, help="peak flops/s per device for MFU (0: default)")
+    p.add_argument("--torch", action="store_true", help="also time benchmarks/torch_baseline.py on the same batch")
+    p.add_argument("--torch-device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--torch-contiguous", action="store_true",
+                   help="PyTorch in NCHW-contiguous memory format instead of channels_last")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPUs per framework (0: all). N > 0 pins the process to N CPUs (sched_setaffinity, "
+                        "before XLA starts its threads) and sets torch.set_num_threads(N); 1 is far less "
+                        "sensitive to other jobs on a shared machine")
+    p.add_argument("--json", default="", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.threads:
+        # Threads started later inherit the affinity; XLA sizes its CPU thread pool when the backend starts,
+        # which has not happened yet in this script.
+        cpus = sorted(os.sched_getaffinity(0))[:args.threads]
+        os.sched_setaffinity(0, cpus)
+        args.cpus = cpus
+    args.load_start = load_average()
+
+    host_batch = make_batch(args.batch * jax.device_count(), args.frames, args.height, args.width)
+    peak_rates = [peak_flops(args)]  # on a CPU: measured now and again at the end, the best is kept
+    factories = [lambda: JaxRunner(args, host_batch)]
+    if args.torch:
+        import torch_baseline  # noqa: E402  (imports torch only when asked)
+
+        factories.append(lambda: torch_baseline.Runner(
+            host_batch, num_classes=args.num_classes, depth=args.depth, width=args.model_width or None,
+            dtype=args.dtype, device=args.torch_device,
+            kmeans_clusters=make_config(args).adaptation.kmeans_clusters,
+            kmeans_iters=make_config(args).adaptation.kmeans_iters, channels_last=not args.torch_contiguous,
+            num_threads=args.threads or None))
+    results = benchmark(factories, args.warmup, args.steps)
+    peak_rates.append(peak_flops(args))
+    peak, peak_source = max(peak_rates, key=lambda x: x[0] or 0.0)
+    text = report(args, results, peak, peak_source)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "peak_flops": peak, "peak_source": peak_source, "results": results}, f,
+                      indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

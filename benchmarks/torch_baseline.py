@@ -33,13 +33,14 @@ import argparse
 import copy
 import math
 import os
-import re
 import statistics
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from memory import proc_status, reset_peak_rss  # benchmarks/memory.py, beside this file
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -357,25 +358,6 @@ class Trainer:
 # Timing
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the process's peak RSS (VmHWM) so later readings cover only what follows (Linux ≥ 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _vm(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            m = re.search(rf"{field}:\s+(\d+) kB", f.read())
-        return int(m.group(1)) * 1024 if m else None
-    except OSError:
-        return None
-
-
 def matmul_rate(dtype="float32", n=2048, repeats=5, device="cpu") -> float:
     """Best rate (flops/s) of an n×n torch matmul in `dtype`: PyTorch's achieved matmul peak here."""
     a = torch.randn(n, n, device=device).to(getattr(torch, dtype))
@@ -400,8 +382,8 @@ class Runner:
         torch.set_num_threads(num_threads or os.cpu_count())
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.cuda = self.device.startswith("cuda")
-        self.rss_reset = _reset_peak_rss()
-        self.start_rss = _vm("VmRSS")
+        self.rss_reset = reset_peak_rss()
+        self.start_rss = proc_status("VmRSS")
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -427,8 +409,8 @@ class Runner:
         if self.cuda:
             return torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
         if self.rss_reset:
-            return _vm("VmHWM"), "process peak RSS from model build to the end of warm-up (VmHWM reset)"
-        return _vm("VmHWM"), "process peak RSS"
+            return proc_status("VmHWM"), "process peak RSS from model build to the end of warm-up (VmHWM reset)"
+        return proc_status("VmHWM"), "process peak RSS"
 
     def info(self) -> dict:
         return {"framework": self.name, "device": self.device, "compile_s": None, "build_s": self.build_s,

@@ -40,8 +40,6 @@ import datetime
 import json
 import os
 import platform
-import re
-import resource
 import statistics
 import sys
 import time
@@ -59,6 +57,7 @@ from configs import mars  # noqa: E402
 from svreid_jax import steps  # noqa: E402
 from svreid_jax.state import create_train_state  # noqa: E402
 from svreid_jax.train import create_model, init_variables  # noqa: E402
+from memory import peak_rss_bytes, proc_status, reset_peak_rss  # noqa: E402
 
 # device-kind substring → {dtype: dense peak flops/s per device}
 PEAK_FLOPS = {
@@ -74,32 +73,6 @@ PEAK_FLOPS = {
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (VmHWM) on Linux ≥ 4.0; False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _proc_status(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            m = re.search(rf"{field}:\s+(\d+) kB", f.read())
-        return int(m.group(1)) * 1024 if m else None
-    except OSError:
-        return None
-
-
-def peak_rss_bytes() -> int:
-    hwm = _proc_status("VmHWM")
-    if hwm is not None:
-        return hwm
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
 def device_peak_bytes() -> int | None:
@@ -199,7 +172,7 @@ class JaxRunner:
     def __init__(self, args, host_batch: dict):
         config = make_config(args)
         reset_peak_rss()
-        self.start_rss = _proc_status("VmRSS")
+        self.start_rss = proc_status("VmRSS")
         mesh = steps.data_mesh()
         model = create_model(config, args.num_classes)
         t0 = time.perf_counter()

@@ -9,6 +9,8 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from svreid_jax.data.records import DatasetError
 
 # The last run of digits in a file name: 'frame_12.jpg' → 12, '0001C1T0001F012.jpg' → 12.
@@ -103,3 +105,53 @@ def list_frames(folder: str, extensions: Iterable[str] = (".jpg",)) -> list[str]
 def relabel(keys: Iterable) -> dict:
     """Map each distinct key to 0..N-1 in sorted order of the keys."""
     return {k: i for i, k in enumerate(sorted(set(keys)))}
+
+
+def read_mat_variable(path: str, key: str, dataset: str) -> np.ndarray:
+    """Variable `key` of a MATLAB file as a numpy array in MATLAB's (row, column) order.
+
+    v5 files go through scipy, v7.3 (HDF5) files through h5py (transposed back from HDF5's
+    column-major storage). Missing file, unreadable file or missing key → DatasetError.
+    """
+    require_file(path, dataset, f"MATLAB file with variable {key!r}")
+    import h5py
+    import scipy.io
+
+    if h5py.is_hdf5(path):
+        try:
+            with h5py.File(path, "r") as f:
+                if key not in f:
+                    raise DatasetError(f"{dataset}: {path} has no variable {key!r} (found {sorted(f.keys())})")
+                return np.asarray(f[key]).T
+        except OSError as e:
+            raise DatasetError(f"{dataset}: cannot read {path} as a MATLAB v7.3 file ({e})") from None
+    try:
+        data = scipy.io.loadmat(path)
+    except Exception as e:  # scipy raises several unrelated types for a corrupt file
+        raise DatasetError(f"{dataset}: cannot read {path} as a MATLAB file ({type(e).__name__}: {e})") from None
+    if key not in data:
+        found = sorted(k for k in data if not k.startswith("__"))
+        raise DatasetError(f"{dataset}: {path} has no variable {key!r} (found {found})")
+    return np.asarray(data[key])
+
+
+def whole_numbers(array: np.ndarray, path: str, key: str, dataset: str) -> np.ndarray:
+    """`array` as int64, or a DatasetError if it holds anything but finite whole numbers."""
+    if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.all(np.isfinite(array))):
+        raise DatasetError(f"{dataset}: {path}, variable {key!r}: expected numbers, got dtype {array.dtype}")
+    ints = array.astype(np.int64)
+    if np.any(ints != array):
+        raise DatasetError(f"{dataset}: {path}, variable {key!r}: expected whole numbers")
+    return ints
+
+
+def zero_based_rows(idx: np.ndarray, num_rows: int, path: str, key: str, dataset: str, what: str) -> np.ndarray:
+    """1-based row numbers `idx` (from a .mat variable) → 0-based, each checked to be in 1..num_rows.
+
+    `what` names the rows in the error, e.g. "a row of track_test_info".
+    """
+    bad = np.flatnonzero((idx < 1) | (idx > num_rows))
+    if bad.size:
+        raise DatasetError(f"{dataset}: {path}, variable {key!r}, entry {int(bad[0]) + 1}: {int(idx[bad[0]])} is not "
+                           f"{what} (expected 1..{num_rows})")
+    return idx - 1

@@ -34,7 +34,6 @@ import os
 from absl import logging
 
 from svreid_jax.data.datasets import _common
-from svreid_jax.data.datasets.lsvid import read_mat_variable, whole_numbers
 from svreid_jax.data.records import DatasetError, DatasetSplits, Tracklet
 
 NAME = "ilidsvid"
@@ -121,7 +120,7 @@ def _splits_from_json(path: str) -> list[tuple[list, list]] | None:
 
 
 def _split_from_mat(path: str, split_id: int, persons: list[str]) -> tuple[list[str], list[str]]:
-    table = whole_numbers(read_mat_variable(path, _MAT_KEY, NAME), path, _MAT_KEY, NAME)
+    table = _common.whole_numbers(_common.read_mat_variable(path, _MAT_KEY, NAME), path, _MAT_KEY, NAME)
     if table.ndim != 2 or table.shape[1] % 2:
         raise DatasetError(f"{NAME}: {path}, variable {_MAT_KEY!r}: expected a 2-D matrix with one split per row "
                            f"and an even number of columns, got shape {table.shape}")

@@ -76,44 +76,6 @@ class LsvidStats:
 # MATLAB files (shared with the iLIDS-VID reader)
 
 
-def read_mat_variable(path: str, key: str, dataset: str) -> np.ndarray:
-    """Variable `key` of a MATLAB file as a numpy array in MATLAB's (row, column) order.
-
-    v5 files go through scipy, v7.3 (HDF5) files through h5py (transposed back from HDF5's
-    column-major storage). Missing file, unreadable file or missing key → DatasetError.
-    """
-    _common.require_file(path, dataset, f"MATLAB file with variable {key!r}")
-    import h5py
-    import scipy.io
-
-    if h5py.is_hdf5(path):
-        try:
-            with h5py.File(path, "r") as f:
-                if key not in f:
-                    raise DatasetError(f"{dataset}: {path} has no variable {key!r} (found {sorted(f.keys())})")
-                return np.asarray(f[key]).T
-        except OSError as e:
-            raise DatasetError(f"{dataset}: cannot read {path} as a MATLAB v7.3 file ({e})") from None
-    try:
-        data = scipy.io.loadmat(path)
-    except Exception as e:  # scipy raises several unrelated types for a corrupt file
-        raise DatasetError(f"{dataset}: cannot read {path} as a MATLAB file ({type(e).__name__}: {e})") from None
-    if key not in data:
-        found = sorted(k for k in data if not k.startswith("__"))
-        raise DatasetError(f"{dataset}: {path} has no variable {key!r} (found {found})")
-    return np.asarray(data[key])
-
-
-def whole_numbers(array: np.ndarray, path: str, key: str, dataset: str) -> np.ndarray:
-    """`array` as int64, or a DatasetError if it holds anything but finite whole numbers."""
-    if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.all(np.isfinite(array))):
-        raise DatasetError(f"{dataset}: {path}, variable {key!r}: expected numbers, got dtype {array.dtype}")
-    ints = array.astype(np.int64)
-    if np.any(ints != array):
-        raise DatasetError(f"{dataset}: {path}, variable {key!r}: expected whole numbers")
-    return ints
-
-
 # ---------------------------------------------------------------------------------------------
 # Files
 
@@ -142,16 +104,12 @@ def _read_list(path: str) -> list[tuple[int, str, int]]:
 def _read_query(path: str, num_test_rows: int) -> np.ndarray:
     """0-based test-row indices of the queries, in file order."""
     key = "query"
-    raw = read_mat_variable(path, key, NAME)
+    raw = _common.read_mat_variable(path, key, NAME)
     if raw.ndim > 2 or (raw.ndim == 2 and min(raw.shape) > 1):
         raise DatasetError(f"{NAME}: {path}, variable {key!r}: expected a vector of test-row numbers, "
                            f"got shape {raw.shape}")
-    idx = whole_numbers(raw, path, key, NAME).reshape(-1)
-    bad = np.flatnonzero((idx < 1) | (idx > num_test_rows))
-    if bad.size:
-        raise DatasetError(f"{NAME}: {path}, variable {key!r}, entry {int(bad[0]) + 1}: {int(idx[bad[0]])} is not "
-                           f"a row of the test list (expected 1..{num_test_rows})")
-    return idx - 1
+    idx = _common.whole_numbers(raw, path, key, NAME).reshape(-1)
+    return _common.zero_based_rows(idx, num_test_rows, path, key, NAME, "a row of the test list")
 
 
 class _PrefixListing:

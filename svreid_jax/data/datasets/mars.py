@@ -75,47 +75,9 @@ def _read_names(path: str) -> list[str]:
     return lines
 
 
-def _read_mat(path: str, key: str) -> np.ndarray:
-    """Array `key` of a MATLAB file (v5 through scipy; v7.3/HDF5 through h5py, transposed to MATLAB order)."""
-    _common.require_file(path, NAME, f"MATLAB file with variable {key!r}")
-    import scipy.io
-
-    try:
-        data = scipy.io.loadmat(path)
-    except NotImplementedError:  # scipy refuses v7.3 files: they are HDF5
-        return _read_mat_v73(path, key)
-    except Exception as e:  # scipy raises several unrelated types for a corrupt file
-        raise DatasetError(f"{NAME}: cannot read {path} as a MATLAB file ({type(e).__name__}: {e})") from None
-    if key not in data:
-        found = sorted(k for k in data if not k.startswith("__"))
-        raise DatasetError(f"{NAME}: {path} has no variable {key!r} (found {found})")
-    return np.asarray(data[key])
-
-
-def _read_mat_v73(path: str, key: str) -> np.ndarray:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if key not in f:
-                raise DatasetError(f"{NAME}: {path} has no variable {key!r} (found {sorted(f.keys())})")
-            return np.asarray(f[key]).T  # HDF5 stores MATLAB arrays column-major
-    except OSError as e:
-        raise DatasetError(f"{NAME}: cannot read {path} as a MATLAB file ({e})") from None
-
-
-def _as_int_matrix(array: np.ndarray, path: str, key: str) -> np.ndarray:
-    if array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and not np.all(np.isfinite(array))):
-        raise DatasetError(f"{NAME}: {path}, variable {key!r}: expected numbers, got dtype {array.dtype}")
-    ints = array.astype(np.int64)
-    if np.any(ints != array):
-        raise DatasetError(f"{NAME}: {path}, variable {key!r}: expected whole numbers")
-    return ints
-
-
 def _read_tracks(path: str, key: str, num_names: int, names_path: str) -> np.ndarray:
     """[N, 4] int64 rows [start, end, pid, cam], checked against the name list."""
-    rows = _as_int_matrix(_read_mat(path, key), path, key)
+    rows = _common.whole_numbers(_common.read_mat_variable(path, key, NAME), path, key, NAME)
     if rows.size == 0:
         rows = rows.reshape(0, 4)
     if rows.ndim != 2 or rows.shape[1] != 4:
@@ -134,12 +96,8 @@ def _read_tracks(path: str, key: str, num_names: int, names_path: str) -> np.nda
 def _read_query_index(path: str, num_test_rows: int) -> np.ndarray:
     """0-based test-row indices of the queries, in file order."""
     key = "query_IDX"
-    idx = _as_int_matrix(_read_mat(path, key), path, key).reshape(-1)
-    bad = np.flatnonzero((idx < 1) | (idx > num_test_rows))
-    if bad.size:
-        raise DatasetError(f"{NAME}: {path}, variable {key!r}, entry {int(bad[0]) + 1}: {int(idx[bad[0]])} is not "
-                           f"a row of track_test_info (expected 1..{num_test_rows})")
-    return idx - 1
+    idx = _common.whole_numbers(_common.read_mat_variable(path, key, NAME), path, key, NAME).reshape(-1)
+    return _common.zero_based_rows(idx, num_test_rows, path, key, NAME, "a row of track_test_info")
 
 
 # ---------------------------------------------------------------------------------------------

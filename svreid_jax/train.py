@@ -22,8 +22,6 @@ from svreid_jax.utils import progress as progress_lib
 from svreid_jax.utils.checkpointing import Checkpointer
 from svreid_jax.utils.writers import MetricWriter
 
-RANKS = (1, 5, 10, 20)
-
 
 # ---------------------------------------------------------------------------------------------
 # Data

@@ -83,6 +83,17 @@ def _bn(x: jax.Array, *, train: bool, dtype: Dtype, name: str) -> jax.Array:
     )(x)
 
 
+def _shortcut(x: jax.Array, out_ch: int, stride: int, conv_bias: bool, *, train: bool, dtype: Dtype) -> jax.Array:
+    """The residual branch: identity, or torchvision's `downsample` (1×1 conv + BN) when the shape changes.
+
+    Called inside a block's compact method, so the layers register as that block's downsample_0/1.
+    """
+    if stride == 1 and x.shape[-1] == out_ch:
+        return x
+    shortcut = _conv(x, out_ch, 1, stride=stride, use_bias=conv_bias, dtype=dtype, name="downsample_0")
+    return _bn(shortcut, train=train, dtype=dtype, name="downsample_1")
+
+
 class BasicBlock(nn.Module):
     """torchvision BasicBlock: 3×3 (stride) – BN – ReLU – 3×3 – BN, + identity/projection, ReLU."""
 
@@ -101,12 +112,7 @@ class BasicBlock(nn.Module):
         y = nn.relu(_bn(y, train=train, dtype=self.dtype, name="bn1"))
         y = _conv(y, self.features, 3, padding=1, use_bias=self.conv_bias, dtype=self.dtype, name="conv2")
         y = _bn(y, train=train, dtype=self.dtype, name="bn2")
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != out_ch:
-            shortcut = _conv(x, out_ch, 1, stride=self.stride, use_bias=self.conv_bias, dtype=self.dtype,
-                             name="downsample_0")
-            shortcut = _bn(shortcut, train=train, dtype=self.dtype, name="downsample_1")
-        return nn.relu(y + shortcut)
+        return nn.relu(y + _shortcut(x, out_ch, self.stride, self.conv_bias, train=train, dtype=self.dtype))
 
 
 class Bottleneck(nn.Module):
@@ -129,12 +135,7 @@ class Bottleneck(nn.Module):
         y = nn.relu(_bn(y, train=train, dtype=self.dtype, name="bn2"))
         y = _conv(y, out_ch, 1, use_bias=self.conv_bias, dtype=self.dtype, name="conv3")
         y = _bn(y, train=train, dtype=self.dtype, name="bn3")
-        shortcut = x
-        if self.stride != 1 or x.shape[-1] != out_ch:
-            shortcut = _conv(x, out_ch, 1, stride=self.stride, use_bias=self.conv_bias, dtype=self.dtype,
-                             name="downsample_0")
-            shortcut = _bn(shortcut, train=train, dtype=self.dtype, name="downsample_1")
-        return nn.relu(y + shortcut)
+        return nn.relu(y + _shortcut(x, out_ch, self.stride, self.conv_bias, train=train, dtype=self.dtype))
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}

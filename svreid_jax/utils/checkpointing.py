@@ -49,13 +49,8 @@ class Checkpointer:
         return restored["state"], dict(restored["meta"])
 
     def restore_state_only(self, state: Any, step: int | None = None) -> Any:
-        """Restore just the train state (evaluation of a checkpoint)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint under {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        return restored["state"]
+        """Restore just the train state (evaluation of a checkpoint); data iterators are left alone."""
+        return self.restore(state, {}, step)[0]
 
     def read_meta(self, step: int | None = None) -> dict:
         """The JSON metadata saved with a step (the latest by default)."""

@@ -77,7 +77,7 @@ def main(argv):
         batches = list(pipeline.eval_clips(tracklets, spec=spec, batch_size=FLAGS.batch_size, method=method,
                                            num_threads=FLAGS.num_threads))
         decode = time.perf_counter() - start
-        embed = jax.jit(extract.embed_step(model))
+        embed = jax.jit(steps.make_embed_step(model))
         video = jax.device_put(batches[0]["video"])
         jax.block_until_ready(embed(variables, video))
         start = time.perf_counter()

@@ -7,6 +7,7 @@ BatchNorm statistics are computed over the global batch (sync BN) and gradients 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -144,13 +145,26 @@ def make_train_step(model, config):
 
 
 def make_embed_step(model):
-    """Eval forward: uint8 clips [B,T,H,W,3] → BN-neck clip embeddings [B, D] (float32), student or teacher."""
+    """Eval forward: uint8 clips [B,T,H,W,3] → BN-neck clip embeddings [B, D] (float32), student or teacher.
 
+    The same function object comes back for an equal model, so jit's cache (keyed on the function)
+    reuses the compiled executable across evaluations instead of tracing again.
+    """
+    try:
+        return _cached_embed_step(model)
+    except TypeError:  # an unhashable model: a fresh function, compiled anew
+        return _embed_step(model)
+
+
+def _embed_step(model):
     def embed(variables, video):
         out = model.apply(variables, transforms.normalize(video), train=False)
         return out["bn_embedding"].astype(jnp.float32)
 
     return embed
+
+
+_cached_embed_step = functools.lru_cache(maxsize=8)(_embed_step)
 
 
 def data_mesh(devices=None) -> Mesh:

@@ -95,23 +95,6 @@ def restore_variables(config, workdir: str, mesh=None) -> tuple[object, dict, Ch
 # ---------------------------------------------------------------------------------------------------------
 # Features
 
-_EMBED_STEPS: dict = {}
-
-
-def embed_step(model) -> Callable:
-    """`steps.make_embed_step(model)`, one function object per model, so repeated extractions reuse the
-    compiled executable instead of tracing and compiling again."""
-    try:
-        fn = _EMBED_STEPS.get(model)
-    except TypeError:  # an unhashable model: no reuse
-        return steps.make_embed_step(model)
-    if fn is None:
-        if len(_EMBED_STEPS) >= 8:
-            _EMBED_STEPS.clear()
-        fn = _EMBED_STEPS[model] = steps.make_embed_step(model)
-    return fn
-
-
 def tracklet_features(config, model, variables, tracklets: Sequence[Tracklet], mesh=None,
                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """float32 [N, D] features of `tracklets` with the config's evaluation clips (eval.temporal, seq_len,
@@ -119,7 +102,7 @@ def tracklet_features(config, model, variables, tracklets: Sequence[Tracklet], m
     from svreid_jax import train
 
     mesh = steps.data_mesh() if mesh is None else mesh
-    return features.extract(embed_step(model), variables, tracklets, spec=train.clip_spec(config, train=False),
+    return features.extract(steps.make_embed_step(model), variables, tracklets, spec=train.clip_spec(config, train=False),
                             batch_size=config.eval.batch_size, method=config.eval.temporal, mesh=mesh,
                             num_threads=config.data.num_threads, flip_average=config.eval.flip_average,
                             progress=progress)
@@ -220,6 +203,6 @@ def run_extract(config, workdir: str, data_root: str) -> dict:
     return result
 
 
-__all__ = ["CheckpointInfo", "FolderTracklets", "checkpoint_directory", "embed_step", "extract_folder",
+__all__ = ["CheckpointInfo", "FolderTracklets", "checkpoint_directory", "extract_folder",
            "index_rows", "load_target", "read_folder", "restore_variables", "run_extract", "target_root",
            "tracklet_features"]

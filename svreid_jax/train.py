@@ -234,8 +234,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     pending_metrics: list[dict] = []
     nonfinite_run = 0
     step = start_step
+    unconsumed = None
     try:
         for step in range(start_step, total_steps):
+            # Data positions before this step's batches: an interrupt inside the step must save these,
+            # or the resumed run would skip the batches the unfinished step had drawn.
+            unconsumed = {name: it.get_state() for name, it in iterators.items()}
             src = next(source_it)
             # The target stream advances even when no loss reads it, so every variant of a config sees
             # the same source batches; the unused target is cut to one clip per device.
@@ -243,6 +247,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             target_video = tgt["video"] if uses_target else tgt["video"][: jax.local_device_count()]
             batch = {"source": {"video": src["video"], "pid": src["pid"]}, "target": {"video": target_video}}
             state, metrics = train_step(state, steps.shard_batch(batch, mesh))
+            unconsumed = None
             pending_metrics.append(metrics)
             done = step + 1
             if done % config.train.log_every_steps == 0 or done == total_steps:
@@ -279,6 +284,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         # Keep what was learnt: save the last finished step before re-raising (interrupts included).
         if pending_metrics or step > start_step:
             try:
+                if unconsumed is not None:
+                    for name, it in iterators.items():
+                        it.set_state(unconsumed[name])
                 checkpointer.save(int(jax.device_get(state.step)), state, iterators,
                                   {"step": int(jax.device_get(state.step)), "interrupted": True})
                 checkpointer.close()

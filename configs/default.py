@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.seq_len = 4  # frames per training clip
     c.data.train_temporal = "restricted_random"  # temporal crop for training clips (data.sampling)
     c.data.target_sampling = "random"  # 'random' (label-free) or 'identity' (P×K by target labels, D7)
+    c.data.target_views = 1  # clips per drawn target tracklet, side by side in a batch (2: label-free positive pairs)
     c.data.num_threads = 2  # grain reader threads per iterator
     c.data.prefetch = 4  # batches buffered ahead by grain
     c.data.num_workers = 0  # grain worker processes (0 = threads only; >0 helps on many-core hosts)

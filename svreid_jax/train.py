@@ -202,7 +202,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         target.train, batch_size=config.batch.target_size, spec=clip_spec(config, train=True),
         seed=config.seed, num_threads=config.data.num_threads, prefetch=config.data.prefetch,
         identity_balanced=identity_balanced, num_instances=config.batch.num_instances,
-        num_workers=config.data.num_workers, **process)
+        num_workers=config.data.num_workers, views_per_tracklet=config.data.target_views, **process)
     uses_target = steps.active_terms(config)["target"]
     total_steps = config.train.num_epochs * steps_per_epoch
 

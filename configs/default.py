@@ -80,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.adaptation.kmeans_iters = 10  # Lloyd iterations (fixed, so the step is jit-able)
     c.adaptation.consistency_temperature = 0.1  # temperature of the student's soft assignment
     c.adaptation.consistency_rampup_steps = 0  # sigmoid ramp-up of the consistency weights (0 = none)
+    c.adaptation.camera_centred = False  # centre target embeddings per camera (label-free camids) before clustering
     c.adaptation.teacher_augment = True  # the teacher sees its own flip/erasing of each target clip
 
     c.optimizer = ml_collections.ConfigDict()

@@ -127,19 +127,32 @@ def kmeans(rng: jax.Array, points: jax.Array, num_clusters: int, num_iters: int 
     return centroids, assign
 
 
+def centre_by_group(x: jax.Array, groups: jax.Array) -> jax.Array:
+    """x [B, D] minus the mean of the rows that share its group id (groups int [B]), re-normalised."""
+    same = (groups[:, None] == groups[None, :]).astype(x.dtype)
+    return _l2_normalize(x - (same @ x) / jnp.sum(same, axis=1, keepdims=True))
+
+
 def teacher_consistency(rng: jax.Array, student: jax.Array, teacher: jax.Array, *, num_clusters: int,
-                        num_iters: int = 10, temperature: float = 0.1) -> dict[str, jax.Array]:
+                        num_iters: int = 10, temperature: float = 0.1,
+                        groups: jax.Array | None = None) -> dict[str, jax.Array]:
     """Mean-teacher identification consistency on a target batch (the paper variant; both terms differentiable).
 
-    student, teacher: [B, D] clip embeddings of the same target clips; both are L2-normalised here.
+    student, teacher: [B, D] clip embeddings of the same target clips; both are L2-normalised here,
+    after subtracting their group's batch mean when `groups` (int [B], e.g. camera ids) is given.
     The teacher's embeddings are clustered (k-means, no gradient); then
       L^C_1 = cross-entropy of the student's soft assignment softmax(cos(s, c_j) / temperature)
               against the teacher's hard cluster of the same clip;
       L^C_2 = mean Euclidean distance of each student embedding to its teacher-assigned centroid.
     Returns {'consistency_ce': L^C_1, 'consistency_dist': L^C_2}.
     """
-    s = _l2_normalize(student.astype(jnp.float32))
-    t = jax.lax.stop_gradient(_l2_normalize(teacher.astype(jnp.float32)))
+    student, teacher = student.astype(jnp.float32), jax.lax.stop_gradient(teacher.astype(jnp.float32))
+    if groups is None:
+        s, t = _l2_normalize(student), _l2_normalize(teacher)
+    else:
+        # Camera-centred clustering: whatever a camera adds to everyone it films (scene, colour cast)
+        # is removed first, so clusters cannot form around cameras instead of people.
+        s, t = centre_by_group(student, groups), centre_by_group(teacher, groups)
     centroids, assign = kmeans(rng, t, num_clusters, num_iters)
     centroids = jax.lax.stop_gradient(centroids)
     logits = (s @ _l2_normalize(centroids).T) / temperature

@@ -112,6 +112,7 @@ def make_train_step(model, config):
                         num_clusters=config.adaptation.kmeans_clusters,
                         num_iters=config.adaptation.kmeans_iters,
                         temperature=config.adaptation.consistency_temperature,
+                        groups=batch["target"]["camid"] if config.adaptation.camera_centred else None,
                     ))
             weights = {name: getattr(w, name) for name in terms_out}
             if terms["teacher"] and config.adaptation.consistency_rampup_steps > 0:

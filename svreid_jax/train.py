@@ -245,7 +245,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             # the same source batches; the unused target is cut to one clip per device.
             tgt = next(target_it)
             target_video = tgt["video"] if uses_target else tgt["video"][: jax.local_device_count()]
-            batch = {"source": {"video": src["video"], "pid": src["pid"]}, "target": {"video": target_video}}
+            batch = {"source": {"video": src["video"], "pid": src["pid"]},
+                     "target": {"video": target_video, "camid": tgt["camid"][: len(target_video)]}}
             state, metrics = train_step(state, steps.shard_batch(batch, mesh))
             unconsumed = None
             pending_metrics.append(metrics)

@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.frame_pooling = "max"  # per-frame spatial pooling: 'max' (reference) or 'avg'
     c.model.disc_hidden = 256  # hidden units of the domain discriminators
     c.model.disc_dropout = 0.5  # dropout inside the discriminators
+    c.model.remat = False  # recompute residual-block activations in the backward pass (memory for compute)
     c.model.dtype = "float32"  # compute dtype ('bfloat16' on accelerators); parameters stay float32
     c.model.init_from = ""  # local ImageNet weights (.pth or .npz); empty = random init
 

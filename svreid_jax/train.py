@@ -106,7 +106,7 @@ def clip_spec(config, train: bool) -> pipeline.ClipSpec:
 def create_model(config, num_classes: int) -> reid.ReIDNet:
     m = config.model
     backbone = {"depth": m.depth, "width": m.width, "last_stride": m.last_stride,
-                "stem_pool_padding": m.stem_pool_padding, "conv_bias": m.conv_bias}
+                "stem_pool_padding": m.stem_pool_padding, "conv_bias": m.conv_bias, "remat": m.remat}
     return reid.ReIDNet(num_classes=num_classes, backbone=backbone, frame_pooling=m.frame_pooling,
                         disc_hidden=m.disc_hidden, disc_dropout=m.disc_dropout, dtype=jnp.dtype(m.dtype),
                         arch=m.arch, infonce_projection=config.loss.infonce > 0)

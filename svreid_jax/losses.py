@@ -16,7 +16,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    # A zero row maps to zero with a zero gradient; ‖x‖'s own gradient there is 0/0 = NaN, so zero
+    # rows are swapped for ones before the norm (the "double where") and put back after.
+    nonzero = jnp.any(x != 0, axis=-1, keepdims=True)
+    safe = jnp.where(nonzero, x, jnp.ones_like(x))
+    return jnp.where(nonzero, safe / jnp.maximum(jnp.linalg.norm(safe, axis=-1, keepdims=True), eps), 0.0)
 
 
 def pairwise_distances(x: jax.Array, metric: str = "cosine") -> jax.Array:
@@ -128,9 +132,13 @@ def kmeans(rng: jax.Array, points: jax.Array, num_clusters: int, num_iters: int 
 
 
 def centre_by_group(x: jax.Array, groups: jax.Array) -> jax.Array:
-    """x [B, D] minus the mean of the rows that share its group id (groups int [B]), re-normalised."""
+    """x [B, D] minus the mean of the rows that share its group id (groups int [B]), L2-normalised.
+
+    A row alone in its group keeps its value: its own mean would zero it.
+    """
     same = (groups[:, None] == groups[None, :]).astype(x.dtype)
-    return _l2_normalize(x - (same @ x) / jnp.sum(same, axis=1, keepdims=True))
+    count = jnp.sum(same, axis=1, keepdims=True)
+    return _l2_normalize(jnp.where(count > 1, x - (same @ x) / count, x))
 
 
 def teacher_consistency(rng: jax.Array, student: jax.Array, teacher: jax.Array, *, num_clusters: int,

@@ -170,6 +170,12 @@ def test_centre_by_group_hand_values():
     # group 0: mean (0.5, 0.5); group 1: mean (2, 2.5) → (1, 1.5)/|…| and (−1, −1.5)/|…|
     n = np.hypot(1.0, 1.5)
     np.testing.assert_allclose(out, [[r, -r], [-r, r], [1 / n, 1.5 / n], [-1 / n, -1.5 / n]], atol=1e-6)
+    # A row alone in its group is only normalised (centring would zero it), and gradients stay finite.
+    lone = np.asarray(losses.centre_by_group(x, jnp.asarray([0, 0, 1, 2])))
+    np.testing.assert_allclose(lone[2:], [[0.6, 0.8], [r, r]], atol=1e-6)
+    grad = jax.grad(lambda v: jnp.sum(losses.centre_by_group(v, jnp.asarray([0, 0, 1, 1])) ** 3))(
+        jnp.asarray([[1.0, 0.0], [1.0, 0.0], [3.0, 4.0], [1.0, 1.0]]))  # group 0 centres to zero rows
+    assert np.all(np.isfinite(np.asarray(grad)))
 
 
 def test_camera_centred_consistency_ignores_a_per_camera_offset():

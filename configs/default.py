@@ -58,7 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.disc_dropout = 0.5  # dropout inside the discriminators
     c.model.remat = False  # recompute residual-block activations in the backward pass (memory for compute)
     c.model.dtype = "float32"  # compute dtype ('bfloat16' on accelerators); parameters stay float32
-    c.model.init_from = ""  # local ImageNet weights (.pth or .npz); empty = random init
+    c.model.init_from = ""  # local ImageNet weights (.pth or .npz); empty = random init. --mode=eval: an authors' student checkpoint (.pth.tar/.npz) is evaluated directly
+    c.model.init_from_allow_pickle = False  # torch.load the init_from file with full unpickling (authors' files may hold numpy scalars; trusted files only)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.ce = 1.0  # weight of the source identity cross-entropy
@@ -127,6 +128,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.visualize_points = 400  # --mode=visualize: at most this many tracklets per domain in the PCA scatter
 
     c.parallel = ml_collections.ConfigDict()
-    c.parallel.mode = "jit"  # 'jit' (mesh + NamedSharding, global BN)
+    c.parallel.mode = "jit"  # 'jit' (mesh + NamedSharding, global BN) or 'pmap' (falls back to jit where pmap is not built in)
+    c.parallel.sync_bn = True  # pmap: BN statistics over all devices; False = per device, the reference's DataParallel (D12)
     c.parallel.multihost = False  # call jax.distributed.initialize() first
+
+    # The reference variant (variant='reference', svreid_jax.steps_reference; docs/REPRODUCIBILITY.md).
+    # The D# flags default to the paper's side here; configs/<target>.py:reference sets the code's side.
+    c.reference = ml_collections.ConfigDict()
+    c.reference.num_stages = 4  # MS-TCN stages on the detached frame features
+    c.reference.num_layers = 10  # dilated residual layers per stage (dilations 1 … 512)
+    c.reference.features = 64  # feature maps per stage; also the hidden units of its two discriminators
+    c.reference.dropout = 0.5  # dropout in the residual layers and the two discriminators
+    c.reference.adv_stages = (1, 2)  # 0-based stages whose adversarial and entropy losses count (place_adv N Y Y N)
+    c.reference.tmse_weight = 0.15  # α of the truncated MSE smoothing term, every stage, source only
+    c.reference.tmse_tau = 4.0  # τ: (log-prob difference)² is clamped at τ²
+    c.reference.entropy_weight = 0.01  # μ of the attentive entropy, adversarial stages, source + target
+    c.reference.consistency_clusters = 16  # k-means clusters on the 2B stacked student/teacher target embeddings
+    c.reference.consistency_n_init = 10  # k-means restarts (k-means++ seeding, best inertia kept)
+    c.reference.consistency_max_iter = 300  # k-means Lloyd iterations at most per restart
+    c.reference.consistency_mismatch_weight = 10.0  # L_cons = this · L_01 + L_dist
+    c.reference.temporal_lr = 3e-4  # Adam learning rate of the MS-TCN + discriminators (no weight decay)
+    c.reference.weight_init = (0.0, -1.55, -0.45)  # initial a = (a_reid, a_stage, a_cons); L = Σ e^{a_i} L_i
+    c.reference.weight_lr = 3e-4  # Adam learning rate of a
+    c.reference.weight_decay = 5e-4  # L2 (in the gradient) on a
+    c.reference.detach_temporal_input = False  # D1: the MS-TCN reads stop_gradient(frame features); no backbone gradient
+    c.reference.consistency_constant = False  # D2: L_cons from host k-means, a constant; False = differentiable L^C_1 + L^C_2
+    c.reference.teacher_reset_every_epoch = False  # D3: the EMA step counter restarts each epoch (teacher = student then)
+    c.reference.learnable_weights = False  # D4: train a by gradient; False = fixed weights e^{weight_init}
+    c.reference.accumulate_weight_grads = False  # D4: Adam on a sees the running sum of all past gradients (never zeroed)
+    c.reference.double_count_stage_loss = False  # D5: the temporal module gets (1 + e^{a1})·∇L_st (L_st back-propagated twice)
+    c.reference.shared_grl_beta = False  # D6: the sequence discriminator uses the frame β; False = β/10 (β_video)
+    c.reference.backbone_clip_discriminator = True  # D8: a domain discriminator on the backbone clip embeddings (dead in the code)
+    c.reference.reset_temporal_optimizer_every_epoch = False  # D12: re-create the temporal Adam each epoch
     return c

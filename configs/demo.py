@@ -6,11 +6,13 @@ Variants (--config=configs/demo.py:<variant>):
   oracle       trains on the *target* training labels (an upper bound; not UDA)
   frame        source + frame-level discriminator
   frame_clip   source + both discriminators
+  reference    the authors' code (configs/targets.py:apply_reference) at demo sizes: the tiny plain ResNet
+               instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, 4 k-means clusters
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
 """
 import ml_collections
 
-from configs import default
+from configs import default, targets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -69,14 +71,28 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
         c.model.width = 8
         c.batch.num_identities, c.batch.num_instances, c.batch.target_size = 2, 4, 8
         c.adaptation.kmeans_clusters = 2
+        c.reference.consistency_clusters = 2
         c.train.num_epochs, c.train.steps_per_epoch = 2, 2
         c.train.log_every_steps = 1
         c.train.checkpoint_every_epochs = 1
         c.eval.batch_size = 8
         return c
-    if variant in ("source_only", "oracle", "frame", "frame_clip"):
-        c.data.target_views = 1  # the pairs serve the teacher only
+    if variant in ("source_only", "oracle", "frame", "frame_clip", "reference"):
+        c.data.target_views = 1  # the pairs serve the paper variant's teacher only
         c.adaptation.camera_centred = False
+    if variant == "reference":
+        c = targets.apply_reference(c)
+        # Demo sizes: SINet's plug-ins need a ResNet-34/50/101, too slow here; keep the tiny ResNet.
+        c.model.arch = "resnet50"
+        c.loss.infonce = 0.0
+        c.reference.features = 16
+        c.reference.num_layers = 4
+        c.reference.consistency_clusters = min(c.reference.consistency_clusters, c.batch.target_size // 2)
+        c.reference.consistency_n_init = 3
+        c.reference.consistency_max_iter = 50
+        c.adaptation.grl_max_steps = 500
+        c.train.select_on_target_test = False  # the demo reports its last state (no test-set selection)
+        return c
     if variant in ("source_only", "oracle"):
         c.loss.frame_domain = c.loss.clip_domain = 0.0
         c.loss.consistency_ce = c.loss.consistency_dist = 0.0
@@ -92,4 +108,4 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
     if variant == "frame_clip":
         c.loss.consistency_ce = c.loss.consistency_dist = 0.0
         return c
-    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame or frame_clip")
+    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame, frame_clip, reference or micro")

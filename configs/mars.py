@@ -1,7 +1,7 @@
 """SVReID → MARS with the paper's hyper-parameters (method-spec §5).
 
 Set the roots: --config.data.source.root=/data/svreid --config.data.target.root=/data/mars
-Variants: configs/mars.py (paper, default).
+Variants: configs/mars.py (paper, default), configs/mars.py:reference (the authors' code, docs/REPRODUCIBILITY.md).
 """
 from configs import targets
 

@@ -3,6 +3,9 @@
 From the authors' code (method-spec §5): ResNet-50 at 256×128, clips of 4 frames, P×K = 8×4 source
 clips + 32 target clips per step, Adam 3e-4 with L2 5e-4, ×0.1 at epochs 40/80/120, 150 epochs,
 evaluation every 5 epochs, GRL I_max = 20000. Target-specific protocol choices are below.
+
+Variants: `paper` (default) and `reference` (`configs/<target>.py:reference`, the authors' code; see
+apply_reference and docs/REPRODUCIBILITY.md).
 """
 import ml_collections
 
@@ -33,6 +36,54 @@ def target_config(target: str, arg: str | None) -> ml_collections.ConfigDict:
     c.train.eval_every_epochs = 5
     c.train.checkpoint_every_epochs = 5
     variant = arg or "paper"
+    if variant == "reference":
+        c = apply_reference(c)
+        if target == "lsvid":
+            # D11: the reference cuts every LS-VID tracklet (query and gallery too) into 48-frame pieces.
+            c.data.target.options.cut_length = 48
+        return c
     if variant != "paper":
-        raise ValueError(f"unknown variant {variant!r} for configs/{target}.py; available: paper")
+        raise ValueError(f"unknown variant {variant!r} for configs/{target}.py; available: paper, reference")
+    return c
+
+
+def apply_reference(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The authors' code (method-spec §3–§6, §10): every D# flag on the code's side, the SINet backbone as
+    the reference builds it, and its evaluation protocol. docs/REPRODUCIBILITY.md lists each switch."""
+    c.variant = "reference"
+    # §3.1: SINet (IDM + SBM) on an inflated ResNet-50: biased convs, stem max-pool without padding (D12).
+    c.model.arch = "sinet"
+    c.model.stem_pool_padding = 0
+    c.model.conv_bias = True
+    c.model.last_stride = 1
+    c.model.frame_pooling = "max"
+    # §4: CE without smoothing, cosine batch-hard triplet, SINet's InfoNCE at 0.001 (D12).
+    c.loss.label_smoothing = 0.0
+    c.loss.triplet_metric = "cosine"
+    c.loss.infonce = 0.001
+    # §3.6: EMA 0.99 with the 1 − 1/(t+1) ramp; the teacher sees the student's clip (D3).
+    c.adaptation.ema_decay = 0.99
+    c.adaptation.ema_warmup = True
+    c.adaptation.teacher_augment = False
+    c.adaptation.grl_max_steps = 20000
+    # §5: torch Adam with L2 on every student parameter (BN and biases included), no warm-up.
+    c.optimizer.name = "adam_l2"
+    c.optimizer.decay_bn_and_bias = True
+    c.optimizer.warmup_epochs = 0.0
+    c.data.target_sampling = "identity"  # D7: target P×K batches by target ground-truth pids
+    c.eval.temporal = "restricted_begin"  # D9: one 4-frame clip per tracklet
+    c.eval.seq_len = 4
+    c.train.select_on_target_test = True  # D10: best target-test rank-1, every 5 epochs
+    c.parallel.mode = "pmap"  # D12: DataParallel with per-GPU BatchNorm
+    c.parallel.sync_bn = False
+    r = c.reference
+    r.detach_temporal_input = True  # D1
+    r.consistency_constant = True  # D2
+    r.teacher_reset_every_epoch = True  # D3
+    r.learnable_weights = True  # D4
+    r.accumulate_weight_grads = True  # D4
+    r.double_count_stage_loss = True  # D5
+    r.shared_grl_beta = True  # D6
+    r.backbone_clip_discriminator = False  # D8
+    r.reset_temporal_optimizer_every_epoch = True  # D12
     return c

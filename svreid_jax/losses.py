@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -190,3 +191,128 @@ def temporal_infonce(projection: jax.Array, num_instances: int, temperature: flo
     neg_lse = jax.nn.logsumexp(jnp.where(negative, sim, -jnp.inf), axis=-1, keepdims=True)  # [G, N, 1]
     per_pair = sim - jnp.logaddexp(neg_lse, sim)
     return -jnp.sum(jnp.where(positive, per_pair, 0.0)) / (positive.sum() * sim.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference variant (the authors' code, method-spec §4.4–§4.7)
+
+
+def tmse(logits: jax.Array, tau: float = 4.0) -> jax.Array:
+    """MS-TCN's truncated MSE between the log-probabilities of consecutive frames (method-spec §4.4).
+
+    logits [B, T, K] (one stage) → scalar: mean over (b, t ≥ 1, k) of
+    clamp((log p_t − sg[log p_{t−1}])², 0, τ²). Only the later frame of each pair gets a gradient,
+    as in the reference (it detaches the earlier one). T = 1 gives 0.
+    """
+    if logits.shape[1] < 2:
+        return jnp.zeros((), jnp.float32)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    diff = logp[:, 1:] - jax.lax.stop_gradient(logp[:, :-1])
+    return jnp.mean(jnp.clip(jnp.square(diff), 0.0, tau * tau))
+
+
+def _entropy(logits: jax.Array) -> jax.Array:
+    """Shannon entropy (nats) of softmax(logits) over the last axis: [..., K] → [...]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def attentive_entropy(class_logits: jax.Array, domain_logits: jax.Array) -> jax.Array:
+    """SSTDA's attentive entropy (method-spec §4.6): mean_j (1 + H(domain_j)) · H(class_j).
+
+    class_logits [..., K], domain_logits [..., 2] with the same leading shape (frames). The weight
+    1 + H(domain) is NOT detached, as in the reference, so the domain discriminator gets a gradient too.
+    """
+    if class_logits.shape[:-1] != domain_logits.shape[:-1]:
+        raise ValueError(f"attentive_entropy: class logits {class_logits.shape} and domain logits "
+                         f"{domain_logits.shape} must share their leading shape")
+    return jnp.mean((1.0 + _entropy(domain_logits)) * _entropy(class_logits))
+
+
+def frame_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-frame CE of one stage: logits [B, T, K], clip labels [B] (every frame gets its clip's pid)."""
+    per_frame = jnp.broadcast_to(labels[:, None], logits.shape[:2])
+    return cross_entropy(logits, per_frame)
+
+
+def kmeans_numpy(points: np.ndarray, num_clusters: int, *, n_init: int = 10, max_iter: int = 300,
+                 tol: float = 1e-4, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Host k-means as the reference runs it (sklearn 1.0 KMeans defaults, re-written in numpy).
+
+    points [N, D] → (centroids [K, D] float64, labels [N] int64, inertia). Greedy k-means++ seeding
+    (2 + ⌊ln K⌋ candidates per centre, the best kept), Lloyd iterations until the squared centre shift
+    falls below tol · mean per-feature variance or max_iter, best inertia of n_init runs. The
+    labels are the final nearest-centre assignment. An empty cluster keeps its centre (sklearn
+    relocates it; with 2B = 64 points and 16 clusters this is rare and only moves L_dist slightly).
+    """
+    x = np.asarray(points, np.float64)
+    n = x.shape[0]
+    if n < num_clusters:
+        raise ValueError(f"kmeans_numpy: {n} points cannot make {num_clusters} clusters")
+    rng = np.random.default_rng() if rng is None else rng
+    threshold = tol * float(np.mean(np.var(x, axis=0)))
+    sq_norms = np.sum(x * x, axis=1)
+
+    def sq_dist(c):
+        return np.maximum(sq_norms[:, None] + np.sum(c * c, axis=1)[None, :] - 2.0 * x @ c.T, 0.0)
+
+    def seed():
+        trials = 2 + int(np.log(num_clusters))
+        centres = [x[rng.integers(n)]]
+        closest = sq_dist(np.asarray(centres))[:, 0]
+        for _ in range(1, num_clusters):
+            total = closest.sum()
+            if total <= 0:  # all points coincide with chosen centres
+                cand = rng.integers(n, size=trials)
+            else:
+                cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
+                cand = np.minimum(cand, n - 1)
+            pots = np.minimum(closest[:, None], sq_dist(x[cand]))  # [N, trials]
+            best = int(np.argmin(pots.sum(axis=0)))
+            centres.append(x[cand[best]])
+            closest = pots[:, best]
+        return np.asarray(centres)
+
+    best = None
+    for _ in range(n_init):
+        centres = seed()
+        for _ in range(max_iter):
+            labels = np.argmin(sq_dist(centres), axis=1)
+            new = centres.copy()
+            for k in range(num_clusters):
+                members = labels == k
+                if members.any():
+                    new[k] = x[members].mean(axis=0)
+            shift = float(np.sum((new - centres) ** 2))
+            centres = new
+            if shift <= threshold:
+                break
+        d2 = sq_dist(centres)
+        labels = np.argmin(d2, axis=1)
+        inertia = float(d2[np.arange(n), labels].sum())
+        if best is None or inertia < best[2]:
+            best = (centres, labels, inertia)
+    return best
+
+
+def host_kmeans_consistency(student: np.ndarray, teacher: np.ndarray, seed: int, *, num_clusters: int = 16,
+                            n_init: int = 10, max_iter: int = 300, mismatch_weight: float = 10.0) -> np.ndarray:
+    """The reference's group-label consistency constant (method-spec §4.7), on the host.
+
+    student, teacher: [B, D] clip embeddings of the same target clips. k-means on the 2B stacked
+    vectors; L_01 = fraction of clips whose student and teacher vectors fall in different clusters;
+    L_dist = mean Euclidean distance of the 2B vectors to their centre. Returns float32
+    [L_cons, L_01, L_dist] with L_cons = mismatch_weight · L_01 + L_dist. No gradient: it is a
+    number computed from arrays (the reference moves them to numpy).
+    """
+    s = np.asarray(student, np.float64)
+    t = np.asarray(teacher, np.float64)
+    if s.shape != t.shape or s.ndim != 2:
+        raise ValueError(f"host_kmeans_consistency: student {s.shape} and teacher {t.shape} must both be [B, D]")
+    b = s.shape[0]
+    x = np.concatenate([s, t])
+    centres, labels, _ = kmeans_numpy(x, num_clusters, n_init=n_init, max_iter=max_iter,
+                                      rng=np.random.default_rng(int(seed)))
+    mismatch = float(np.mean(labels[:b] != labels[b:]))
+    dist = float(np.mean(np.linalg.norm(x - centres[labels], axis=1)))
+    return np.asarray([mismatch_weight * mismatch + dist, mismatch, dist], np.float32)

@@ -17,12 +17,17 @@ class TrainState(train_state.TrainState):
     ema_params / ema_batch_stats: the mean teacher. Its parameters are an EMA of the student's; its
       BN statistics come from its own train-mode forwards on target clips.
     rng: the key that drives dropout, erasing and k-means; split every step.
+    reference: None in the paper variant; in the reference variant the extra state of the authors'
+      training (svreid_jax.steps_reference.init_reference_state): the MS-TCN + discriminator
+      variables and their Adam state, the loss weights a_i with their accumulated gradient and Adam
+      state, and steps_per_epoch. Part of the pytree, so checkpoints and resume include it.
     """
 
     batch_stats: Any = None
     ema_params: Any = None
     ema_batch_stats: Any = None
     rng: jax.Array | None = None
+    reference: Any = None
 
 
 def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
@@ -75,9 +80,10 @@ def make_optimizer(config, params: Any, steps_per_epoch: int) -> optax.GradientT
     raise ValueError(f"config.optimizer.name={opt.name!r}; expected 'adam_l2' or 'adamw'")
 
 
-def create_train_state(config, apply_fn, params, batch_stats, rng: jax.Array, steps_per_epoch: int) -> TrainState:
+def create_train_state(config, apply_fn, params, batch_stats, rng: jax.Array, steps_per_epoch: int,
+                       reference: Any = None) -> TrainState:
     """A fresh state; the teacher starts as a copy of the student (separate buffers, so the state
-    can be donated)."""
+    can be donated). `reference`: the reference variant's extra state (TrainState.reference)."""
     tx = make_optimizer(config, params, steps_per_epoch)
     return TrainState.create(
         apply_fn=apply_fn,
@@ -87,4 +93,5 @@ def create_train_state(config, apply_fn, params, batch_stats, rng: jax.Array, st
         ema_params=jax.tree.map(jnp.copy, params),
         ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
         rng=rng,
+        reference=reference,
     )

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from svreid_jax import losses
+from svreid_jax import losses, steps_reference
 from svreid_jax.data import transforms
 from svreid_jax.models import grl
 from svreid_jax.state import TrainState, ema_decay, ema_update
@@ -31,7 +31,10 @@ def _prepare(video: jax.Array, rng: jax.Array, config) -> jax.Array:
 
 
 def active_terms(config) -> dict[str, bool]:
-    """Which parts of the step run: a zero weight removes the forward it would need (faster ablations)."""
+    """Which parts of the step run: a zero weight removes the forward it would need (faster ablations).
+    The reference variant always runs everything (its terms have learnt, not configured, weights)."""
+    if config.variant == "reference":
+        return {"domain": True, "teacher": True, "target": True}
     w = config.loss
     domain = w.frame_domain > 0 or w.clip_domain > 0
     teacher = w.consistency_ce > 0 or w.consistency_dist > 0
@@ -44,9 +47,21 @@ def consistency_rampup(step: jax.Array, rampup_steps: int) -> jax.Array:
     return jnp.exp(-5.0 * phase * phase)
 
 
-def make_train_step(model, config):
-    """Build the pure train step for the paper variant (DESIGN.md): source CE + triplet, frame- and
-    sequence-level domain discriminators behind the GRL, mean-teacher consistency on the target."""
+def make_train_step(model, config, axis_name: str | None = None):
+    """Build the pure train step of `config.variant`.
+
+    'paper' (DESIGN.md): source CE + triplet, frame- and sequence-level domain discriminators behind the
+    GRL, mean-teacher consistency on the target. 'reference': the authors' code
+    (svreid_jax.steps_reference; the state needs TrainState.reference). `axis_name`: inside pmap, the
+    reference step pmeans its gradients over it; the paper step does not take one yet.
+    """
+    if config.variant == "reference":
+        temporal_model = steps_reference.build_temporal_model(config, model.num_classes)
+        return steps_reference.make_reference_train_step(model, temporal_model, config, axis_name)
+    if config.variant != "paper":
+        raise ValueError(f"config.variant={config.variant!r}; expected 'paper' or 'reference'")
+    if axis_name is not None:
+        raise NotImplementedError("the paper step has no axis_name support on this branch (parallel.mode='jit')")
     terms = active_terms(config)
     w = config.loss
     camera_centred = terms["teacher"] and config.adaptation.camera_centred

@@ -209,7 +209,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     model = create_model(config, num_classes)
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     params, batch_stats = init_variables(config, model, init_rng)
-    state = create_train_state(config, model.apply, params, batch_stats, state_rng, steps_per_epoch)
+    state = create_train_state(config, model.apply, params, batch_stats, state_rng, steps_per_epoch,
+                               reference=_reference_state(config, model, params, state_rng, steps_per_epoch))
     state = steps.replicate(state, mesh)
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
@@ -219,6 +220,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         logging.info("resumed from %s at step %d", checkpointer.directory, int(meta["step"]))
     start_step = int(jax.device_get(state.step))
 
+    if config.parallel.mode != "jit":
+        # pmap mode is added on another branch; until then run the same step under jit (BN then global).
+        logging.warning("parallel.mode=%r is not available in this build; running parallel.mode='jit' "
+                        "(BatchNorm statistics over the global batch, not per device)", config.parallel.mode)
     train_step = steps.jit_train_step(steps.make_train_step(model, config), mesh)
     progress = progress_lib.Progress(total_steps, start_step)
     lr_schedule = learning_rate_schedule(config, steps_per_epoch)
@@ -319,6 +324,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     print(f"target rank-1 {100 * final['rank1']:.1f}%, mAP {100 * final['mAP']:.1f}% "
           f"({int(final['num_valid_queries'])} queries)", flush=True)
     return final
+
+
+def _reference_state(config, model, params, rng: jax.Array, steps_per_epoch: int):
+    """TrainState.reference for the reference variant (MS-TCN, its optimiser, the loss weights), else None."""
+    if config.variant != "reference":
+        return None
+    from svreid_jax import steps_reference
+
+    temporal_model = steps_reference.build_temporal_model(config, model.num_classes)
+    feature_dim = int(params["bnneck"]["scale"].shape[-1])
+    return steps_reference.init_reference_state(config, temporal_model, jax.random.fold_in(rng, 1), steps_per_epoch,
+                                                feature_dim)
 
 
 def _eval_variables(config, state: TrainState) -> dict:

@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -41,8 +42,8 @@ INDEX_COLUMNS = ("index", "split", "tracklet", "pid", "camid", "num_frames", "fi
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointInfo:
-    directory: str  # the orbax manager directory (<workdir>/checkpoints or <workdir>/best)
-    step: int
+    directory: str  # the orbax manager directory (<workdir>/checkpoints or <workdir>/best), or a baseline file
+    step: int  # -1 for an authors' checkpoint (model.init_from)
     teacher: bool  # the EMA teacher's variables were taken
 
 
@@ -68,11 +69,17 @@ def restore_variables(config, workdir: str, mesh=None) -> tuple[object, dict, Ch
     """(model, {'params', 'batch_stats'}, info) from the checkpoint `config.eval.checkpoint` picks.
 
     The train state is restored as saved (no optimiser is built, no training data is read); the number of
-    classes comes from the saved classifier. With `config.eval.use_teacher` the EMA teacher is returned.
+    classes comes from the saved classifier. If `config.model.init_from` names one of the authors' student
+    checkpoints (a `.pth(.tar)` with the BN-neck `bn.*` and `classifier.*`, or its `.npz`), that file is
+    converted on the fly (interop.baseline) and evaluated instead of the workdir's checkpoint. With `config.eval.use_teacher` the EMA teacher is returned.
     Variables are replicated over `mesh` (default: all devices).
     """
     from svreid_jax import train  # train imports this module
 
+    if config.model.init_from:
+        baseline = _baseline_student(config)
+        if baseline is not None:
+            return _baseline_variables(config, baseline, mesh)
     directory = checkpoint_directory(workdir, config.eval.checkpoint)
     if not _has_step(directory):
         raise FileNotFoundError(f"no checkpoint under {directory}; train first (--mode=train) with this --workdir")
@@ -90,6 +97,42 @@ def restore_variables(config, workdir: str, mesh=None) -> tuple[object, dict, Ch
     logging.info("restored %s step %d (%s, %d source classes)", directory, step,
                  "EMA teacher" if teacher else "student", num_classes)
     return model, variables, CheckpointInfo(directory=directory, step=int(step), teacher=teacher)
+
+
+def _baseline_student(config) -> dict | None:
+    """The authors' student state_dict named by model.init_from, or None if the file is not one (e.g.
+    ImageNet weights, which only initialise training)."""
+    from svreid_jax.interop import baseline
+
+    state_dict = baseline.read_baseline_checkpoint(config.model.init_from,
+                                                   allow_pickle=config.model.init_from_allow_pickle)
+    if "classifier.weight" not in state_dict or "bn.weight" not in state_dict:
+        return None
+    return state_dict
+
+
+def _baseline_variables(config, state_dict: dict, mesh) -> tuple[object, dict, CheckpointInfo]:
+    """(model, variables, info) for an authors' student state_dict, on the model the config describes."""
+    from svreid_jax import train
+    from svreid_jax.interop import baseline
+    from svreid_jax.models import reid
+
+    path = config.model.init_from
+    arch = baseline.infer_arch(state_dict)
+    if arch != config.model.arch:
+        raise ValueError(f"{path} holds a {arch!r} network but config.model.arch={config.model.arch!r}; "
+                         f"use configs/<target>.py:reference (sinet) or --config.model.arch={arch}")
+    num_classes = int(np.shape(state_dict["classifier.weight"])[0])
+    model = train.create_model(config, num_classes)
+    params, batch_stats = reid.init_model(model, jax.random.PRNGKey(0),
+                                          (1, config.eval.seq_len, config.data.height, config.data.width, 3))
+    # The InfoNCE projection is a training head: drop it when this model has none.
+    drop = () if "projection" in params else ("projection",)
+    params, batch_stats = baseline.load_baseline_checkpoint(state_dict, params, batch_stats, drop=drop)
+    mesh = steps.data_mesh() if mesh is None else mesh
+    variables = steps.replicate({"params": params, "batch_stats": batch_stats}, mesh)
+    logging.info("evaluating the authors' checkpoint %s (%s, %d source classes), converted", path, arch, num_classes)
+    return model, variables, CheckpointInfo(directory=os.path.abspath(path), step=-1, teacher=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from svreid_jax.models import resnet as resnet_lib
+from svreid_jax.models.discriminators import DomainDiscriminator
 
 
 def temporal_average(frames: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
@@ -148,3 +149,35 @@ class MultiStageTCN(nn.Module):
             inputs = jax.nn.softmax(out, axis=-1)
         return {"logits": jnp.stack(logits), "features": jnp.stack(features),
                 "sequence_features": jnp.stack(sequence)}
+
+
+class TemporalDomainHeads(nn.Module):
+    """The reference's temporal branch (method-spec §3.3–§3.4): MS-TCN stages plus ONE frame-level and
+    ONE sequence-level domain discriminator shared by all stages (GRL inside each discriminator).
+
+    Parameter tree: temporal/… (MultiStageTCN), frame_discriminator/{fc1,fc2},
+    clip_discriminator/{fc1,fc2} — the layout `interop.baseline.convert_baseline_temporal` produces.
+
+    Call: frames [B, T, D] (the per-frame BN'd backbone features), frame_beta / sequence_beta (GRL
+    coefficients, traced scalars), train → dict of
+      logits [S, B, T, K], features [S, B, T, F], sequence_features [S, B, F],
+      frame_domain_logits [S, B, T, 2], sequence_domain_logits [S, B, 2]   (float32).
+    Domain logits are computed for every stage; the loss picks the stages (the reference: 2 and 3).
+    """
+
+    num_classes: int
+    num_stages: int = 4
+    num_layers: int = 10
+    features: int = 64
+    dropout_rate: float = 0.5
+    disc_dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, frames: jax.Array, *, frame_beta: Any, sequence_beta: Any, train: bool) -> dict[str, jax.Array]:
+        out = MultiStageTCN(self.num_classes, self.num_stages, self.num_layers, self.features, self.dropout_rate,
+                            name="temporal")(frames, train=train)
+        frame_disc = DomainDiscriminator(self.features, 2, self.disc_dropout, name="frame_discriminator")
+        seq_disc = DomainDiscriminator(self.features, 2, self.disc_dropout, name="clip_discriminator")
+        out["frame_domain_logits"] = frame_disc(out["features"], beta=frame_beta, train=train)
+        out["sequence_domain_logits"] = seq_disc(out["sequence_features"], beta=sequence_beta, train=train)
+        return out

@@ -1,0 +1,337 @@
+"""The reference variant's train step: what the authors' PyTorch code does (method-spec §3–§6, §10).
+
+One step, per source batch (method-spec §6.1):
+  1. student forwards (train mode) on the source clips, then on the target clips; L_reid = CE + triplet
+     (+ InfoNCE) on the source;
+  2. the EMA teacher forwards (train mode, no gradient) on the same target clips;
+  3. L_cons: host k-means on the 2B stacked student/teacher target embeddings (a constant, D2);
+  4. the MS-TCN temporal stages read the per-frame BN'd features `mid` of source and target, DETACHED
+     (D1); one frame and one sequence discriminator (shared by all stages, one GRL β, D6) on the stage
+     features; L_st = Σ_s (CE_s + 0.15·TMSE_s) + Σ_{s∈{2,3}} (adv_frame_s + adv_seq_s + 0.01·Ent_s);
+  5. L = Σ e^{a_i} L_i with learnable a (accumulated gradients, D4); the temporal module's gradient is
+     (1 + e^{a1})·∇L_st because the reference back-propagates L_st twice (D5);
+  6. Adam on the temporal module (moments reset every epoch, D12), Adam-L2 on the student, Adam-L2 on a;
+     then the EMA teacher with α = min(1 − 1/(t+1), 0.99), t = iteration within the epoch (D3).
+
+Each divergence is a flag in `config.reference` (docs/REPRODUCIBILITY.md); flipping one gives the
+paper-side behaviour of that piece while keeping the rest.
+
+Batch: as `steps.make_train_step` ({'source': {'video', 'pid'}, 'target': {'video'}}, uint8 clips).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from svreid_jax import losses
+from svreid_jax.data import transforms
+from svreid_jax.models import grl
+from svreid_jax.models import resnet as resnet_lib
+from svreid_jax.models.temporal import TemporalDomainHeads
+from svreid_jax.state import TrainState, ema_decay, ema_update
+
+NUM_WEIGHTS = 3  # a = (a_reid, a_stage, a_consistency)
+
+
+def check_config(config) -> None:
+    """Clear errors for reference settings that cannot work."""
+    r = config.reference
+    if len(tuple(r.weight_init)) != NUM_WEIGHTS:
+        raise ValueError(f"config.reference.weight_init needs {NUM_WEIGHTS} values (a_reid, a_stage, a_consistency), "
+                         f"got {tuple(r.weight_init)}")
+    bad = [s for s in r.adv_stages if not 0 <= int(s) < r.num_stages]
+    if bad:
+        raise ValueError(f"config.reference.adv_stages {tuple(r.adv_stages)}: stages {bad} are outside 0..{r.num_stages - 1}")
+    if r.consistency_clusters > 2 * config.batch.target_size:
+        raise ValueError(f"config.reference.consistency_clusters={r.consistency_clusters} is more than the "
+                         f"2·{config.batch.target_size} target embeddings it clusters")
+
+
+def build_temporal_model(config, num_classes: int) -> TemporalDomainHeads:
+    """The MS-TCN + shared discriminators of the reference (method-spec §3.3–§3.4)."""
+    r = config.reference
+    return TemporalDomainHeads(num_classes=num_classes, num_stages=r.num_stages, num_layers=r.num_layers,
+                               features=r.features, dropout_rate=r.dropout, disc_dropout=r.dropout)
+
+
+def optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(temporal-module optimiser, loss-weight optimiser).
+
+    Temporal module + discriminators: torch Adam(lr, no weight decay). Loss weights a: torch Adam with
+    L2 added to the gradient (not AdamW), no schedule.
+    """
+    r = config.reference
+    temporal = optax.adam(r.temporal_lr, b1=0.9, b2=0.999, eps=1e-8)
+    weights = optax.chain(optax.add_decayed_weights(r.weight_decay), optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+                          optax.scale(-r.weight_lr))
+    return temporal, weights
+
+
+def init_reference_state(config, temporal_model: TemporalDomainHeads, rng: jax.Array, steps_per_epoch: int,
+                         feature_dim: int) -> dict[str, Any]:
+    """The extra state of the reference variant (TrainState.reference):
+
+    temporal_params / temporal_batch_stats: TemporalDomainHeads variables (init on [1, T, feature_dim]);
+    temporal_opt_state: its Adam state; weights: a [3] float32 (config.reference.weight_init);
+    weight_grad_sum: the running sum of ∂L/∂a the reference never zeroes (D4); weight_opt_state;
+    steps_per_epoch: int32 scalar, for the per-epoch resets inside the jitted step.
+    """
+    check_config(config)
+    if steps_per_epoch <= 0:
+        raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
+    # Eager init: the ~90 small MS-TCN layers initialise faster op by op than as one compiled program on CPU.
+    variables = temporal_model.init({"params": rng}, jnp.zeros((1, config.data.seq_len, feature_dim), jnp.float32),
+                                    frame_beta=0.0, sequence_beta=0.0, train=False)
+    temporal_tx, weight_tx = optimizers(config)
+    weights = jnp.asarray(tuple(config.reference.weight_init), jnp.float32)
+    return {
+        "temporal_params": variables["params"],
+        "temporal_batch_stats": variables["batch_stats"],
+        "temporal_opt_state": temporal_tx.init(variables["params"]),
+        "weights": weights,
+        "weight_grad_sum": jnp.zeros_like(weights),
+        "weight_opt_state": weight_tx.init(weights),
+        "steps_per_epoch": jnp.asarray(steps_per_epoch, jnp.int32),
+    }
+
+
+def frame_batch_norm(frames: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+    """The reference's `mid = bn(x)` on per-frame features in train mode: frames [B, T, D] normalised
+    with the batch statistics of the B·T frames (biased variance, eps 1e-5) and the BN-neck's scale and
+    bias [D]. Running statistics are not touched here (ReIDNet docstring, projection input)."""
+    mean = jnp.mean(frames, axis=(0, 1))
+    var = jnp.mean(jnp.square(frames - mean), axis=(0, 1))
+    return (frames - mean) * jax.lax.rsqrt(var + resnet_lib.BN_EPSILON) * scale + bias
+
+
+def stage_losses(source_out: dict, target_out: dict, labels: jax.Array, config) -> tuple[jax.Array, dict]:
+    """L_st of the reference (method-spec §4.4–§4.6) from TemporalDomainHeads outputs.
+
+    source_out / target_out: dicts with logits [S, B, T, K], frame_domain_logits [S, B, T, 2],
+    sequence_domain_logits [S, B, 2]; labels [B] source pids (every frame gets its clip's pid).
+    L_st = Σ_s (CE_s + tmse_weight·TMSE_s) + Σ_{s ∈ adv_stages} (adv_frame_s + adv_seq_s + entropy_weight·Ent_s),
+    classification and TMSE on the source only, adversarial and entropy terms on source and target.
+    Returns (L_st, {'stage{s}_ce', 'stage{s}_tmse', 'stage{s}_adv_frame', 'stage{s}_adv_seq', 'stage{s}_entropy'}),
+    s 1-based like the paper's stage numbers.
+    """
+    r = config.reference
+    terms: dict[str, jax.Array] = {}
+    total = jnp.zeros((), jnp.float32)
+    for s in range(r.num_stages):
+        ce = losses.frame_cross_entropy(source_out["logits"][s], labels)
+        sm = losses.tmse(source_out["logits"][s], r.tmse_tau)
+        terms[f"stage{s + 1}_ce"], terms[f"stage{s + 1}_tmse"] = ce, sm
+        total = total + ce + r.tmse_weight * sm
+    for s in sorted({int(s) for s in r.adv_stages}):
+        adv_f = losses.domain_cross_entropy(source_out["frame_domain_logits"][s], target_out["frame_domain_logits"][s])
+        adv_q = losses.domain_cross_entropy(source_out["sequence_domain_logits"][s],
+                                            target_out["sequence_domain_logits"][s])
+        k = source_out["logits"].shape[-1]
+        class_logits = jnp.concatenate([source_out["logits"][s].reshape(-1, k), target_out["logits"][s].reshape(-1, k)])
+        domain_logits = jnp.concatenate([source_out["frame_domain_logits"][s].reshape(-1, 2),
+                                         target_out["frame_domain_logits"][s].reshape(-1, 2)])
+        ent = losses.attentive_entropy(class_logits, domain_logits)
+        terms[f"stage{s + 1}_adv_frame"], terms[f"stage{s + 1}_adv_seq"] = adv_f, adv_q
+        terms[f"stage{s + 1}_entropy"] = ent
+        total = total + adv_f + adv_q + r.entropy_weight * ent
+    return total, terms
+
+
+def host_consistency(student: jax.Array, teacher: jax.Array, rng: jax.Array, config) -> jax.Array:
+    """L_cons = 10·L_01 + L_dist from host k-means (numpy, via jax.pure_callback), as float32
+    [L_cons, L_01, L_dist]. student, teacher: [B, D]; no gradient flows (the reference's is a float)."""
+    r = config.reference
+    seed = jax.random.randint(rng, (), 0, np.iinfo(np.int32).max, dtype=jnp.int32)
+
+    def callback(s, t, seed):
+        return losses.host_kmeans_consistency(
+            s, t, int(seed), num_clusters=r.consistency_clusters, n_init=r.consistency_n_init,
+            max_iter=r.consistency_max_iter, mismatch_weight=r.consistency_mismatch_weight)
+
+    out = jax.pure_callback(callback, jax.ShapeDtypeStruct((3,), jnp.float32),
+                            jax.lax.stop_gradient(student.astype(jnp.float32)),
+                            jax.lax.stop_gradient(teacher.astype(jnp.float32)), seed, vmap_method="sequential")
+    return jax.lax.stop_gradient(out)
+
+
+def _prepare(video: jax.Array, rng: jax.Array, config) -> jax.Array:
+    x = transforms.normalize(video)
+    if config.augment.erasing_probability > 0:
+        x = transforms.random_erasing(rng, x, probability=config.augment.erasing_probability)
+    return x
+
+
+def make_reference_losses(model, temporal_model, config, axis_name: str | None = None):
+    """The differentiable part of the step, exposed for tests.
+
+    Returns loss_fn(params, temporal_params, weights, ctx) -> (objective, aux) where ctx holds
+    batch_stats, temporal_batch_stats, source [B,T,H,W,3] float (normalised), labels [B], target
+    [B',T,H,W,3] float, teacher_embedding [B', D], beta, sequence_beta, keys (dict of PRNG keys:
+    src_drop, tgt_drop, tmp_src, tmp_tgt, kmeans).
+    objective = Σ e^{a_i} L_i (+ L_st again with double_count_stage_loss): differentiating it gives the
+    reference's gradients for the student, the temporal module and a. aux = (terms dict, new
+    batch_stats, new temporal_batch_stats, metrics dict).
+    """
+    r = config.reference
+    w = config.loss
+
+    def gather(x):
+        # DataParallel gathers every output on GPU 0 before the losses; under pmap the batch-coupled
+        # terms (triplet mining, k-means) see the whole batch too.
+        return x if axis_name is None else jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+
+    def loss_fn(params, temporal_params, weights, ctx):
+        keys = ctx["keys"]
+        labels = ctx["labels"]
+        out_s, new_vars = model.apply(
+            {"params": params, "batch_stats": ctx["batch_stats"]}, ctx["source"], train=True,
+            grl_beta=ctx["beta"], rngs={"dropout": keys["src_drop"]}, mutable=["batch_stats"])
+        terms = {"ce": losses.cross_entropy(out_s["logits"], labels, w.label_smoothing),
+                 "triplet": losses.batch_hard_triplet(gather(out_s["bn_embedding"]), gather(labels), w.triplet_margin,
+                                                      w.triplet_metric)}
+        l_reid = w.ce * terms["ce"] + w.triplet * terms["triplet"]
+        if w.infonce > 0:
+            terms["infonce"] = losses.temporal_infonce(out_s["projection"], config.batch.num_instances,
+                                                       w.infonce_temperature)
+            l_reid = l_reid + w.infonce * terms["infonce"]
+        # Source then target, separate train-mode forwards: BN statistics updated once per domain.
+        out_t, new_vars = model.apply(
+            {"params": params, "batch_stats": new_vars["batch_stats"]}, ctx["target"], train=True,
+            grl_beta=ctx["beta"], rngs={"dropout": keys["tgt_drop"]}, mutable=["batch_stats"])
+
+        scale, bias = params["bnneck"]["scale"], params["bnneck"]["bias"]
+        mid_s = frame_batch_norm(out_s["frame_embeddings"], scale, bias)
+        mid_t = frame_batch_norm(out_t["frame_embeddings"], scale, bias)
+        if r.detach_temporal_input:
+            # D1: the reference feeds mid.detach(): nothing of L_st reaches the backbone.
+            mid_s, mid_t = jax.lax.stop_gradient(mid_s), jax.lax.stop_gradient(mid_t)
+        kw = dict(frame_beta=ctx["beta"], sequence_beta=ctx["sequence_beta"], train=True, mutable=["batch_stats"])
+        ts, t_vars = temporal_model.apply({"params": temporal_params, "batch_stats": ctx["temporal_batch_stats"]},
+                                          mid_s, rngs={"dropout": keys["tmp_src"]}, **kw)
+        tt, t_vars = temporal_model.apply({"params": temporal_params, "batch_stats": t_vars["batch_stats"]},
+                                          mid_t, rngs={"dropout": keys["tmp_tgt"]}, **kw)
+        l_st, st_terms = stage_losses(ts, tt, labels, config)
+        terms.update(st_terms)
+        if r.backbone_clip_discriminator:
+            # D8, the first commit's commented-out call: a sequence discriminator on the backbone's own
+            # clip embeddings (ReIDNet's clip_discriminator, GRL inside), so L_st reaches the backbone.
+            terms["backbone_clip_domain"] = losses.domain_cross_entropy(out_s["clip_domain_logits"],
+                                                                        out_t["clip_domain_logits"])
+            l_st = l_st + terms["backbone_clip_domain"]
+
+        if r.consistency_constant:
+            cons = host_consistency(gather(out_t["bn_embedding"]), gather(ctx["teacher_embedding"]),
+                                    keys["kmeans"], config)
+            l_cons = cons[0]
+            terms["cons_mismatch"], terms["cons_dist"] = cons[1], cons[2]
+        else:
+            # D2 flipped: the paper variant's differentiable teacher consistency (L^C_1 + L^C_2).
+            paper = losses.teacher_consistency(
+                keys["kmeans"], out_t["bn_embedding"], ctx["teacher_embedding"],
+                num_clusters=r.consistency_clusters, num_iters=config.adaptation.kmeans_iters,
+                temperature=config.adaptation.consistency_temperature)
+            terms.update(paper)
+            l_cons = w.consistency_ce * paper["consistency_ce"] + w.consistency_dist * paper["consistency_dist"]
+
+        parts = jnp.stack([l_reid, l_st, l_cons])
+        scales = jnp.exp(weights) if r.learnable_weights else jnp.exp(jax.lax.stop_gradient(weights))
+        total = jnp.sum(scales * parts)
+        # D5: the reference calls L_st.backward() and then L.backward(): the temporal module (and,
+        # were its input not detached, the backbone) receives ∇L_st once more. L_st does not depend on a.
+        objective = total + (l_st if r.double_count_stage_loss else 0.0)
+        terms.update(reid=l_reid, stage=l_st, consistency=l_cons)
+        metrics = {"accuracy": jnp.mean(jnp.argmax(out_s["logits"], -1) == labels),
+                   "stage4_accuracy": jnp.mean(jnp.argmax(ts["logits"][-1], -1) == labels[:, None])}
+        return objective, (total, terms, new_vars["batch_stats"], t_vars["batch_stats"], metrics)
+
+    return loss_fn
+
+
+def make_reference_train_step(model, temporal_model, config, axis_name: str | None = None):
+    """The reference variant's `step(state, batch) -> (state, metrics)`; state.reference must be set
+    (init_reference_state). With `axis_name` (inside pmap/shard_map) gradients are `lax.pmean`ed over it
+    and the batch-coupled terms see the gathered batch; BatchNorm stays per device (the reference's
+    DataParallel without SyncBN)."""
+    check_config(config)
+    r = config.reference
+    temporal_tx, weight_tx = optimizers(config)
+    loss_fn = make_reference_losses(model, temporal_model, config, axis_name)
+    grad_fn = jax.grad(loss_fn, argnums=(0, 1, 2), has_aux=True)
+
+    def mean(x):
+        return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
+        ref = state.reference
+        if ref is None:
+            raise ValueError("the reference step needs TrainState.reference (steps_reference.init_reference_state)")
+        rng, k_src_aug, k_tgt_aug, k_teacher_aug, k_teacher, *k = jax.random.split(state.rng, 10)
+        keys = dict(zip(("src_drop", "tgt_drop", "tmp_src", "tmp_tgt", "kmeans"), k))
+        step_in_epoch = state.step % ref["steps_per_epoch"]
+        epoch_start = step_in_epoch == 0
+        # D6: one β (the frame schedule) for both discriminators; β_video = β/10 is the unused alternative.
+        beta = grl.grl_beta(state.step, config.adaptation.grl_max_steps)
+        sequence_beta = beta if r.shared_grl_beta else beta / 10.0
+
+        source = _prepare(batch["source"]["video"], k_src_aug, config)
+        target = _prepare(batch["target"]["video"], k_tgt_aug, config)
+        teacher_input = target
+        if config.adaptation.teacher_augment:
+            # D3 flipped: the teacher sees its own flip and erasing of the clip (the reference: the same clip).
+            k_flip, k_erase = jax.random.split(k_teacher_aug)
+            teacher_input = _prepare(transforms.random_flip(k_flip, batch["target"]["video"]), k_erase, config)
+        # The teacher runs in train mode under no_grad: its BN statistics come from its own forwards.
+        teacher_out, teacher_vars = model.apply(
+            {"params": state.ema_params, "batch_stats": state.ema_batch_stats}, teacher_input, train=True,
+            grl_beta=0.0, rngs={"dropout": k_teacher}, mutable=["batch_stats"])
+
+        ctx = dict(batch_stats=state.batch_stats, temporal_batch_stats=ref["temporal_batch_stats"], source=source,
+                   labels=batch["source"]["pid"], target=target,
+                   teacher_embedding=jax.lax.stop_gradient(teacher_out["bn_embedding"]), beta=beta,
+                   sequence_beta=sequence_beta, keys=keys)
+        (g_params, g_temporal, g_weights), (total, terms, batch_stats, t_batch_stats, aux) = grad_fn(
+            state.params, ref["temporal_params"], ref["weights"], ctx)
+        g_params, g_temporal, g_weights = mean((g_params, g_temporal, g_weights))
+        terms, aux, total = mean((terms, aux, total))
+
+        # 1) temporal module + discriminators: Adam, re-created at every epoch start in the reference (D12).
+        t_opt = ref["temporal_opt_state"]
+        if r.reset_temporal_optimizer_every_epoch:
+            fresh = temporal_tx.init(ref["temporal_params"])
+            t_opt = jax.tree.map(lambda f, o: jnp.where(epoch_start, f, o), fresh, t_opt)
+        t_updates, t_opt = temporal_tx.update(g_temporal, t_opt, ref["temporal_params"])
+        temporal_params = optax.apply_updates(ref["temporal_params"], t_updates)
+        # 2) student: the configured optimiser (Adam-L2, MultiStep) on e^{a0}·∇L_reid (+ whatever flags add).
+        new_state = state.apply_gradients(grads=g_params, batch_stats=batch_stats)
+        # 3) loss weights: the reference never zeroes attn_para.grad, so Adam sees the running sum (D4).
+        weights, grad_sum, w_opt = ref["weights"], ref["weight_grad_sum"], ref["weight_opt_state"]
+        if r.learnable_weights:
+            grad_sum = grad_sum + g_weights if r.accumulate_weight_grads else g_weights
+            w_updates, w_opt = weight_tx.update(grad_sum, w_opt, weights)
+            weights = optax.apply_updates(weights, w_updates)
+        # 4) EMA teacher: t restarts every epoch in the reference, so α = 0 (a copy) at each epoch start (D3).
+        t_ema = step_in_epoch if r.teacher_reset_every_epoch else state.step
+        decay = ema_decay(t_ema, config.adaptation.ema_decay, config.adaptation.ema_warmup)
+        new_reference = dict(ref, temporal_params=temporal_params, temporal_batch_stats=t_batch_stats,
+                             temporal_opt_state=t_opt, weights=weights, weight_grad_sum=grad_sum,
+                             weight_opt_state=w_opt)
+        new_state = new_state.replace(ema_params=ema_update(state.ema_params, new_state.params, decay),
+                                      ema_batch_stats=teacher_vars["batch_stats"], rng=rng, reference=new_reference)
+
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves((g_params, g_temporal))))
+        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+        # NaN/inf guard as in the paper step: keep the old state, advance the RNG.
+        # As in the paper step: a non-finite update is dropped, but the batch counts as consumed.
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                                 state.replace(rng=rng, step=state.step + 1))
+        metrics = {"loss": total, **terms, **aux, "grl_beta": beta, "grad_norm": grad_norm, "teacher_decay": decay,
+                   "skipped": 1.0 - finite.astype(jnp.float32)}
+        for i, name in enumerate(("reid", "stage", "consistency")):
+            metrics[f"a_{name}"] = ref["weights"][i]
+        return new_state, metrics
+
+    return train_step

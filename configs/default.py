@@ -124,6 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.visualize_points = 400  # --mode=visualize: at most this many tracklets per domain in the PCA scatter
 
     c.parallel = ml_collections.ConfigDict()
-    c.parallel.mode = "jit"  # 'jit' (mesh + NamedSharding, global BN)
+    c.parallel.mode = "jit"  # 'jit' (mesh + NamedSharding, global BN) or 'pmap' (per-device step; one host)
+    c.parallel.sync_bn = True  # pmap only: BN statistics over the global batch; False = per device (DataParallel, D12)
     c.parallel.multihost = False  # call jax.distributed.initialize() first
     return c

@@ -22,7 +22,6 @@ import numpy as np  # noqa: E402
 process_id, num_processes, port, data_root, out = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
                                                    sys.argv[4], sys.argv[5])
 jax.config.update("jax_threefry_partitionable", False)  # faster CPU compiles, as tests/conftest.py
-jax.config.update("jax_disable_most_optimizations", True)  # every run compiles the same way
 if num_processes > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=num_processes,

@@ -106,7 +106,7 @@ def clip_spec(config, train: bool) -> pipeline.ClipSpec:
 def create_model(config, num_classes: int) -> reid.ReIDNet:
     m = config.model
     backbone = {"depth": m.depth, "width": m.width, "last_stride": m.last_stride,
-                "stem_pool_padding": m.stem_pool_padding, "conv_bias": m.conv_bias}
+                "stem_pool_padding": m.stem_pool_padding, "conv_bias": m.conv_bias, "remat": m.remat}
     return reid.ReIDNet(num_classes=num_classes, backbone=backbone, frame_pooling=m.frame_pooling,
                         disc_hidden=m.disc_hidden, disc_dropout=m.disc_dropout, dtype=jnp.dtype(m.dtype),
                         arch=m.arch, infonce_projection=config.loss.infonce > 0)
@@ -202,7 +202,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         target.train, batch_size=config.batch.target_size, spec=clip_spec(config, train=True),
         seed=config.seed, num_threads=config.data.num_threads, prefetch=config.data.prefetch,
         identity_balanced=identity_balanced, num_instances=config.batch.num_instances,
-        num_workers=config.data.num_workers, **process)
+        num_workers=config.data.num_workers, views_per_tracklet=config.data.target_views, **process)
     uses_target = steps.active_terms(config)["target"]
     total_steps = config.train.num_epochs * steps_per_epoch
 
@@ -237,15 +237,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     pending_metrics: list[dict] = []
     nonfinite_run = 0
     step = start_step
+    unconsumed = None
     try:
         for step in range(start_step, total_steps):
+            # Data positions before this step's batches: an interrupt inside the step must save these,
+            # or the resumed run would skip the batches the unfinished step had drawn.
+            unconsumed = {name: it.get_state() for name, it in iterators.items()}
             src = next(source_it)
             # The target stream advances even when no loss reads it, so every variant of a config sees
             # the same source batches; the unused target is cut to one clip per device.
             tgt = next(target_it)
             target_video = tgt["video"] if uses_target else tgt["video"][: jax.local_device_count()]
-            batch = {"source": {"video": src["video"], "pid": src["pid"]}, "target": {"video": target_video}}
+            batch = {"source": {"video": src["video"], "pid": src["pid"]},
+                     "target": {"video": target_video, "camid": tgt["camid"][: len(target_video)]}}
             state, metrics = par.step(state, par.put_batch(batch))
+            unconsumed = None
             pending_metrics.append(metrics)
             done = step + 1
             if done % config.train.log_every_steps == 0 or done == total_steps:
@@ -284,6 +290,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         # Keep what was learnt: save the last finished step before re-raising (interrupts included).
         if pending_metrics or step > start_step:
             try:
+                if unconsumed is not None:
+                    for name, it in iterators.items():
+                        it.set_state(unconsumed[name])
                 state = par.get_state(state)
                 checkpointer.save(int(jax.device_get(state.step)), state, iterators,
                                   {"step": int(jax.device_get(state.step)), "interrupted": True})

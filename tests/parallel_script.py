@@ -1,8 +1,8 @@
 """Run by tests/test_parallel.py in a subprocess with 4 fake CPU devices.
 
-1. The paper-variant train step (CE, triplet, both domain losses, teacher k-means consistency) on one
-   device, jit-sharded over 4 devices and pmapped over 4 devices with sync BN, on the same global
-   batches: prints the largest parameter / BN-statistics differences against the single device.
+1. The paper-variant train step (CE, triplet, both domain losses, camera-centred teacher k-means
+   consistency) on one device, jit-sharded over 4 devices and pmapped over 4 devices with sync BN,
+   on the same global batches: prints the largest parameter / BN-statistics differences against the single device.
 2. pmap with parallel.sync_bn=False on a source-only config (CE + batch-hard triplet) against a
    hand-made per-device reference: the model applied to each device's quarter of the batch with
    that quarter's own BN statistics, CE averaged over all clips, triplet on the concatenated
@@ -52,6 +52,7 @@ def make_config(source_only: bool = False):
     config.augment.erasing_probability = 0.0
     config.adaptation.teacher_augment = False
     config.adaptation.kmeans_clusters = 4
+    config.adaptation.camera_centred = True  # the camera ids must be gathered along with the embeddings
     if source_only:
         config.loss.frame_domain = config.loss.clip_domain = 0.0
         config.loss.consistency_ce = config.loss.consistency_dist = 0.0
@@ -76,7 +77,8 @@ def batches():
     for _ in range(NUM_STEPS):
         yield {"source": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
                           "pid": np.repeat(np.arange(B // 4), 4).astype(np.int32)},
-               "target": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8)}}
+               "target": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
+                          "camid": np.arange(B, dtype=np.int32) % 3}}
 
 
 def run_jit(config, devices):
@@ -137,7 +139,8 @@ def run_per_device_reference(config, chunks: int):
 
 
 def max_diff(a, b):
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 config = make_config()

@@ -128,8 +128,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.visualize_points = 400  # --mode=visualize: at most this many tracklets per domain in the PCA scatter
 
     c.parallel = ml_collections.ConfigDict()
-    c.parallel.mode = "jit"  # 'jit' (mesh + NamedSharding, global BN) or 'pmap' (falls back to jit where pmap is not built in)
-    c.parallel.sync_bn = True  # pmap: BN statistics over all devices; False = per device, the reference's DataParallel (D12)
+    c.parallel.mode = "jit"  # 'jit' (mesh + NamedSharding, global BN) or 'pmap' (per-device step; one host)
+    c.parallel.sync_bn = True  # pmap only: BN statistics over the global batch; False = per device (DataParallel, D12)
     c.parallel.multihost = False  # call jax.distributed.initialize() first
 
     # The reference variant (variant='reference', svreid_jax.steps_reference; docs/REPRODUCIBILITY.md).

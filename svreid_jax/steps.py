@@ -5,12 +5,25 @@ batch = {'source': {'video': uint8 [B,T,H,W,3], 'pid': int32 [B]},
          'target': {'video': uint8 [B',T,H,W,3], 'camid': int32 [B'] (read with adaptation.camera_centred)}}.
 With `parallel.mode='jit'` the batch is sharded over a 1-D `data` mesh and the state replicated, so
 BatchNorm statistics are computed over the global batch (sync BN) and gradients are global means.
+
+With `parallel.mode='pmap'` a step built with `axis_name=PMAP_AXIS` runs per device under
+`pmap_train_step`: each device sees its share of the batch, gradients are `pmean`ed, and every loss
+that depends on the whole batch (batch-hard triplet, InfoNCE groups, domain CE, teacher k-means)
+is computed on embeddings all-gathered across devices, so the update equals the single-device one.
+Gradient scaling: all_gather's transpose sums the cotangents of all devices, so a batch-level term
+that every device computes identically reaches each device's parameters N times, and the pmean
+divides by N again; per-item means computed locally (identity CE) come out as global means after
+the same pmean because every device holds as many items (tests/parallel_script.py checks both).
+`parallel.sync_bn` picks global (True) or per-device (False, the baseline's DataParallel) BatchNorm
+statistics.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
+import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,30 +60,73 @@ def consistency_rampup(step: jax.Array, rampup_steps: int) -> jax.Array:
     return jnp.exp(-5.0 * phase * phase)
 
 
+# ---------------------------------------------------------------------------------------------
+# Cross-device helpers for steps that run under pmap (axis_name set) or on the whole batch (None)
+
+PMAP_AXIS = "batch"
+
+
+def parallel_model(model, config, axis_name: str | None):
+    """The model a step applies: with a pmap axis and `parallel.sync_bn`, a copy whose BatchNorms
+    average their batch statistics over that axis; otherwise `model` itself (per-device statistics
+    under pmap; already global under jit)."""
+    if axis_name is None or not config.parallel.sync_bn:
+        return model
+    if "bn_axis_name" not in getattr(model, "__dataclass_fields__", {}):
+        raise TypeError(f"parallel.sync_bn=True needs a model with a `bn_axis_name` field; "
+                        f"{type(model).__name__} has none")
+    return model.clone(bn_axis_name=axis_name)
+
+
+def gather_batch(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """This device's items [b, ...] → the global batch [N·b, ...] in device order (identity when
+    axis_name is None). Differentiable: the transpose sums the cotangents of every device."""
+    if axis_name is None:
+        return x
+    return jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def device_key(rng: jax.Array, axis_name: str | None) -> jax.Array:
+    """A key distinct per device, for randomness drawn per item (dropout, erasing, flips): the
+    replicated state's key would otherwise give item i of every device the same draw."""
+    if axis_name is None:
+        return rng
+    return jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+
+def cross_replica_mean(tree: Any, axis_name: str | None) -> Any:
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
 def make_train_step(model, config, axis_name: str | None = None):
     """Build the pure train step of `config.variant`.
 
     'paper' (DESIGN.md): source CE + triplet, frame- and sequence-level domain discriminators behind the
     GRL, mean-teacher consistency on the target. 'reference': the authors' code
-    (svreid_jax.steps_reference; the state needs TrainState.reference). `axis_name`: inside pmap, the
-    reference step pmeans its gradients over it; the paper step does not take one yet.
+    (svreid_jax.steps_reference; the state needs TrainState.reference).
+    axis_name: None for one device or jit (the batch is the global batch); the pmap axis name
+    (PMAP_AXIS, see `pmap_train_step`) when each call sees one device's share of the batch. Both steps
+    average their own gradients over it.
     """
     if config.variant == "reference":
         temporal_model = steps_reference.build_temporal_model(config, model.num_classes)
         return steps_reference.make_reference_train_step(model, temporal_model, config, axis_name)
     if config.variant != "paper":
         raise ValueError(f"config.variant={config.variant!r}; expected 'paper' or 'reference'")
-    if axis_name is not None:
-        raise NotImplementedError("the paper step has no axis_name support on this branch (parallel.mode='jit')")
     terms = active_terms(config)
     w = config.loss
     camera_centred = terms["teacher"] and config.adaptation.camera_centred
+    model = parallel_model(model, config, axis_name)
+    gather = functools.partial(gather_batch, axis_name=axis_name)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
         if camera_centred and "camid" not in batch["target"]:
             raise ValueError("adaptation.camera_centred needs batch['target']['camid'] (int32 [B'] camera ids)")
         rng, k_src_aug, k_tgt_aug, k_src_drop, k_tgt_drop, k_teacher, k_kmeans, k_teacher_aug = jax.random.split(
             state.rng, 8)
+        # k_kmeans stays shared: every device clusters the same gathered teacher embeddings.
+        k_src_aug, k_tgt_aug, k_src_drop, k_tgt_drop, k_teacher, k_teacher_aug = (
+            device_key(k, axis_name) for k in (k_src_aug, k_tgt_aug, k_src_drop, k_tgt_drop, k_teacher, k_teacher_aug))
         beta = grl.grl_beta(state.step, config.adaptation.grl_max_steps)
         source = _prepare(batch["source"]["video"], k_src_aug, config)
         labels = batch["source"]["pid"]
@@ -99,15 +155,14 @@ def make_train_step(model, config, axis_name: str | None = None):
                 {"params": params, "batch_stats": state.batch_stats}, source,
                 train=True, grl_beta=beta, rngs={"dropout": k_src_drop}, mutable=["batch_stats"],
             )
-            terms_out = {
-                "ce": losses.cross_entropy(out_s["logits"], labels, config.loss.label_smoothing),
-                "triplet": losses.batch_hard_triplet(out_s["bn_embedding"], labels, config.loss.triplet_margin,
-                                                     config.loss.triplet_metric),
-            }
+            # A per-item mean: the pmean of the gradients makes it the global mean.
+            terms_out = {"ce": losses.cross_entropy(out_s["logits"], labels, config.loss.label_smoothing)}
+            terms_out["triplet"] = losses.batch_hard_triplet(
+                gather(out_s["bn_embedding"]), gather(labels), config.loss.triplet_margin, config.loss.triplet_metric)
             if w.infonce > 0:
-                # Groups are the K clips of one identity, contiguous in P×K batches.
+                # Groups are the K clips of one identity, contiguous in P×K batches (and across devices).
                 terms_out["infonce"] = losses.temporal_infonce(
-                    out_s["projection"], config.batch.num_instances, w.infonce_temperature)
+                    gather(out_s["projection"]), config.batch.num_instances, w.infonce_temperature)
             aux = {"accuracy": jnp.mean(jnp.argmax(out_s["logits"], -1) == labels)}
             if terms["target"]:
                 # Source and target run as separate train-mode forwards (as in the reference), so
@@ -117,21 +172,19 @@ def make_train_step(model, config, axis_name: str | None = None):
                     train=True, grl_beta=beta, rngs={"dropout": k_tgt_drop}, mutable=["batch_stats"],
                 )
                 if terms["domain"]:
-                    terms_out["frame_domain"] = losses.domain_cross_entropy(
-                        out_s["frame_domain_logits"], out_t["frame_domain_logits"])
-                    terms_out["clip_domain"] = losses.domain_cross_entropy(
-                        out_s["clip_domain_logits"], out_t["clip_domain_logits"])
-                    aux["frame_domain_accuracy"] = losses.domain_accuracy(
-                        out_s["frame_domain_logits"], out_t["frame_domain_logits"])
-                    aux["clip_domain_accuracy"] = losses.domain_accuracy(
-                        out_s["clip_domain_logits"], out_t["clip_domain_logits"])
+                    frame_s, frame_t = gather(out_s["frame_domain_logits"]), gather(out_t["frame_domain_logits"])
+                    clip_s, clip_t = gather(out_s["clip_domain_logits"]), gather(out_t["clip_domain_logits"])
+                    terms_out["frame_domain"] = losses.domain_cross_entropy(frame_s, frame_t)
+                    terms_out["clip_domain"] = losses.domain_cross_entropy(clip_s, clip_t)
+                    aux["frame_domain_accuracy"] = losses.domain_accuracy(frame_s, frame_t)
+                    aux["clip_domain_accuracy"] = losses.domain_accuracy(clip_s, clip_t)
                 if terms["teacher"]:
                     terms_out.update(losses.teacher_consistency(
-                        k_kmeans, out_t["bn_embedding"], teacher_out["bn_embedding"],
+                        k_kmeans, gather(out_t["bn_embedding"]), gather(teacher_out["bn_embedding"]),
                         num_clusters=config.adaptation.kmeans_clusters,
                         num_iters=config.adaptation.kmeans_iters,
                         temperature=config.adaptation.consistency_temperature,
-                        groups=batch["target"]["camid"] if camera_centred else None,
+                        groups=gather(batch["target"]["camid"]) if camera_centred else None,
                     ))
             weights = {name: getattr(w, name) for name in terms_out}
             if terms["teacher"] and config.adaptation.consistency_rampup_steps > 0:
@@ -143,6 +196,16 @@ def make_train_step(model, config, axis_name: str | None = None):
             return total, (total, terms_out, aux, new_vars["batch_stats"])
 
         grads, (total, terms_out, aux, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        # Under pmap every device must take the same decision below (NaN guard) and the same update.
+        grads = cross_replica_mean(grads, axis_name)
+        total = cross_replica_mean(total, axis_name)
+        if axis_name is not None and not config.parallel.sync_bn:
+            # Per-device BN normalises each device's items with their own statistics; the running
+            # statistics are then averaged so the replicas stay identical. PyTorch's DataParallel
+            # keeps device 0's instead: the same expectation (the average per-device batch
+            # statistic), but from 1/N of the data, so the mean has less noise and no replica is special.
+            batch_stats = cross_replica_mean(batch_stats, axis_name)
+            ema_batch_stats = cross_replica_mean(ema_batch_stats, axis_name)
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
 
@@ -211,3 +274,88 @@ def jit_train_step(train_step, mesh: Mesh, donate: bool = True):
     data = NamedSharding(mesh, P("data"))
     return jax.jit(train_step, in_shardings=(replicated, data), out_shardings=(replicated, replicated),
                    donate_argnums=(0,) if donate else ())
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelStep:
+    """A train step placed for `config.parallel.mode`, with the conversions the loop needs.
+
+    step(placed_state, placed_batch) -> (placed_state, metrics as scalars)
+    put_batch(host_batch) -> placed_batch  (this process's part of the global batch)
+    put_state(state) -> placed_state       (state as `replicate(state, mesh)` gives it)
+    get_state(placed_state) -> state       (replicated on the mesh: what checkpoints and
+                                            evaluation take, the same in every mode)
+    """
+
+    step: Callable[[Any, Any], tuple[Any, dict]]
+    put_batch: Callable[[Any], Any]
+    put_state: Callable[[Any], Any]
+    get_state: Callable[[Any], Any]
+
+
+def parallelize(make_step: Callable[..., Callable], model, config, mesh: Mesh) -> ParallelStep:
+    """Build `make_step(model, config, axis_name=...)` for config.parallel.mode over `mesh`:
+    'jit' (axis_name None, batch sharded on 'data') or 'pmap' (axis_name PMAP_AXIS, one host)."""
+    mode = config.parallel.mode
+    if mode == "jit":
+        return ParallelStep(step=jit_train_step(make_step(model, config, axis_name=None), mesh),
+                            put_batch=lambda batch: shard_batch(batch, mesh),
+                            put_state=lambda state: state, get_state=lambda state: state)
+    if mode == "pmap":
+        if jax.process_count() > 1:
+            raise ValueError("config.parallel.mode='pmap' runs on one host; use parallel.mode='jit' with "
+                             f"parallel.multihost (this run has {jax.process_count()} processes)")
+        devices = jax.local_devices()
+        return ParallelStep(
+            step=pmap_train_step(make_step(model, config, axis_name=PMAP_AXIS), devices=devices),
+            put_batch=lambda batch: split_for_devices(batch, len(devices)),
+            put_state=lambda state: replicate_state(state, devices),
+            get_state=lambda state: replicate(unreplicate_state(state), mesh))
+    raise ValueError(f"config.parallel.mode={mode!r}; expected 'jit' or 'pmap'")
+
+
+# ---------------------------------------------------------------------------------------------
+# pmap: state with a leading device axis, batch as [devices, per_device, ...]
+
+
+def pmap_train_step(train_step, *, axis_name: str = PMAP_AXIS, devices=None, donate: bool = True):
+    """pmap any `step(state, batch) -> (state, metrics)` built for `axis_name` (e.g.
+    `make_train_step(model, config, axis_name=PMAP_AXIS)`).
+
+    Takes a replicated state (`replicate_state`) and a batch from `split_for_devices`; returns the
+    replicated new state and the metrics averaged over devices, without a device axis (scalars).
+    """
+
+    def step(state, batch):
+        new_state, metrics = train_step(state, batch)
+        return new_state, jax.lax.pmean(metrics, axis_name)
+
+    return jax.pmap(step, axis_name=axis_name, devices=devices, out_axes=(0, None),
+                    donate_argnums=(0,) if donate else ())
+
+
+def replicate_state(tree: Any, devices=None) -> Any:
+    """Every leaf [...] → [num_devices, ...], one copy per (local) device, for `pmap_train_step`."""
+    devices = jax.local_devices() if devices is None else devices
+    return flax.jax_utils.replicate(tree, devices)
+
+
+def unreplicate_state(tree: Any) -> Any:
+    """Device 0's copy of a replicated tree (the replicas are identical after every step)."""
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def split_for_devices(batch: Any, num_devices: int) -> Any:
+    """Host batch leaves [B, ...] → [num_devices, B / num_devices, ...] (device d gets the d-th
+    contiguous slice, so P×K groups stay whole when B / num_devices is a multiple of K)."""
+
+    def split(path, x):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[0] % num_devices:
+            raise ValueError(f"batch{jax.tree_util.keystr(path)} has leading size "
+                             f"{x.shape[0] if x.ndim else 'none (a scalar)'}, which must be divisible by the "
+                             f"{num_devices} devices of parallel.mode='pmap'; change the batch size "
+                             f"(batch.num_identities·batch.num_instances, batch.target_size)")
+        return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+
+    return jax.tree_util.tree_map_with_path(split, batch)

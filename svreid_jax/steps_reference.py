@@ -297,6 +297,9 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
             state.params, ref["temporal_params"], ref["weights"], ctx)
         g_params, g_temporal, g_weights = mean((g_params, g_temporal, g_weights))
         terms, aux, total = mean((terms, aux, total))
+        # Per-device BN (DataParallel) leaves each replica its own running statistics; they are averaged
+        # so the replicas stay identical (the reference keeps GPU 0's: same expectation, more noise).
+        batch_stats, t_batch_stats, teacher_stats = mean((batch_stats, t_batch_stats, teacher_vars["batch_stats"]))
 
         # 1) temporal module + discriminators: Adam, re-created at every epoch start in the reference (D12).
         t_opt = ref["temporal_opt_state"]
@@ -320,11 +323,10 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
                              temporal_opt_state=t_opt, weights=weights, weight_grad_sum=grad_sum,
                              weight_opt_state=w_opt)
         new_state = new_state.replace(ema_params=ema_update(state.ema_params, new_state.params, decay),
-                                      ema_batch_stats=teacher_vars["batch_stats"], rng=rng, reference=new_reference)
+                                      ema_batch_stats=teacher_stats, rng=rng, reference=new_reference)
 
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves((g_params, g_temporal))))
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-        # NaN/inf guard as in the paper step: keep the old state, advance the RNG.
         # As in the paper step: a non-finite update is dropped, but the batch counts as consumed.
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
                                  state.replace(rng=rng, step=state.step + 1))

@@ -220,11 +220,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         logging.info("resumed from %s at step %d", checkpointer.directory, int(meta["step"]))
     start_step = int(jax.device_get(state.step))
 
-    if config.parallel.mode != "jit":
-        # pmap mode is added on another branch; until then run the same step under jit (BN then global).
-        logging.warning("parallel.mode=%r is not available in this build; running parallel.mode='jit' "
-                        "(BatchNorm statistics over the global batch, not per device)", config.parallel.mode)
-    train_step = steps.jit_train_step(steps.make_train_step(model, config), mesh)
+    # `state` holds the placed state while training; par.get_state gives the mesh-replicated layout
+    # that checkpoints and evaluation use in every mode (a checkpoint does not depend on the mode).
+    par = steps.parallelize(steps.make_train_step, model, config, mesh)
+    state = par.put_state(state)
     progress = progress_lib.Progress(total_steps, start_step)
     lr_schedule = learning_rate_schedule(config, steps_per_epoch)
     logging.info("training %d steps (%d epochs × %d steps) from step %d", total_steps,
@@ -252,7 +251,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             target_video = tgt["video"] if uses_target else tgt["video"][: jax.local_device_count()]
             batch = {"source": {"video": src["video"], "pid": src["pid"]},
                      "target": {"video": target_video, "camid": tgt["camid"][: len(target_video)]}}
-            state, metrics = train_step(state, steps.shard_batch(batch, mesh))
+            state, metrics = par.step(state, par.put_batch(batch))
             unconsumed = None
             pending_metrics.append(metrics)
             done = step + 1
@@ -274,18 +273,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             epoch_done = done % steps_per_epoch == 0
             epoch = done // steps_per_epoch
             if epoch_done and done < total_steps:
+                saved_state = par.get_state(state)
                 if config.train.eval_every_epochs and epoch % config.train.eval_every_epochs == 0:
                     if selection is not None:
-                        chosen = evaluate(config, model, _eval_variables(config, state), selection, mesh)
+                        chosen = evaluate(config, model, _eval_variables(config, saved_state), selection, mesh)
                         writer.write_scalars(done, chosen, prefix="select/")
                         if chosen["rank1"] > best["rank1"]:
                             best.update(rank1=chosen["rank1"], step=done)
-                            best_checkpointer.save(done, state, {}, {"step": done, "select_rank1": chosen["rank1"]})
+                            best_checkpointer.save(done, saved_state, {},
+                                                   {"step": done, "select_rank1": chosen["rank1"]})
                     if selection is not target:
-                        metrics = evaluate(config, model, _eval_variables(config, state), target, mesh)
+                        metrics = evaluate(config, model, _eval_variables(config, saved_state), target, mesh)
                         writer.write_scalars(done, metrics, prefix="eval/")
                 if config.train.checkpoint_every_epochs and epoch % config.train.checkpoint_every_epochs == 0:
-                    checkpointer.save(done, state, iterators, {"step": done, "epoch": epoch})
+                    checkpointer.save(done, saved_state, iterators, {"step": done, "epoch": epoch})
     except BaseException:
         # Keep what was learnt: save the last finished step before re-raising (interrupts included).
         if pending_metrics or step > start_step:
@@ -293,6 +294,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 if unconsumed is not None:
                     for name, it in iterators.items():
                         it.set_state(unconsumed[name])
+                state = par.get_state(state)
                 checkpointer.save(int(jax.device_get(state.step)), state, iterators,
                                   {"step": int(jax.device_get(state.step)), "interrupted": True})
                 checkpointer.close()
@@ -301,6 +303,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         writer.close()
         raise
 
+    state = par.get_state(state)
     if total_steps > start_step:
         checkpointer.save(total_steps, state, iterators, {"step": total_steps, "epoch": config.train.num_epochs})
     if best_checkpointer is not None:

@@ -21,7 +21,7 @@ Parameter tree ('params'; BN statistics mirror it in 'batch_stats'):
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import flax
 import flax.linen as nn
@@ -99,6 +99,10 @@ class ReIDNet(nn.Module):
       infonce_projection: add the reference's InfoNCE projection head: a Dense(D) (≡ Conv1d k=1,
         Kaiming-normal fan_out, bias 0) on the per-frame BN-neck features, returned as
         `projection` [B, T, D]. The key is absent when this is False.
+      bn_axis_name: pmap/shard_map axis over which every BatchNorm (backbone, plug-ins, BN-neck and
+        the projection's frame normalisation) averages its batch statistics: sync BN across
+        devices. None (default) on one device or under jit, whose statistics are already global;
+        the parallel step builders set it (steps.parallel_model), init never needs it.
 
     Projection input: the frame features normalised with the BN-neck's scale and bias, and with the
     *frames'* batch statistics in train mode (the running statistics in eval mode), as the
@@ -127,6 +131,7 @@ class ReIDNet(nn.Module):
     dtype: Dtype = jnp.float32
     arch: str = "resnet50"
     infonce_projection: bool = False
+    bn_axis_name: Optional[str] = None
 
     def __post_init__(self):
         # Store the backbone config as a FrozenDict so the module stays hashable (Linen hashes
@@ -156,10 +161,11 @@ class ReIDNet(nn.Module):
         kw = _backbone_kwargs(self.backbone)
         depth = kw.pop("depth")
         if self.arch == "resnet50":
-            net = resnet_lib.resnet(depth, include_fc=False, dtype=self.dtype, name="backbone", **kw)
+            net = resnet_lib.resnet(depth, include_fc=False, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                                    name="backbone", **kw)
         else:
             net = sinet_lib.video_resnet(self.arch, t, depth, include_fc=False, dtype=self.dtype,
-                                         name="backbone", **kw)
+                                         bn_axis_name=self.bn_axis_name, name="backbone", **kw)
 
         fmap = net(video.reshape((b * t,) + video.shape[2:]), train=train)  # [B·T, h, w, D]
         fmap = fmap.astype(jnp.float32)
@@ -177,6 +183,7 @@ class ReIDNet(nn.Module):
             # Two-pass batch variance, as PyTorch: E[x²] − E[x]² cancels badly in float32 for
             # max-pooled features whose mean is large next to their spread across a small batch.
             use_fast_variance=False,
+            axis_name=self.bn_axis_name,
             name="bnneck",
         )
         bn_embedding = bnneck(clip_embedding)
@@ -202,7 +209,7 @@ class ReIDNet(nn.Module):
             "clip_domain_logits": clip_domain_logits,
         }
         if self.infonce_projection:
-            frames_bn = _frame_batch_norm(bnneck, frame_embeddings, train=train)
+            frames_bn = _frame_batch_norm(bnneck, frame_embeddings, train=train, axis_name=self.bn_axis_name)
             outputs[PROJECTION_KEY] = nn.Dense(
                 frames_bn.shape[-1],
                 kernel_init=_projection_kernel_init,
@@ -213,14 +220,21 @@ class ReIDNet(nn.Module):
         return outputs
 
 
-def _frame_batch_norm(bnneck: nn.BatchNorm, frames: jax.Array, *, train: bool) -> jax.Array:
+def _frame_batch_norm(bnneck: nn.BatchNorm, frames: jax.Array, *, train: bool,
+                      axis_name: Optional[str] = None) -> jax.Array:
     """frames [B, T, D] normalised like the BN-neck would (its scale/bias; batch statistics over the
-    B·T frames in train mode, the running statistics in eval mode), without updating anything."""
+    B·T frames in train mode, the running statistics in eval mode), without updating anything.
+    With `axis_name` the batch statistics cover the frames of every device on that axis."""
     scale = bnneck.get_variable("params", "scale")
     bias = bnneck.get_variable("params", "bias")
     if train:
+        # pmean of per-device means is the global mean because every device holds as many frames.
         mean = jnp.mean(frames, axis=(0, 1))
+        if axis_name is not None:
+            mean = jax.lax.pmean(mean, axis_name)
         var = jnp.mean(jnp.square(frames - mean), axis=(0, 1))  # biased, as PyTorch normalises
+        if axis_name is not None:
+            var = jax.lax.pmean(var, axis_name)
     else:
         mean = bnneck.get_variable("batch_stats", "mean")
         var = bnneck.get_variable("batch_stats", "var")

@@ -23,7 +23,7 @@ ResNet-50 at width 64); see `feature_dim`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -72,18 +72,22 @@ def _conv(x: jax.Array, features: int, kernel_size: int, *, stride: int = 1, pad
     )(x)
 
 
-def _bn(x: jax.Array, *, train: bool, dtype: Dtype, name: str) -> jax.Array:
+def _bn(x: jax.Array, *, train: bool, dtype: Dtype, name: str, axis_name: Optional[str] = None) -> jax.Array:
+    """BatchNorm with PyTorch's eps/momentum; `axis_name` (a pmap/shard_map axis) averages the batch
+    statistics over that axis (sync BN), None keeps them to the arrays this call sees."""
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         dtype=dtype,
         param_dtype=jnp.float32,
+        axis_name=axis_name,
         name=name,
     )(x)
 
 
-def _shortcut(x: jax.Array, out_ch: int, stride: int, conv_bias: bool, *, train: bool, dtype: Dtype) -> jax.Array:
+def _shortcut(x: jax.Array, out_ch: int, stride: int, conv_bias: bool, *, train: bool, dtype: Dtype,
+              bn_axis_name: Optional[str] = None) -> jax.Array:
     """The residual branch: identity, or torchvision's `downsample` (1×1 conv + BN) when the shape changes.
 
     Called inside a block's compact method, so the layers register as that block's downsample_0/1.
@@ -91,7 +95,7 @@ def _shortcut(x: jax.Array, out_ch: int, stride: int, conv_bias: bool, *, train:
     if stride == 1 and x.shape[-1] == out_ch:
         return x
     shortcut = _conv(x, out_ch, 1, stride=stride, use_bias=conv_bias, dtype=dtype, name="downsample_0")
-    return _bn(shortcut, train=train, dtype=dtype, name="downsample_1")
+    return _bn(shortcut, train=train, dtype=dtype, name="downsample_1", axis_name=bn_axis_name)
 
 
 class BasicBlock(nn.Module):
@@ -101,6 +105,7 @@ class BasicBlock(nn.Module):
     stride: int = 1
     conv_bias: bool = False
     dtype: Dtype = jnp.float32
+    bn_axis_name: Optional[str] = None
 
     expansion = 1
 
@@ -109,10 +114,11 @@ class BasicBlock(nn.Module):
         out_ch = self.features * self.expansion
         y = _conv(x, self.features, 3, stride=self.stride, padding=1, use_bias=self.conv_bias,
                   dtype=self.dtype, name="conv1")
-        y = nn.relu(_bn(y, train=train, dtype=self.dtype, name="bn1"))
+        y = nn.relu(_bn(y, train=train, dtype=self.dtype, name="bn1", axis_name=self.bn_axis_name))
         y = _conv(y, self.features, 3, padding=1, use_bias=self.conv_bias, dtype=self.dtype, name="conv2")
-        y = _bn(y, train=train, dtype=self.dtype, name="bn2")
-        return nn.relu(y + _shortcut(x, out_ch, self.stride, self.conv_bias, train=train, dtype=self.dtype))
+        y = _bn(y, train=train, dtype=self.dtype, name="bn2", axis_name=self.bn_axis_name)
+        return nn.relu(y + _shortcut(x, out_ch, self.stride, self.conv_bias, train=train, dtype=self.dtype,
+                                 bn_axis_name=self.bn_axis_name))
 
 
 class Bottleneck(nn.Module):
@@ -122,6 +128,7 @@ class Bottleneck(nn.Module):
     stride: int = 1
     conv_bias: bool = False
     dtype: Dtype = jnp.float32
+    bn_axis_name: Optional[str] = None
 
     expansion = 4
 
@@ -129,13 +136,14 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         out_ch = self.features * self.expansion
         y = _conv(x, self.features, 1, use_bias=self.conv_bias, dtype=self.dtype, name="conv1")
-        y = nn.relu(_bn(y, train=train, dtype=self.dtype, name="bn1"))
+        y = nn.relu(_bn(y, train=train, dtype=self.dtype, name="bn1", axis_name=self.bn_axis_name))
         y = _conv(y, self.features, 3, stride=self.stride, padding=1, use_bias=self.conv_bias,
                   dtype=self.dtype, name="conv2")
-        y = nn.relu(_bn(y, train=train, dtype=self.dtype, name="bn2"))
+        y = nn.relu(_bn(y, train=train, dtype=self.dtype, name="bn2", axis_name=self.bn_axis_name))
         y = _conv(y, out_ch, 1, use_bias=self.conv_bias, dtype=self.dtype, name="conv3")
-        y = _bn(y, train=train, dtype=self.dtype, name="bn3")
-        return nn.relu(y + _shortcut(x, out_ch, self.stride, self.conv_bias, train=train, dtype=self.dtype))
+        y = _bn(y, train=train, dtype=self.dtype, name="bn3", axis_name=self.bn_axis_name)
+        return nn.relu(y + _shortcut(x, out_ch, self.stride, self.conv_bias, train=train, dtype=self.dtype,
+                                 bn_axis_name=self.bn_axis_name))
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -157,6 +165,8 @@ class ResNet(nn.Module):
         the feature map.
       num_fc_classes: outputs of `fc`.
       dtype: compute dtype; parameters stay float32.
+      bn_axis_name: pmap/shard_map axis over which every BatchNorm averages its batch statistics
+        (sync BN); None (default) for one device or jit, where the statistics are already global.
     """
 
     stage_sizes: Sequence[int]
@@ -169,6 +179,7 @@ class ResNet(nn.Module):
     include_fc: bool = False
     num_fc_classes: int = 1000
     dtype: Dtype = jnp.float32
+    bn_axis_name: Optional[str] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -181,7 +192,7 @@ class ResNet(nn.Module):
             block_cls = nn.remat(block_cls, static_argnums=(2,))
         x = jnp.asarray(x, self.dtype)
         x = _conv(x, self.width, 7, stride=2, padding=3, use_bias=self.conv_bias, dtype=self.dtype, name="conv1")
-        x = nn.relu(_bn(x, train=train, dtype=self.dtype, name="bn1"))
+        x = nn.relu(_bn(x, train=train, dtype=self.dtype, name="bn1", axis_name=self.bn_axis_name))
         p = self.stem_pool_padding
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((p, p), (p, p)))
         for s, num_blocks in enumerate(self.stage_sizes):
@@ -198,6 +209,7 @@ class ResNet(nn.Module):
                     stride=stage_stride if i == 0 else 1,
                     conv_bias=self.conv_bias,
                     dtype=self.dtype,
+                    bn_axis_name=self.bn_axis_name,
                     name=f"layer{s + 1}_{i}",
                 )(x, train)
                 x = self.after_block(x, stage=s + 1, block=i, train=train)

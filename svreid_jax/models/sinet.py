@@ -73,12 +73,13 @@ def _dense(x: jax.Array, features: int, *, name: str, dtype: Dtype,
                     bias_init=bias_init, name=name)(x)
 
 
-def _bn(x: jax.Array, *, train: bool, dtype: Dtype, name: str) -> jax.Array:
+def _bn(x: jax.Array, *, train: bool, dtype: Dtype, name: str, axis_name: Optional[str] = None) -> jax.Array:
     """BatchNorm over every axis but the last, PyTorch eps/momentum, scale 1, bias 0; two-pass
-    batch variance (like PyTorch) rather than E[x²] − E[x]², which loses float32 precision."""
+    batch variance (like PyTorch) rather than E[x²] − E[x]², which loses float32 precision.
+    `axis_name`: average the batch statistics over this pmap/shard_map axis (sync BN)."""
     return nn.BatchNorm(use_running_average=not train, momentum=resnet_lib.BN_MOMENTUM,
                         epsilon=resnet_lib.BN_EPSILON, dtype=dtype, param_dtype=jnp.float32,
-                        use_fast_variance=False, name=name)(x)
+                        use_fast_variance=False, axis_name=axis_name, name=name)(x)
 
 
 def _split_clips(x: jax.Array, seq_len: int, who: str) -> jax.Array:
@@ -102,6 +103,7 @@ class IDM(nn.Module):
       seq_len: frames per clip T.
       factor: reduction factor of both bottlenecks (16).
       dtype: compute dtype.
+      bn_axis_name: sync-BN axis (see resnet.ResNet.bn_axis_name).
 
     Input and output: [B·T, h, w, C]. N is fixed by the shape seen at init.
     """
@@ -109,6 +111,7 @@ class IDM(nn.Module):
     seq_len: int
     factor: int = 16
     dtype: Dtype = jnp.float32
+    bn_axis_name: Optional[str] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -125,10 +128,12 @@ class IDM(nn.Module):
                 raise ValueError(f"IDM was initialised for T·h·w = {n_init} positions but is applied to "
                                  f"T·h·w = {t}·{h}·{w} = {n}; the frame size and seq_len must stay as at init")
         z = _dense(clips, c // self.factor, name="chl_reduction_0", dtype=self.dtype)
-        z = _bn(z, train=train, dtype=self.dtype, name="chl_reduction_1")  # stats over B, T, h, w
+        z = _bn(z, train=train, dtype=self.dtype, name="chl_reduction_1",
+                axis_name=self.bn_axis_name)  # stats over B, T, h, w
         z = z.reshape(b, n, c // self.factor).transpose(0, 2, 1)  # [B, C', N]: positions as channels
         u = _dense(z, n // self.factor, name="thw_reduction_0", dtype=self.dtype)
-        u = _bn(u, train=train, dtype=self.dtype, name="thw_reduction_1")  # stats over B, C'
+        u = _bn(u, train=train, dtype=self.dtype, name="thw_reduction_1",
+                axis_name=self.bn_axis_name)  # stats over B, C'
         u = _dense(u, n, name="thw_expansion_0", dtype=self.dtype) + z
         u = u.transpose(0, 2, 1).reshape(b, t, h, w, c // self.factor)
         u = _dense(u, c, name="chl_expansion_0", dtype=self.dtype, kernel_init=nn.initializers.zeros,
@@ -155,6 +160,7 @@ class SBM(nn.Module):
       cpm_alpha: cross-propagation weight (0.1).
       inter_dim: SE hidden width (default C/4).
       dtype: compute dtype of the 1×1 convs; the attention maths runs in float32.
+      bn_axis_name: sync-BN axis (see resnet.ResNet.bn_axis_name).
 
     Input and output: [B·T, h, w, C] with h, w ≥ 3.
     """
@@ -166,6 +172,7 @@ class SBM(nn.Module):
     cpm_alpha: float = 0.1
     inter_dim: Optional[int] = None
     dtype: Dtype = jnp.float32
+    bn_axis_name: Optional[str] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -204,7 +211,8 @@ class SBM(nn.Module):
 
         # 2. Spatial attention over the former frames' positions → one C×k×k kernel per sample.
         att = _dense(xf_se.astype(self.dtype), kk, name="kernel_0", dtype=self.dtype)
-        att = nn.relu(_bn(att, train=train, dtype=self.dtype, name="kernel_1")).astype(jnp.float32)
+        att = _bn(att, train=train, dtype=self.dtype, name="kernel_1", axis_name=self.bn_axis_name)
+        att = nn.relu(att).astype(jnp.float32)
         att = att.reshape(b, -1, kk)  # [b, N_f, k·k], positions in (t, h, w) order
         att = _l1_normalise(_l1_normalise(att, axis=-1), axis=1)
         kernel = jnp.einsum("bnc,bnk->bck", xf_se.reshape(b, -1, c), att)  # [b, C, k·k]
@@ -272,8 +280,10 @@ class VideoResNet(resnet_lib.ResNet):
         kind, kw = spec
         name = f"layer{stage}_{block}_{kind}"
         if kind == "idm":
-            return IDM(seq_len=self.seq_len, dtype=self.dtype, name=name, **kw)(x, train=train)
-        return SBM(seq_len=self.seq_len, dtype=self.dtype, name=name, **kw)(x, train=train)
+            return IDM(seq_len=self.seq_len, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=name,
+                       **kw)(x, train=train)
+        return SBM(seq_len=self.seq_len, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=name,
+                   **kw)(x, train=train)
 
 
 def video_resnet(arch: str, seq_len: int, depth: int | str = 50, **kw: Any) -> VideoResNet:

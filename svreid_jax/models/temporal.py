@@ -116,6 +116,8 @@ class MultiStageTCN(nn.Module):
       features: F, feature maps per stage (64).
       dropout_rate: dropout inside the residual layers (0.5; rng 'dropout' in train mode).
       dtype: compute dtype; parameters are float32, outputs float32.
+      bn_axis_name: pmap/shard_map axis over which `bn` averages its batch statistics (sync BN);
+        None for one device or jit.
 
     Call: x [B, T, D] (channels last), train → dict
       logits [S, B, T, K], features [S, B, T, F], sequence_features [S, B, F].
@@ -127,6 +129,7 @@ class MultiStageTCN(nn.Module):
     features: int = 64
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    bn_axis_name: Optional[str] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
@@ -135,7 +138,7 @@ class MultiStageTCN(nn.Module):
         bn = nn.BatchNorm(use_running_average=not train, momentum=resnet_lib.BN_MOMENTUM,
                           epsilon=resnet_lib.BN_EPSILON, scale_init=_normal_one_init,
                           bias_init=nn.initializers.zeros, param_dtype=jnp.float32,
-                          use_fast_variance=False, name="bn")
+                          use_fast_variance=False, axis_name=self.bn_axis_name, name="bn")
         logits, features, sequence = [], [], []
         inputs = x
         for s in range(self.num_stages):

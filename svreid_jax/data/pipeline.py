@@ -33,6 +33,8 @@ class ClipSpec:
     width: int = 128
     temporal: str = "restricted_random"  # see sampling.clip_indices
     flip: bool = True  # random horizontal flip, one decision per clip
+    decoder: str = "auto"  # transforms.DECODERS: 'auto' (simplejpeg for JPEGs when installed), 'pil', 'simplejpeg'
+    draft: bool = False  # JPEG DCT-scaled decode when downscaling ≥2× (faster, pixels differ slightly)
 
 
 class _EpochStream:
@@ -92,13 +94,14 @@ class _EpochStream:
         return int(self._epoch(epoch)[within]), global_position
 
 
-def _decode_clip(tracklets: Sequence[Tracklet], index: int, frame_indices, height: int, width: int,
+def _decode_clip(tracklets: Sequence[Tracklet], index: int, frame_indices, spec: ClipSpec,
                  flip: bool) -> np.ndarray:
-    """Frames of tracklets[index]: from its files, or from the stored bytes of a `pack.PackedTracklets`
-    (same PIL decoding, so the same pixels)."""
+    """Frames of tracklets[index] as uint8 [T, H, W, 3]: from its files, or from the stored bytes of a
+    `pack.PackedTracklets` (same decoding, so the same pixels)."""
+    kw = dict(decoder=spec.decoder, draft=spec.draft)
     if isinstance(tracklets, pack.PackedTracklets):
-        return tracklets.load_clip(index, frame_indices, height, width, flip)
-    return transforms.load_clip(tracklets[index].frames, frame_indices, height, width, flip)
+        return tracklets.load_clip(index, frame_indices, spec.height, spec.width, flip, **kw)
+    return transforms.load_clip(tracklets[index].frames, frame_indices, spec.height, spec.width, flip, **kw)
 
 
 class _LoadTrainClip(grain.transforms.Map):
@@ -121,7 +124,7 @@ class _LoadTrainClip(grain.transforms.Map):
         frames = sampling.clip_indices(len(tracklet), spec.seq_len, spec.temporal, rng)
         flip = bool(spec.flip and rng.random() < 0.5)
         return {
-            "video": _decode_clip(self._tracklets, index, frames, spec.height, spec.width, flip),
+            "video": _decode_clip(self._tracklets, index, frames, spec, flip),
             "pid": np.int32(tracklet.pid),
             "camid": np.int32(tracklet.camid),
             "index": np.int32(index),
@@ -207,7 +210,7 @@ class _LoadEvalClip(grain.transforms.Map):
                 "tracklet": np.int32(-1),
             }
         return {
-            "video": _decode_clip(self._tracklets, tracklet_index, frame_indices, spec.height, spec.width, False),
+            "video": _decode_clip(self._tracklets, tracklet_index, frame_indices, spec, False),
             "tracklet": np.int32(tracklet_index),
         }
 

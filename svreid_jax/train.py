@@ -92,11 +92,12 @@ def prepare_data(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits, Da
 
 
 def clip_spec(config, train: bool) -> pipeline.ClipSpec:
+    decoding = dict(decoder=config.data.decoder, draft=config.data.draft_decode)
     if train:
         return pipeline.ClipSpec(seq_len=config.data.seq_len, height=config.data.height, width=config.data.width,
-                                 temporal=config.data.train_temporal, flip=config.augment.flip)
+                                 temporal=config.data.train_temporal, flip=config.augment.flip, **decoding)
     return pipeline.ClipSpec(seq_len=config.eval.seq_len, height=config.data.height, width=config.data.width,
-                             temporal=config.eval.temporal, flip=False)
+                             temporal=config.eval.temporal, flip=False, **decoding)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +206,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         num_workers=config.data.num_workers, **process)
     uses_target = steps.active_terms(config)["target"]
     total_steps = config.train.num_epochs * steps_per_epoch
+    # Batches go to the devices `data.device_prefetch` steps ahead; the checkpointed iterator state
+    # counts only the batches handed to the step (pipeline.DevicePrefetch).
+    place = lambda tree: steps.shard_batch(tree, mesh)  # noqa: E731
+    source_it = pipeline.prefetch_to_device(
+        source_it, config.data.device_prefetch, lambda b: place({"video": b["video"], "pid": b["pid"]}))
+    # An unused target is cut to one clip per device before the transfer.
+    target_it = pipeline.prefetch_to_device(
+        target_it, config.data.device_prefetch,
+        lambda b: place({"video": b["video"] if uses_target else b["video"][: jax.local_device_count()]}))
 
     model = create_model(config, num_classes)
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -236,13 +246,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     step = start_step
     try:
         for step in range(start_step, total_steps):
-            src = next(source_it)
             # The target stream advances even when no loss reads it, so every variant of a config sees
-            # the same source batches; the unused target is cut to one clip per device.
-            tgt = next(target_it)
-            target_video = tgt["video"] if uses_target else tgt["video"][: jax.local_device_count()]
-            batch = {"source": {"video": src["video"], "pid": src["pid"]}, "target": {"video": target_video}}
-            state, metrics = train_step(state, steps.shard_batch(batch, mesh))
+            # the same source batches.
+            batch = {"source": next(source_it), "target": next(target_it)}
+            state, metrics = train_step(state, batch)
             pending_metrics.append(metrics)
             done = step + 1
             if done % config.train.log_every_steps == 0 or done == total_steps:

@@ -10,9 +10,11 @@ resizing and flipping run in grain threads; batches are uint8 `[B, T, H, W, 3]`.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -234,3 +236,59 @@ def eval_clips(tracklets: Sequence[Tracklet], *, spec: ClipSpec, batch_size: int
     items.extend([(-1, np.zeros(spec.seq_len, np.int64))] * pad)
     ds = grain.MapDataset.source(items).map(_LoadEvalClip(tracklets, spec)).batch(batch_size)
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
+
+
+class DevicePrefetch:
+    """Wraps a batch iterator so that `size` batches beyond the one in use are already on device.
+
+    Each call to next() tops the queue up to `size` batches, each placed with `place_fn` (a
+    `device_put` / `make_array_from_process_local_data`, which dispatch asynchronously), and hands
+    out the oldest. So the transfer of batch n+1 overlaps step n. size=0 places each batch on demand.
+
+    Checkpoints must not count batches that were prefetched but never trained on: every queued
+    batch keeps the wrapped iterator's state as of right after it was read, and get_state() returns
+    the state after the last batch handed out. set_state() drops the queue. States have the wrapped
+    iterator's own format, so a checkpoint taken with and without prefetching is interchangeable.
+    """
+
+    def __init__(self, iterator, size: int, place_fn: Callable[[Any], Any]):
+        if size < 0:
+            raise ValueError(f"device prefetch size must be ≥ 0, got {size}")
+        self._iterator = iterator
+        self._size = size
+        self._place = place_fn
+        self._queue: collections.deque = collections.deque()
+        self._consumed_state = None  # None: nothing handed out since the wrapped iterator's state
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while len(self._queue) < max(self._size, 1):
+            batch = next(self._iterator)
+            self._queue.append((self._place(batch), self._iterator.get_state()))
+        placed, self._consumed_state = self._queue.popleft()
+        return placed
+
+    def get_state(self):
+        """The wrapped iterator's state after the last batch returned by next()."""
+        if self._consumed_state is None:
+            # Nothing read ahead yet (the queue fills only inside next()).
+            return self._iterator.get_state()
+        return self._consumed_state
+
+    def set_state(self, state) -> None:
+        self._queue.clear()
+        self._iterator.set_state(state)
+        self._consumed_state = None
+
+    def start_prefetch(self) -> None:
+        # grain's checkpoint handler calls this after set_state; pass it on to grain's threads.
+        start = getattr(self._iterator, "start_prefetch", None)
+        if start is not None:
+            start()
+
+
+def prefetch_to_device(iterator, size: int, place_fn: Callable[[Any], Any]) -> DevicePrefetch:
+    """`DevicePrefetch(iterator, size, place_fn)`: keeps `size` placed batches ahead (0 = none)."""
+    return DevicePrefetch(iterator, size, place_fn)

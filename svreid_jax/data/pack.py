@@ -195,12 +195,13 @@ class PackedTracklets(Sequence):
         return self.record(index)["frames"]["bytes"][frame]
 
     def load_clip(self, index: int, frame_indices: Sequence[int], height: int, width: int,
-                  flip: bool, *, decoder: str = "auto", draft: bool = False) -> np.ndarray:
+                  flip: bool, *, decoder: str = "auto", draft: bool = False,
+                  out: np.ndarray | None = None) -> np.ndarray:
         """uint8 [T, height, width, 3]: `transforms.load_clip` on the stored bytes of the selected frames."""
         frames = self.record(index)["frames"]
         try:
             return transforms.load_clip(frames["bytes"], frame_indices, height, width, flip,
-                                        decoder=decoder, draft=draft)
+                                        decoder=decoder, draft=draft, out=out)
         except OSError as e:
             raise OSError(f"cannot decode a frame of packed tracklet {index} of split {self.split!r} in "
                           f"{self.directory} (frames {[n.decode() for n in frames['name'][:3]]}…): {e}") from None

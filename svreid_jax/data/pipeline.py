@@ -97,19 +97,20 @@ class _EpochStream:
 
 
 def _decode_clip(tracklets: Sequence[Tracklet], index: int, frame_indices, spec: ClipSpec,
-                 flip: bool) -> np.ndarray:
-    """Frames of tracklets[index] as uint8 [T, H, W, 3]: from its files, or from the stored bytes of a
-    `pack.PackedTracklets` (same decoding, so the same pixels)."""
-    kw = dict(decoder=spec.decoder, draft=spec.draft)
+                 flip: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """Frames of tracklets[index] as uint8 [T, H, W, 3] (written into `out` when given): from its
+    files, or from the stored bytes of a `pack.PackedTracklets` (same decoding, so the same pixels)."""
+    kw = dict(decoder=spec.decoder, draft=spec.draft, out=out)
     if isinstance(tracklets, pack.PackedTracklets):
         return tracklets.load_clip(index, frame_indices, spec.height, spec.width, flip, **kw)
     return transforms.load_clip(tracklets[index].frames, frame_indices, spec.height, spec.width, flip, **kw)
 
 
-class _LoadTrainClip(grain.transforms.Map):
-    """Samples, decodes and flips one training clip.
+class _LoadTrainBatch(grain.transforms.Map):
+    """Samples, decodes and flips the clips of one batch, straight into the batch buffer.
 
-    Its randomness comes from (seed, global stream position), not grain's per-process index, so a
+    Decoding per batch rather than per clip saves grain's stacking copy of every clip. A clip's
+    randomness comes from (seed, global stream position), not grain's per-process index, so a
     multi-process run draws exactly the augmentations of a single-process run.
     """
 
@@ -119,26 +120,28 @@ class _LoadTrainClip(grain.transforms.Map):
         self._seed = seed
 
     def map(self, element):
-        index, global_position = element
-        rng = np.random.default_rng([self._seed & 0xFFFFFFFF, global_position])
-        tracklet = self._tracklets[index]
+        """element: (tracklet index, global position), each int [B]."""
+        indices, positions = element
         spec = self._spec
-        frames = sampling.clip_indices(len(tracklet), spec.seq_len, spec.temporal, rng)
-        flip = bool(spec.flip and rng.random() < 0.5)
-        return {
-            "video": _decode_clip(self._tracklets, index, frames, spec, flip),
-            "pid": np.int32(tracklet.pid),
-            "camid": np.int32(tracklet.camid),
-            "index": np.int32(index),
-        }
+        video = np.empty((len(indices), spec.seq_len, spec.height, spec.width, 3), np.uint8)
+        pid = np.empty(len(indices), np.int32)
+        camid = np.empty(len(indices), np.int32)
+        for b, (index, global_position) in enumerate(zip(indices.tolist(), positions.tolist())):
+            rng = np.random.default_rng([self._seed & 0xFFFFFFFF, global_position])
+            tracklet = self._tracklets[index]
+            frames = sampling.clip_indices(len(tracklet), spec.seq_len, spec.temporal, rng)
+            flip = bool(spec.flip and rng.random() < 0.5)
+            _decode_clip(self._tracklets, index, frames, spec, flip, out=video[b])
+            pid[b], camid[b] = tracklet.pid, tracklet.camid
+        return {"video": video, "pid": pid, "camid": camid, "index": np.asarray(indices, np.int32)}
 
 
 def _train_iterator(tracklets, stream: _EpochStream, batch_size: int, spec: ClipSpec, seed: int,
                     num_threads: int, prefetch: int, num_workers: int = 0) -> grain.DatasetIterator:
     ds = (
         grain.MapDataset.source(stream)
-        .map(_LoadTrainClip(tracklets, spec, seed))
         .batch(batch_size, drop_remainder=True)
+        .map(_LoadTrainBatch(tracklets, spec, seed))
     )
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     iter_ds = ds.to_iter_dataset(options)

@@ -141,13 +141,19 @@ def load_frame(path, height: int, width: int, *, decoder: str = "auto", draft: b
 
 
 def load_clip(frames: Sequence, indices: Sequence[int], height: int, width: int, flip: bool, *,
-              decoder: str = "auto", draft: bool = False) -> np.ndarray:
+              decoder: str = "auto", draft: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """Decode the selected frames of a tracklet. Returns uint8 [T, height, width, 3].
 
     frames: paths, encoded bytes or file objects. flip mirrors every frame of the clip, so the
-    whole clip shares one decision. Frames decode straight into the returned array.
+    whole clip shares one decision. Frames decode straight into `out` (e.g. a slot of a batch
+    buffer) when given, which is then returned, else into a new array.
     """
-    clip = np.empty((len(indices), height, width, 3), np.uint8)
+    shape = (len(indices), height, width, 3)
+    if out is None:
+        out = np.empty(shape, np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out is {out.dtype} {out.shape}; expected uint8 {shape}")
+    clip = out
     for t, i in enumerate(indices):
         decode_into(clip[t], frames[i], flip=flip, decoder=decoder, draft=draft)
     return clip

@@ -150,6 +150,7 @@ def make_config(args):
     elif str(args.depth) == "tiny":
         c.model.width = 8  # the preset's width (the config's 64 is for the real ResNets)
     c.model.dtype = args.dtype
+    c.model.remat = args.remat
     c.data.height, c.data.width, c.data.seq_len = args.height, args.width, args.frames
     c.batch.target_size = args.batch
     # k-means on the target batch: the paper's 8 clusters, or fewer when the batch is smaller.
@@ -333,6 +334,7 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--frames", type=int, default=4, help="T, frames per clip")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="backbone compute dtype")
+    p.add_argument("--remat", action="store_true", help="rematerialise each residual block (model.remat)")
     p.add_argument("--steps", type=int, default=3, help="timed steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling (at least 1)")
     p.add_argument("--num-classes", type=int, default=150, help="source identities (classifier size)")

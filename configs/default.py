@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.seq_len = 4  # frames per training clip
     c.data.train_temporal = "restricted_random"  # temporal crop for training clips (data.sampling)
     c.data.target_sampling = "random"  # 'random' (label-free) or 'identity' (P×K by target labels, D7)
+    c.data.target_views = 1  # clips per drawn target tracklet, side by side in a batch (2: label-free positive pairs)
     c.data.num_threads = 2  # grain reader threads per iterator
     c.data.prefetch = 4  # batches buffered ahead by grain
     c.data.device_prefetch = 2  # batches already transferred to device ahead of the step (0 = none)
@@ -58,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.frame_pooling = "max"  # per-frame spatial pooling: 'max' (reference) or 'avg'
     c.model.disc_hidden = 256  # hidden units of the domain discriminators
     c.model.disc_dropout = 0.5  # dropout inside the discriminators
+    c.model.remat = False  # recompute residual-block activations in the backward pass (memory for compute)
     c.model.dtype = "float32"  # compute dtype ('bfloat16' on accelerators); parameters stay float32
     c.model.init_from = ""  # local ImageNet weights (.pth or .npz); empty = random init
 
@@ -82,6 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.adaptation.kmeans_iters = 10  # Lloyd iterations (fixed, so the step is jit-able)
     c.adaptation.consistency_temperature = 0.1  # temperature of the student's soft assignment
     c.adaptation.consistency_rampup_steps = 0  # sigmoid ramp-up of the consistency weights (0 = none)
+    c.adaptation.camera_centred = False  # centre target embeddings per camera (label-free camids) before clustering
     c.adaptation.teacher_augment = True  # the teacher sees its own flip/erasing of each target clip
 
     c.optimizer = ml_collections.ConfigDict()

@@ -45,6 +45,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.adaptation.consistency_rampup_steps = 200
     c.loss.consistency_ce = 0.1
     c.loss.consistency_dist = 0.1
+    # The teacher's clusters on plain random target batches formed around cameras (each demo camera
+    # paints its own scene behind everyone) and the consistency terms then hurt; label-free pairs of
+    # clips from one tracklet and camera-centred embeddings give it people to group instead
+    # (BENCHMARKS.md, "Demo ablation").
+    c.data.target_views = 2
+    c.adaptation.camera_centred = True
     c.eval.batch_size = 64
     for variant in (arg or "paper").split(","):
         c = apply_variant(c, variant.strip())
@@ -68,6 +74,9 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
         c.train.checkpoint_every_epochs = 1
         c.eval.batch_size = 8
         return c
+    if variant in ("source_only", "oracle", "frame", "frame_clip"):
+        c.data.target_views = 1  # the pairs serve the teacher only
+        c.adaptation.camera_centred = False
     if variant in ("source_only", "oracle"):
         c.loss.frame_domain = c.loss.clip_domain = 0.0
         c.loss.consistency_ce = c.loss.consistency_dist = 0.0

@@ -16,7 +16,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    # A zero row maps to zero with a zero gradient; ‖x‖'s own gradient there is 0/0 = NaN, so zero
+    # rows are swapped for ones before the norm (the "double where") and put back after.
+    nonzero = jnp.any(x != 0, axis=-1, keepdims=True)
+    safe = jnp.where(nonzero, x, jnp.ones_like(x))
+    return jnp.where(nonzero, safe / jnp.maximum(jnp.linalg.norm(safe, axis=-1, keepdims=True), eps), 0.0)
 
 
 def pairwise_distances(x: jax.Array, metric: str = "cosine") -> jax.Array:
@@ -127,19 +131,36 @@ def kmeans(rng: jax.Array, points: jax.Array, num_clusters: int, num_iters: int 
     return centroids, assign
 
 
+def centre_by_group(x: jax.Array, groups: jax.Array) -> jax.Array:
+    """x [B, D] minus the mean of the rows that share its group id (groups int [B]), L2-normalised.
+
+    A row alone in its group keeps its value: its own mean would zero it.
+    """
+    same = (groups[:, None] == groups[None, :]).astype(x.dtype)
+    count = jnp.sum(same, axis=1, keepdims=True)
+    return _l2_normalize(jnp.where(count > 1, x - (same @ x) / count, x))
+
+
 def teacher_consistency(rng: jax.Array, student: jax.Array, teacher: jax.Array, *, num_clusters: int,
-                        num_iters: int = 10, temperature: float = 0.1) -> dict[str, jax.Array]:
+                        num_iters: int = 10, temperature: float = 0.1,
+                        groups: jax.Array | None = None) -> dict[str, jax.Array]:
     """Mean-teacher identification consistency on a target batch (the paper variant; both terms differentiable).
 
-    student, teacher: [B, D] clip embeddings of the same target clips; both are L2-normalised here.
+    student, teacher: [B, D] clip embeddings of the same target clips; both are L2-normalised here,
+    after subtracting their group's batch mean when `groups` (int [B], e.g. camera ids) is given.
     The teacher's embeddings are clustered (k-means, no gradient); then
       L^C_1 = cross-entropy of the student's soft assignment softmax(cos(s, c_j) / temperature)
               against the teacher's hard cluster of the same clip;
       L^C_2 = mean Euclidean distance of each student embedding to its teacher-assigned centroid.
     Returns {'consistency_ce': L^C_1, 'consistency_dist': L^C_2}.
     """
-    s = _l2_normalize(student.astype(jnp.float32))
-    t = jax.lax.stop_gradient(_l2_normalize(teacher.astype(jnp.float32)))
+    student, teacher = student.astype(jnp.float32), jax.lax.stop_gradient(teacher.astype(jnp.float32))
+    if groups is None:
+        s, t = _l2_normalize(student), _l2_normalize(teacher)
+    else:
+        # Camera-centred clustering: whatever a camera adds to everyone it films (scene, colour cast)
+        # is removed first, so clusters cannot form around cameras instead of people.
+        s, t = centre_by_group(student, groups), centre_by_group(teacher, groups)
     centroids, assign = kmeans(rng, t, num_clusters, num_iters)
     centroids = jax.lax.stop_gradient(centroids)
     logits = (s @ _l2_normalize(centroids).T) / temperature

@@ -1,7 +1,8 @@
 """Pure train and eval steps, and their data-parallel wrapping.
 
 `make_train_step(model, config)` returns `step(state, batch) -> (state, metrics)` where
-batch = {'source': {'video': uint8 [B,T,H,W,3], 'pid': int32 [B]}, 'target': {'video': uint8 [B',T,H,W,3]}}.
+batch = {'source': {'video': uint8 [B,T,H,W,3], 'pid': int32 [B]},
+         'target': {'video': uint8 [B',T,H,W,3], 'camid': int32 [B'] (read with adaptation.camera_centred)}}.
 With `parallel.mode='jit'` the batch is sharded over a 1-D `data` mesh and the state replicated, so
 BatchNorm statistics are computed over the global batch (sync BN) and gradients are global means.
 """
@@ -48,8 +49,11 @@ def make_train_step(model, config):
     sequence-level domain discriminators behind the GRL, mean-teacher consistency on the target."""
     terms = active_terms(config)
     w = config.loss
+    camera_centred = terms["teacher"] and config.adaptation.camera_centred
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
+        if camera_centred and "camid" not in batch["target"]:
+            raise ValueError("adaptation.camera_centred needs batch['target']['camid'] (int32 [B'] camera ids)")
         rng, k_src_aug, k_tgt_aug, k_src_drop, k_tgt_drop, k_teacher, k_kmeans, k_teacher_aug = jax.random.split(
             state.rng, 8)
         beta = grl.grl_beta(state.step, config.adaptation.grl_max_steps)
@@ -112,6 +116,7 @@ def make_train_step(model, config):
                         num_clusters=config.adaptation.kmeans_clusters,
                         num_iters=config.adaptation.kmeans_iters,
                         temperature=config.adaptation.consistency_temperature,
+                        groups=batch["target"]["camid"] if camera_centred else None,
                     ))
             weights = {name: getattr(w, name) for name in terms_out}
             if terms["teacher"] and config.adaptation.consistency_rampup_steps > 0:
@@ -133,10 +138,12 @@ def make_train_step(model, config):
             ema_batch_stats=ema_batch_stats,
             rng=rng,
         )
-        # NaN/inf guard: keep the old state (but advance the RNG) so one bad batch cannot poison
-        # the run; the loop counts these and stops after too many in a row.
+        # NaN/inf guard: keep the old parameters, optimiser and teacher so one bad batch cannot poison
+        # the run; the loop counts these and stops after too many in a row. The RNG and the step
+        # still advance: the step counts consumed batches, which the loop, the data position and the
+        # checkpoint labels all follow (a lagging step would resume one batch early).
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
-                                 state.replace(rng=rng))
+                                 state.replace(rng=rng, step=state.step + 1))
         metrics = {"loss": total, **terms_out, **aux, "grl_beta": beta, "grad_norm": grad_norm,
                    "teacher_decay": decay, "skipped": 1.0 - finite.astype(jnp.float32)}
         return new_state, metrics

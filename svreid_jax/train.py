@@ -107,7 +107,7 @@ def clip_spec(config, train: bool) -> pipeline.ClipSpec:
 def create_model(config, num_classes: int) -> reid.ReIDNet:
     m = config.model
     backbone = {"depth": m.depth, "width": m.width, "last_stride": m.last_stride,
-                "stem_pool_padding": m.stem_pool_padding, "conv_bias": m.conv_bias}
+                "stem_pool_padding": m.stem_pool_padding, "conv_bias": m.conv_bias, "remat": m.remat}
     return reid.ReIDNet(num_classes=num_classes, backbone=backbone, frame_pooling=m.frame_pooling,
                         disc_hidden=m.disc_hidden, disc_dropout=m.disc_dropout, dtype=jnp.dtype(m.dtype),
                         arch=m.arch, infonce_projection=config.loss.infonce > 0)
@@ -203,18 +203,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         target.train, batch_size=config.batch.target_size, spec=clip_spec(config, train=True),
         seed=config.seed, num_threads=config.data.num_threads, prefetch=config.data.prefetch,
         identity_balanced=identity_balanced, num_instances=config.batch.num_instances,
-        num_workers=config.data.num_workers, **process)
+        num_workers=config.data.num_workers, views_per_tracklet=config.data.target_views, **process)
     uses_target = steps.active_terms(config)["target"]
     total_steps = config.train.num_epochs * steps_per_epoch
     # Batches go to the devices `data.device_prefetch` steps ahead; the checkpointed iterator state
     # counts only the batches handed to the step (pipeline.DevicePrefetch).
     place = lambda tree: steps.shard_batch(tree, mesh)  # noqa: E731
-    source_it = pipeline.prefetch_to_device(
-        source_it, config.data.device_prefetch, lambda b: place({"video": b["video"], "pid": b["pid"]}))
-    # An unused target is cut to one clip per device before the transfer.
-    target_it = pipeline.prefetch_to_device(
-        target_it, config.data.device_prefetch,
-        lambda b: place({"video": b["video"] if uses_target else b["video"][: jax.local_device_count()]}))
+
+    def place_target(b):
+        # An unused target is cut to one clip per device before the transfer.
+        video = b["video"] if uses_target else b["video"][: jax.local_device_count()]
+        return place({"video": video, "camid": b["camid"][: len(video)]})
+
+    source_it = pipeline.prefetch_to_device(source_it, config.data.device_prefetch,
+                                            lambda b: place({"video": b["video"], "pid": b["pid"]}))
+    target_it = pipeline.prefetch_to_device(target_it, config.data.device_prefetch, place_target)
 
     model = create_model(config, num_classes)
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -244,12 +247,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     pending_metrics: list[dict] = []
     nonfinite_run = 0
     step = start_step
+    unconsumed = None
     try:
         for step in range(start_step, total_steps):
+            # Data positions before this step's batches: an interrupt inside the step must save these,
+            # or the resumed run would skip the batches the unfinished step had drawn.
+            unconsumed = {name: it.get_state() for name, it in iterators.items()}
             # The target stream advances even when no loss reads it, so every variant of a config sees
             # the same source batches.
             batch = {"source": next(source_it), "target": next(target_it)}
             state, metrics = train_step(state, batch)
+            unconsumed = None
             pending_metrics.append(metrics)
             done = step + 1
             if done % config.train.log_every_steps == 0 or done == total_steps:
@@ -286,6 +294,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         # Keep what was learnt: save the last finished step before re-raising (interrupts included).
         if pending_metrics or step > start_step:
             try:
+                if unconsumed is not None:
+                    for name, it in iterators.items():
+                        it.set_state(unconsumed[name])
                 checkpointer.save(int(jax.device_get(state.step)), state, iterators,
                                   {"step": int(jax.device_get(state.step)), "interrupted": True})
                 checkpointer.close()

@@ -36,7 +36,8 @@ def run(devices):
     for _ in range(3):
         batch = {"source": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
                             "pid": np.repeat(np.arange(B // 4), 4).astype(np.int32)},
-                 "target": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8)}}
+                 "target": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
+                            "camid": np.arange(B, dtype=np.int32) % 3}}
         state, metrics = step(state, steps.shard_batch(batch, mesh))
         jax.block_until_ready(metrics["loss"])
     return jax.device_get(state.params), jax.device_get(state.batch_stats), float(metrics["loss"])

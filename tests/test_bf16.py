@@ -37,7 +37,8 @@ def _batches():
     rng = np.random.default_rng(0)
     return [{"source": {"video": rng.integers(0, 256, (B, T, H, W, 3), dtype=np.uint8),
                         "pid": np.repeat(np.arange(B // 4), 4).astype(np.int32)},
-             "target": {"video": rng.integers(0, 256, (B, T, H, W, 3), dtype=np.uint8)}}
+             "target": {"video": rng.integers(0, 256, (B, T, H, W, 3), dtype=np.uint8),
+                        "camid": np.arange(B, dtype=np.int32) % 3}}
             for _ in range(NUM_STEPS)]
 
 

@@ -161,3 +161,34 @@ def test_temporal_infonce_hand_value_two_clips_two_frames():
 def test_temporal_infonce_rejects_partial_groups():
     with pytest.raises(ValueError, match="whole groups of 4"):
         losses.temporal_infonce(jnp.ones((6, 4, 3)), 4)
+
+
+def test_centre_by_group_hand_values():
+    x = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0], [1.0, 1.0]])
+    out = np.asarray(losses.centre_by_group(x, jnp.asarray([0, 0, 1, 1])))
+    r = 1 / np.sqrt(2)
+    # group 0: mean (0.5, 0.5); group 1: mean (2, 2.5) → (1, 1.5)/|…| and (−1, −1.5)/|…|
+    n = np.hypot(1.0, 1.5)
+    np.testing.assert_allclose(out, [[r, -r], [-r, r], [1 / n, 1.5 / n], [-1 / n, -1.5 / n]], atol=1e-6)
+    # A row alone in its group is only normalised (centring would zero it), and gradients stay finite.
+    lone = np.asarray(losses.centre_by_group(x, jnp.asarray([0, 0, 1, 2])))
+    np.testing.assert_allclose(lone[2:], [[0.6, 0.8], [r, r]], atol=1e-6)
+    grad = jax.grad(lambda v: jnp.sum(losses.centre_by_group(v, jnp.asarray([0, 0, 1, 1])) ** 3))(
+        jnp.asarray([[1.0, 0.0], [1.0, 0.0], [3.0, 4.0], [1.0, 1.0]]))  # group 0 centres to zero rows
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_camera_centred_consistency_ignores_a_per_camera_offset():
+    rng = np.random.default_rng(0)
+    people = rng.normal(size=(8, 16))
+    cams = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    offset = np.where(cams[:, None] == 0, 5.0, -5.0) * rng.normal(size=(1, 16))  # what each camera adds
+    key = jax.random.PRNGKey(0)
+
+    def terms(x, groups):
+        out = losses.teacher_consistency(key, jnp.asarray(x), jnp.asarray(x), num_clusters=4, groups=groups)
+        return np.array([float(out["consistency_ce"]), float(out["consistency_dist"])])
+
+    np.testing.assert_allclose(terms(people + offset, jnp.asarray(cams)), terms(people, jnp.asarray(cams)), rtol=1e-5)
+    # Without centring the offset dominates: k-means splits by camera and the terms change.
+    assert not np.allclose(terms(people + offset, None), terms(people, jnp.asarray(cams)), rtol=1e-2)

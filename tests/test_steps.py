@@ -34,7 +34,8 @@ def _batch(seed):
     return {
         "source": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
                    "pid": np.repeat(np.arange(B // 4), 4).astype(np.int32)},
-        "target": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8)},
+        "target": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
+                   "camid": np.arange(B, dtype=np.int32) % 3},
     }
 
 
@@ -79,8 +80,11 @@ def test_nonfinite_update_is_skipped(compiled):
     poisoned = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
     new, metrics = step(poisoned, steps.shard_batch(_batch(0), mesh))
     assert float(metrics["skipped"]) == 1.0
-    assert int(new.step) == int(poisoned.step)
+    assert int(new.step) == int(poisoned.step) + 1  # the batch was consumed
     assert not np.array_equal(np.asarray(new.rng), np.asarray(poisoned.rng))
+    for kept, old in zip(jax.tree.leaves((new.params, new.opt_state, new.ema_params)),
+                         jax.tree.leaves((poisoned.params, poisoned.opt_state, poisoned.ema_params))):
+        np.testing.assert_array_equal(np.asarray(kept), np.asarray(old))
 
 
 def test_source_only_skips_target_terms():

@@ -182,20 +182,27 @@ def source_stream(tracklets: Sequence[Tracklet], *, num_identities: int, num_ins
 def target_stream(tracklets: Sequence[Tracklet], *, batch_size: int, spec: ClipSpec, seed: int,
                   num_threads: int = 2, prefetch: int = 4, process_index: int = 0,
                   process_count: int = 1, identity_balanced: bool = False,
-                  num_instances: int = 4, num_workers: int = 0) -> grain.DatasetIterator:
+                  num_instances: int = 4, num_workers: int = 0, views_per_tracklet: int = 1) -> grain.DatasetIterator:
     """Target batches. Label-free random tracklets by default (the unsupervised setting).
 
+    views_per_tracklet > 1 puts that many clips of each drawn tracklet next to each other in the batch
+    (independent temporal crops and flips): positives known without labels, because a tracklet is
+    one person. batch_size must be a multiple of it.
     identity_balanced=True reproduces the reference's P×K sampling by *target ground-truth* pids
     (method-spec D7); it uses target labels and the caller should say so.
     """
     _check_nonempty(tracklets, "target train")
+    if views_per_tracklet > 1 and (identity_balanced or batch_size % views_per_tracklet):
+        raise ValueError(f"data.target_views={views_per_tracklet} needs label-free target sampling and a "
+                         f"target batch ({batch_size}) that is a multiple of it")
     if identity_balanced:
         pids = [t.pid for t in tracklets]
         epoch_fn = lambda epoch: sampling.identity_epoch(pids, num_instances, seed + 1, epoch)  # noqa: E731
         items = sampling.identity_epoch_length(pids, num_instances)
     else:
-        epoch_fn = lambda epoch: sampling.random_epoch(len(tracklets), seed + 1, epoch)  # noqa: E731
-        items = len(tracklets)
+        epoch_fn = lambda epoch: sampling.random_epoch(len(tracklets), seed + 1, epoch,  # noqa: E731
+                                                       views_per_tracklet)
+        items = len(tracklets) * views_per_tracklet
     stream = _EpochStream(epoch_fn, items, batch_size, process_index, process_count)
     return _train_iterator(tracklets, stream, batch_size // max(process_count, 1), spec, seed + 1,
                            num_threads, prefetch, num_workers)

@@ -48,9 +48,14 @@ def identity_epoch(pids: Sequence[int], num_instances: int, seed: int, epoch: in
     return np.concatenate([groups[i] for i in order]).astype(np.int64)
 
 
-def random_epoch(num_items: int, seed: int, epoch: int) -> np.ndarray:
-    """One epoch of label-free random sampling: a permutation of all tracklets. int64 [num_items]."""
-    return _rng(seed, epoch, 0x7A).permutation(num_items).astype(np.int64)
+def random_epoch(num_items: int, seed: int, epoch: int, views: int = 1) -> np.ndarray:
+    """One epoch of label-free random sampling: a permutation of all tracklets, each index repeated
+    `views` times in a row (so a batch holds several clips of one tracklet; they get their own
+    temporal crops and flips downstream). int64 [num_items · views].
+    """
+    if views < 1:
+        raise ValueError(f"views per tracklet must be ≥ 1, got {views}")
+    return np.repeat(_rng(seed, epoch, 0x7A).permutation(num_items).astype(np.int64), views)
 
 
 def _blocks(num_frames: int, seq_len: int) -> tuple[int, int]:

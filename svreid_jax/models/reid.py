@@ -45,7 +45,7 @@ ARCHS = sinet_lib.ARCHS
 _projection_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 # Backbone config fields ReIDNet passes on to `resnet(...)`; `depth` selects the preset.
-BACKBONE_FIELDS = ("depth", "width", "last_stride", "stem_pool_padding", "conv_bias")
+BACKBONE_FIELDS = ("depth", "width", "last_stride", "stem_pool_padding", "conv_bias", "remat")
 
 
 def _backbone_kwargs(backbone: Any) -> dict[str, Any]:
@@ -86,7 +86,7 @@ class ReIDNet(nn.Module):
     Attributes:
       num_classes: source identities (classifier outputs).
       backbone: `resnet(...)` arguments: `depth` (18/34/50/101/'tiny') and optionally `width`,
-        `last_stride`, `stem_pool_padding`, `conv_bias`. A dict or ml_collections.ConfigDict.
+        `last_stride`, `stem_pool_padding`, `conv_bias`, `remat`. A dict or ml_collections.ConfigDict.
       frame_pooling: per-frame spatial pooling over H×W: 'max' (reference) or 'avg'.
       disc_hidden: hidden units of both domain discriminators.
       disc_dropout: dropout rate inside the discriminators.

@@ -105,7 +105,7 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         out_ch = self.features * self.expansion
         y = _conv(x, self.features, 3, stride=self.stride, padding=1, use_bias=self.conv_bias,
                   dtype=self.dtype, name="conv1")
@@ -126,7 +126,7 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         out_ch = self.features * self.expansion
         y = _conv(x, self.features, 1, use_bias=self.conv_bias, dtype=self.dtype, name="conv1")
         y = nn.relu(_bn(y, train=train, dtype=self.dtype, name="bn1"))
@@ -151,6 +151,8 @@ class ResNet(nn.Module):
       last_stride: stride of the last stage (re-ID uses 1: 16×8 maps for 256×128 input).
       stem_pool_padding: padding of the stem's 3×3/2 max-pool (torchvision 1; the reference 0).
       conv_bias: give every conv a bias (the reference's inflated convs carry random ones).
+      remat: recompute each residual block's activations in the backward pass instead of keeping
+        them (jax.checkpoint): less memory for large batches, about one more forward of compute.
       include_fc: global-average-pool and classify with `fc` (ImageNet head) instead of returning
         the feature map.
       num_fc_classes: outputs of `fc`.
@@ -163,6 +165,7 @@ class ResNet(nn.Module):
     last_stride: int = 1
     stem_pool_padding: int = 1
     conv_bias: bool = False
+    remat: bool = False
     include_fc: bool = False
     num_fc_classes: int = 1000
     dtype: Dtype = jnp.float32
@@ -173,6 +176,9 @@ class ResNet(nn.Module):
         if self.block not in _BLOCKS:
             raise ValueError(f"ResNet.block must be one of {sorted(_BLOCKS)}, got {self.block!r}")
         block_cls = _BLOCKS[self.block]
+        if self.remat:
+            # `train` (argument 2 counting self) must stay a Python bool: it picks BN's mode.
+            block_cls = nn.remat(block_cls, static_argnums=(2,))
         x = jnp.asarray(x, self.dtype)
         x = _conv(x, self.width, 7, stride=2, padding=3, use_bias=self.conv_bias, dtype=self.dtype, name="conv1")
         x = nn.relu(_bn(x, train=train, dtype=self.dtype, name="bn1"))
@@ -193,7 +199,7 @@ class ResNet(nn.Module):
                     conv_bias=self.conv_bias,
                     dtype=self.dtype,
                     name=f"layer{s + 1}_{i}",
-                )(x, train=train)
+                )(x, train)
                 x = self.after_block(x, stage=s + 1, block=i, train=train)
         if not self.include_fc:
             return x

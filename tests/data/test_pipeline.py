@@ -97,6 +97,22 @@ def test_target_stream_identity_balanced(tracklets):
         assert all(len(set(g)) == 1 for g in b["pid"].reshape(2, 4))
 
 
+def test_target_views_pair_clips_of_one_tracklet_with_their_own_crops(tracklets):
+    it = pipeline.target_stream(tracklets, batch_size=6, spec=SPEC, seed=0, num_threads=1, views_per_tracklet=2)
+    batches = _take(it, 2 * len(tracklets) // 6)
+    index = np.concatenate([b["index"] for b in batches]).reshape(-1, 2)
+    assert np.all(index[:, 0] == index[:, 1])  # side by side in the batch
+    assert sorted(index[:, 0]) == list(range(len(tracklets)))  # every tracklet once per epoch
+    # Each view draws its own temporal crop: frame numbers (green channel) differ for some pairs.
+    frames = np.concatenate([b["video"][:, :, 0, 0, 1] for b in batches]).reshape(-1, 2, SPEC.seq_len)
+    assert np.any(frames[:, 0] != frames[:, 1])
+
+
+def test_target_views_reject_a_batch_that_splits_a_pair(tracklets):
+    with pytest.raises(ValueError, match="target_views=2.*multiple"):
+        pipeline.target_stream(tracklets, batch_size=5, spec=SPEC, seed=0, views_per_tracklet=2)
+
+
 def test_eval_clips_begin_and_dense(tracklets):
     batches = list(pipeline.eval_clips(tracklets[:3], spec=SPEC, batch_size=2, method="restricted_begin",
                                        num_threads=1))

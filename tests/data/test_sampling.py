@@ -34,6 +34,10 @@ def test_identity_epoch_is_deterministic_per_seed_and_epoch():
 def test_random_epoch_is_a_permutation():
     order = sampling.random_epoch(10, seed=0, epoch=0)
     assert sorted(order) == list(range(10))
+    twice = sampling.random_epoch(10, seed=0, epoch=0, views=2)
+    np.testing.assert_array_equal(twice, np.repeat(order, 2))
+    with pytest.raises(ValueError, match="views"):
+        sampling.random_epoch(10, seed=0, epoch=0, views=0)
 
 
 @pytest.mark.parametrize("n", [1, 3, 4, 9, 17])

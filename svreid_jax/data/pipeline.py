@@ -249,11 +249,12 @@ def eval_clips(tracklets: Sequence[Tracklet], *, spec: ClipSpec, batch_size: int
 
 
 class DevicePrefetch:
-    """Wraps a batch iterator so that `size` batches beyond the one in use are already on device.
+    """Wraps a batch iterator so that `size` batches beyond the one handed out are already on device.
 
-    Each call to next() tops the queue up to `size` batches, each placed with `place_fn` (a
+    Each call to next() tops the queue up to size + 1 batches, each placed with `place_fn` (a
     `device_put` / `make_array_from_process_local_data`, which dispatch asynchronously), and hands
-    out the oldest. So the transfer of batch n+1 overlaps step n. size=0 places each batch on demand.
+    out the oldest; so the transfers of batches n+1 … n+size overlap step n. size=0 places each
+    batch on demand.
 
     Checkpoints must not count batches that were prefetched but never trained on: every queued
     batch keeps the wrapped iterator's state as of right after it was read, and get_state() returns
@@ -274,7 +275,7 @@ class DevicePrefetch:
         return self
 
     def __next__(self):
-        while len(self._queue) < max(self._size, 1):
+        while len(self._queue) <= self._size:
             batch = next(self._iterator)
             self._queue.append((self._place(batch), self._iterator.get_state()))
         placed, self._consumed_state = self._queue.popleft()

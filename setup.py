@@ -21,6 +21,7 @@ setuptools.setup(
         "scipy>=1.11,<2",
         "h5py>=3.10,<4",
         "pillow>=10,<14",
+        "simplejpeg==1.9.0",
         "tensorboardX==2.6.5",
         "absl-py>=2.1,<3",
     ],

@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.target_views = 1  # clips per drawn target tracklet, side by side in a batch (2: label-free positive pairs)
     c.data.num_threads = 2  # grain reader threads per iterator
     c.data.prefetch = 4  # batches buffered ahead by grain
+    c.data.device_prefetch = 2  # batches already transferred to device ahead of the step (0 = none)
+    c.data.decoder = "auto"  # JPEG decoder: 'auto' (simplejpeg if installed, same pixels as PIL), 'pil', 'simplejpeg'
+    c.data.draft_decode = False  # DCT-scaled JPEG decode when downscaling ≥2×: faster, pixels differ from PIL
     c.data.num_workers = 0  # grain worker processes (0 = threads only; >0 helps on many-core hosts)
 
     c.batch = ml_collections.ConfigDict()

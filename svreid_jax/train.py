@@ -92,11 +92,12 @@ def prepare_data(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits, Da
 
 
 def clip_spec(config, train: bool) -> pipeline.ClipSpec:
+    decoding = dict(decoder=config.data.decoder, draft=config.data.draft_decode)
     if train:
         return pipeline.ClipSpec(seq_len=config.data.seq_len, height=config.data.height, width=config.data.width,
-                                 temporal=config.data.train_temporal, flip=config.augment.flip)
+                                 temporal=config.data.train_temporal, flip=config.augment.flip, **decoding)
     return pipeline.ClipSpec(seq_len=config.eval.seq_len, height=config.data.height, width=config.data.width,
-                             temporal=config.eval.temporal, flip=False)
+                             temporal=config.eval.temporal, flip=False, **decoding)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,13 +206,27 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         num_workers=config.data.num_workers, views_per_tracklet=config.data.target_views, **process)
     uses_target = steps.active_terms(config)["target"]
     total_steps = config.train.num_epochs * steps_per_epoch
-
     model = create_model(config, num_classes)
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     params, batch_stats = init_variables(config, model, init_rng)
     state = create_train_state(config, model.apply, params, batch_stats, state_rng, steps_per_epoch,
                                reference=_reference_state(config, model, params, state_rng, steps_per_epoch))
     state = steps.replicate(state, mesh)
+    # `state` holds the placed state while training; par.get_state gives the mesh-replicated layout
+    # that checkpoints and evaluation use in every mode (a checkpoint does not depend on the mode).
+    par = steps.parallelize(steps.make_train_step, model, config, mesh)
+
+    # Batches go to the devices `data.device_prefetch` steps ahead, placed as the parallel mode wants
+    # them; the checkpointed iterator state counts only the batches handed to the step
+    # (pipeline.DevicePrefetch).
+    def place_target(b):
+        # An unused target is cut to one clip per device before the transfer.
+        video = b["video"] if uses_target else b["video"][: jax.local_device_count()]
+        return par.put_batch({"video": video, "camid": b["camid"][: len(video)]})
+
+    source_it = pipeline.prefetch_to_device(source_it, config.data.device_prefetch,
+                                            lambda b: par.put_batch({"video": b["video"], "pid": b["pid"]}))
+    target_it = pipeline.prefetch_to_device(target_it, config.data.device_prefetch, place_target)
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
     iterators = {"source_iter": source_it, "target_iter": target_it}
@@ -220,9 +235,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         logging.info("resumed from %s at step %d", checkpointer.directory, int(meta["step"]))
     start_step = int(jax.device_get(state.step))
 
-    # `state` holds the placed state while training; par.get_state gives the mesh-replicated layout
-    # that checkpoints and evaluation use in every mode (a checkpoint does not depend on the mode).
-    par = steps.parallelize(steps.make_train_step, model, config, mesh)
     state = par.put_state(state)
     progress = progress_lib.Progress(total_steps, start_step)
     lr_schedule = learning_rate_schedule(config, steps_per_epoch)
@@ -244,14 +256,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             # Data positions before this step's batches: an interrupt inside the step must save these,
             # or the resumed run would skip the batches the unfinished step had drawn.
             unconsumed = {name: it.get_state() for name, it in iterators.items()}
-            src = next(source_it)
             # The target stream advances even when no loss reads it, so every variant of a config sees
-            # the same source batches; the unused target is cut to one clip per device.
-            tgt = next(target_it)
-            target_video = tgt["video"] if uses_target else tgt["video"][: jax.local_device_count()]
-            batch = {"source": {"video": src["video"], "pid": src["pid"]},
-                     "target": {"video": target_video, "camid": tgt["camid"][: len(target_video)]}}
-            state, metrics = par.step(state, par.put_batch(batch))
+            # the same source batches.
+            batch = {"source": next(source_it), "target": next(target_it)}
+            state, metrics = par.step(state, batch)
             unconsumed = None
             pending_metrics.append(metrics)
             done = step + 1

@@ -31,6 +31,11 @@ def test_main_trains_evaluates_and_writes_everything(tmp_path):
     assert any("eval/rank1" in l for l in lines)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
     assert "4" in os.listdir(workdir / "checkpoints")
+    # 4 steps consumed 4 batches of each stream; the ones prefetched to device beyond them
+    # (data.device_prefetch=2 by default) must not count, or a resume would skip them.
+    for stream in ("source_iter", "target_iter"):
+        saved = json.load(open(workdir / "checkpoints" / "4" / stream / "process_0-of-1.json"))
+        assert saved == {"next_index": 4}, (stream, saved)
     results = json.load(open(workdir / "results.json"))
     assert 0.0 <= results["rank1"] <= 1.0 and 0.0 <= results["mAP"] <= 1.0
     assert "ETA" in done.stderr  # progress lines with throughput and ETA

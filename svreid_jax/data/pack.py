@@ -20,7 +20,6 @@ Nothing here imports tensorflow_datasets until packing or the first frame read.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -131,25 +130,12 @@ class _Shards:
         self.__init__(state["directory"])
 
 
-class _Buffers(Sequence):
-    """Frame bytes as file objects for PIL, a fresh one per access (a clip may repeat a frame)."""
-
-    def __init__(self, data: Sequence[bytes]):
-        self._data = data
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __getitem__(self, i):
-        return io.BytesIO(self._data[i])
-
-
 class PackedTracklets(Sequence):
     """One split of a packed dataset: a sequence of `Tracklet` whose frames decode from stored bytes.
 
     tracklets[i] is a Tracklet (from the metadata; frames are 'packed://…' references);
     frame_bytes(i, k) is the original file content of frame k of tracklet i; load_clip(i, indices,
-    height, width, flip) decodes like `transforms.load_clip` does from files. Slicing gives a view
+    height, width, flip, decoder=, draft=) decodes like `transforms.load_clip` does from files. Slicing gives a view
     that keeps reading the same shards.
     """
 
@@ -209,11 +195,13 @@ class PackedTracklets(Sequence):
         return self.record(index)["frames"]["bytes"][frame]
 
     def load_clip(self, index: int, frame_indices: Sequence[int], height: int, width: int,
-                  flip: bool) -> np.ndarray:
+                  flip: bool, *, decoder: str = "auto", draft: bool = False,
+                  out: np.ndarray | None = None) -> np.ndarray:
         """uint8 [T, height, width, 3]: `transforms.load_clip` on the stored bytes of the selected frames."""
         frames = self.record(index)["frames"]
         try:
-            return transforms.load_clip(_Buffers(frames["bytes"]), frame_indices, height, width, flip)
+            return transforms.load_clip(frames["bytes"], frame_indices, height, width, flip,
+                                        decoder=decoder, draft=draft, out=out)
         except OSError as e:
             raise OSError(f"cannot decode a frame of packed tracklet {index} of split {self.split!r} in "
                           f"{self.directory} (frames {[n.decode() for n in frames['name'][:3]]}…): {e}") from None

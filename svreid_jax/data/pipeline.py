@@ -10,9 +10,11 @@ resizing and flipping run in grain threads; batches are uint8 `[B, T, H, W, 3]`.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -33,6 +35,8 @@ class ClipSpec:
     width: int = 128
     temporal: str = "restricted_random"  # see sampling.clip_indices
     flip: bool = True  # random horizontal flip, one decision per clip
+    decoder: str = "auto"  # transforms.DECODERS: 'auto' (simplejpeg for JPEGs when installed), 'pil', 'simplejpeg'
+    draft: bool = False  # JPEG DCT-scaled decode when downscaling ≥2× (faster, pixels differ slightly)
 
 
 class _EpochStream:
@@ -92,19 +96,21 @@ class _EpochStream:
         return int(self._epoch(epoch)[within]), global_position
 
 
-def _decode_clip(tracklets: Sequence[Tracklet], index: int, frame_indices, height: int, width: int,
-                 flip: bool) -> np.ndarray:
-    """Frames of tracklets[index]: from its files, or from the stored bytes of a `pack.PackedTracklets`
-    (same PIL decoding, so the same pixels)."""
+def _decode_clip(tracklets: Sequence[Tracklet], index: int, frame_indices, spec: ClipSpec,
+                 flip: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """Frames of tracklets[index] as uint8 [T, H, W, 3] (written into `out` when given): from its
+    files, or from the stored bytes of a `pack.PackedTracklets` (same decoding, so the same pixels)."""
+    kw = dict(decoder=spec.decoder, draft=spec.draft, out=out)
     if isinstance(tracklets, pack.PackedTracklets):
-        return tracklets.load_clip(index, frame_indices, height, width, flip)
-    return transforms.load_clip(tracklets[index].frames, frame_indices, height, width, flip)
+        return tracklets.load_clip(index, frame_indices, spec.height, spec.width, flip, **kw)
+    return transforms.load_clip(tracklets[index].frames, frame_indices, spec.height, spec.width, flip, **kw)
 
 
-class _LoadTrainClip(grain.transforms.Map):
-    """Samples, decodes and flips one training clip.
+class _LoadTrainBatch(grain.transforms.Map):
+    """Samples, decodes and flips the clips of one batch, straight into the batch buffer.
 
-    Its randomness comes from (seed, global stream position), not grain's per-process index, so a
+    Decoding per batch rather than per clip saves grain's stacking copy of every clip. A clip's
+    randomness comes from (seed, global stream position), not grain's per-process index, so a
     multi-process run draws exactly the augmentations of a single-process run.
     """
 
@@ -114,26 +120,28 @@ class _LoadTrainClip(grain.transforms.Map):
         self._seed = seed
 
     def map(self, element):
-        index, global_position = element
-        rng = np.random.default_rng([self._seed & 0xFFFFFFFF, global_position])
-        tracklet = self._tracklets[index]
+        """element: (tracklet index, global position), each int [B]."""
+        indices, positions = element
         spec = self._spec
-        frames = sampling.clip_indices(len(tracklet), spec.seq_len, spec.temporal, rng)
-        flip = bool(spec.flip and rng.random() < 0.5)
-        return {
-            "video": _decode_clip(self._tracklets, index, frames, spec.height, spec.width, flip),
-            "pid": np.int32(tracklet.pid),
-            "camid": np.int32(tracklet.camid),
-            "index": np.int32(index),
-        }
+        video = np.empty((len(indices), spec.seq_len, spec.height, spec.width, 3), np.uint8)
+        pid = np.empty(len(indices), np.int32)
+        camid = np.empty(len(indices), np.int32)
+        for b, (index, global_position) in enumerate(zip(indices.tolist(), positions.tolist())):
+            rng = np.random.default_rng([self._seed & 0xFFFFFFFF, global_position])
+            tracklet = self._tracklets[index]
+            frames = sampling.clip_indices(len(tracklet), spec.seq_len, spec.temporal, rng)
+            flip = bool(spec.flip and rng.random() < 0.5)
+            _decode_clip(self._tracklets, index, frames, spec, flip, out=video[b])
+            pid[b], camid[b] = tracklet.pid, tracklet.camid
+        return {"video": video, "pid": pid, "camid": camid, "index": np.asarray(indices, np.int32)}
 
 
 def _train_iterator(tracklets, stream: _EpochStream, batch_size: int, spec: ClipSpec, seed: int,
                     num_threads: int, prefetch: int, num_workers: int = 0) -> grain.DatasetIterator:
     ds = (
         grain.MapDataset.source(stream)
-        .map(_LoadTrainClip(tracklets, spec, seed))
         .batch(batch_size, drop_remainder=True)
+        .map(_LoadTrainBatch(tracklets, spec, seed))
     )
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     iter_ds = ds.to_iter_dataset(options)
@@ -214,7 +222,7 @@ class _LoadEvalClip(grain.transforms.Map):
                 "tracklet": np.int32(-1),
             }
         return {
-            "video": _decode_clip(self._tracklets, tracklet_index, frame_indices, spec.height, spec.width, False),
+            "video": _decode_clip(self._tracklets, tracklet_index, frame_indices, spec, False),
             "tracklet": np.int32(tracklet_index),
         }
 
@@ -238,3 +246,60 @@ def eval_clips(tracklets: Sequence[Tracklet], *, spec: ClipSpec, batch_size: int
     items.extend([(-1, np.zeros(spec.seq_len, np.int64))] * pad)
     ds = grain.MapDataset.source(items).map(_LoadEvalClip(tracklets, spec)).batch(batch_size)
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
+
+
+class DevicePrefetch:
+    """Wraps a batch iterator so that `size` batches beyond the one handed out are already on device.
+
+    Each call to next() tops the queue up to size + 1 batches, each placed with `place_fn` (a
+    `device_put` / `make_array_from_process_local_data`, which dispatch asynchronously), and hands
+    out the oldest; so the transfers of batches n+1 … n+size overlap step n. size=0 places each
+    batch on demand.
+
+    Checkpoints must not count batches that were prefetched but never trained on: every queued
+    batch keeps the wrapped iterator's state as of right after it was read, and get_state() returns
+    the state after the last batch handed out. set_state() drops the queue. States have the wrapped
+    iterator's own format, so a checkpoint taken with and without prefetching is interchangeable.
+    """
+
+    def __init__(self, iterator, size: int, place_fn: Callable[[Any], Any]):
+        if size < 0:
+            raise ValueError(f"device prefetch size must be ≥ 0, got {size}")
+        self._iterator = iterator
+        self._size = size
+        self._place = place_fn
+        self._queue: collections.deque = collections.deque()
+        self._consumed_state = None  # None: nothing handed out since the wrapped iterator's state
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while len(self._queue) <= self._size:
+            batch = next(self._iterator)
+            self._queue.append((self._place(batch), self._iterator.get_state()))
+        placed, self._consumed_state = self._queue.popleft()
+        return placed
+
+    def get_state(self):
+        """The wrapped iterator's state after the last batch returned by next()."""
+        if self._consumed_state is None:
+            # Nothing read ahead yet (the queue fills only inside next()).
+            return self._iterator.get_state()
+        return self._consumed_state
+
+    def set_state(self, state) -> None:
+        self._queue.clear()
+        self._iterator.set_state(state)
+        self._consumed_state = None
+
+    def start_prefetch(self) -> None:
+        # grain's checkpoint handler calls this after set_state; pass it on to grain's threads.
+        start = getattr(self._iterator, "start_prefetch", None)
+        if start is not None:
+            start()
+
+
+def prefetch_to_device(iterator, size: int, place_fn: Callable[[Any], Any]) -> DevicePrefetch:
+    """`DevicePrefetch(iterator, size, place_fn)`: keeps `size` placed batches ahead (0 = none)."""
+    return DevicePrefetch(iterator, size, place_fn)

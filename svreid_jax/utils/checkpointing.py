@@ -6,12 +6,40 @@ iterator (grain state, so a resumed run sees the same batches) and `meta` (JSON)
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+
+class _JsonStateIterator:
+    """Presents a wrapper of a grain iterator (pipeline.DevicePrefetch) to grain's checkpoint handler.
+
+    The handler writes `get_state()` of a grain DatasetIterator as indented JSON and of anything
+    else as bytes; this writes the wrapped dict state as the same JSON text, so the file does not
+    depend on whether device prefetching was on. The state is taken when the save is requested, in
+    case the handler runs after the train loop has moved on.
+    """
+
+    def __init__(self, iterator):
+        self._iterator = iterator
+        self._state = json.dumps(iterator.get_state(), indent=4).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
+
+    def set_state(self, state: bytes) -> None:
+        self._iterator.set_state(json.loads(state.decode()))
+
+    def start_prefetch(self) -> None:
+        self._iterator.start_prefetch()
+
+
+def _for_grain(iterator):
+    return iterator if isinstance(iterator, grain.DatasetIterator) else _JsonStateIterator(iterator)
 
 
 class Checkpointer:
@@ -30,7 +58,7 @@ class Checkpointer:
     def save(self, step: int, state: Any, iterators: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(dict(meta))}
         for name, it in iterators.items():
-            items[name] = grain.checkpoint.CheckpointSave(it)
+            items[name] = grain.checkpoint.CheckpointSave(_for_grain(it))
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, state: Any, iterators: Mapping[str, Any], step: int | None = None) -> tuple[Any, dict]:
@@ -44,7 +72,7 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         items = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
         for name, it in iterators.items():
-            items[name] = grain.checkpoint.CheckpointRestore(it)
+            items[name] = grain.checkpoint.CheckpointRestore(_for_grain(it))
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], dict(restored["meta"])
 

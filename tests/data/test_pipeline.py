@@ -151,3 +151,84 @@ def test_worker_processes_give_the_same_batches_and_resume(tracklets):
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(a["index"], b["index"])
         np.testing.assert_array_equal(a["video"], b["video"])
+
+
+def _on_device(batch):
+    import jax
+
+    return jax.device_put({"video": batch["video"], "index": batch["index"]})
+
+
+def _assert_same(host_batches, device_batches):
+    import jax
+
+    assert len(host_batches) == len(device_batches)
+    for host, placed in zip(host_batches, device_batches):
+        assert isinstance(placed["video"], jax.Array)
+        np.testing.assert_array_equal(np.asarray(placed["video"]), host["video"])
+        np.testing.assert_array_equal(np.asarray(placed["index"]), host["index"])
+
+
+@pytest.mark.parametrize("size", [0, 1, 3])
+def test_device_prefetch_yields_the_plain_stream(tracklets, size):
+    kw = dict(num_identities=2, num_instances=4, spec=SPEC, seed=3, num_threads=2)
+    plain, _ = pipeline.source_stream(tracklets, **kw)
+    expected = _take(plain, 9)
+    inner, _ = pipeline.source_stream(tracklets, **kw)
+    _assert_same(expected, _take(pipeline.prefetch_to_device(inner, size, _on_device), 9))
+    assert inner.get_state() == {"next_index": 9 + size}  # `size` batches beyond the last handed out
+
+
+def test_device_prefetch_state_counts_consumed_batches_only(tracklets):
+    kw = dict(num_identities=2, num_instances=4, spec=SPEC, seed=4, num_threads=2)
+    plain, _ = pipeline.source_stream(tracklets, **kw)
+    uninterrupted = _take(plain, 12)
+
+    inner, _ = pipeline.source_stream(tracklets, **kw)
+    prefetched = pipeline.prefetch_to_device(inner, 3, _on_device)
+    _take(prefetched, 5)
+    state = prefetched.get_state()
+    # grain's state is the number of batches read: 5 handed out, 3 more read ahead and placed.
+    assert state == {"next_index": 5} and inner.get_state() == {"next_index": 8}
+
+    # Restored into a plain iterator (prefetch off on resume) and into a prefetching one.
+    fresh, _ = pipeline.source_stream(tracklets, **kw)
+    fresh.set_state(state)
+    resumed_plain = _take(fresh, 7)
+    for a, b in zip(uninterrupted[5:], resumed_plain):
+        np.testing.assert_array_equal(a["video"], b["video"])
+        np.testing.assert_array_equal(a["index"], b["index"])
+    fresh, _ = pipeline.source_stream(tracklets, **kw)
+    resumed = pipeline.prefetch_to_device(fresh, 2, _on_device)
+    resumed.set_state(state)
+    _assert_same(uninterrupted[5:], _take(resumed, 7))
+
+    # set_state on a wrapper with batches in flight drops them.
+    prefetched.set_state(state)
+    _assert_same(uninterrupted[5:9], _take(prefetched, 4))
+
+
+def test_device_prefetch_checkpoints_like_the_plain_iterator(tracklets, tmp_path):
+    import jax.numpy as jnp
+
+    from svreid_jax.utils.checkpointing import Checkpointer
+
+    kw = dict(num_identities=2, num_instances=4, spec=SPEC, seed=6, num_threads=1)
+    plain, _ = pipeline.source_stream(tracklets, **kw)
+    uninterrupted = _take(plain, 8)
+    inner, _ = pipeline.source_stream(tracklets, **kw)
+    prefetched = pipeline.prefetch_to_device(inner, 2, _on_device)
+    _take(prefetched, 3)
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), asynchronous=False)
+    ckpt.save(3, {"w": jnp.zeros(2)}, {"source_iter": prefetched}, {"step": 3})
+    _take(prefetched, 2)  # the saved position must not move with later reads
+    ckpt.close()
+    # The file is what a plain grain iterator would have written: restore into one.
+    fresh, _ = pipeline.source_stream(tracklets, **kw)
+    Checkpointer(str(tmp_path / "ckpt")).restore({"w": jnp.zeros(2)}, {"source_iter": fresh})
+    for a, b in zip(uninterrupted[3:], _take(fresh, 5)):
+        np.testing.assert_array_equal(a["video"], b["video"])
+    fresh, _ = pipeline.source_stream(tracklets, **kw)
+    wrapped = pipeline.prefetch_to_device(fresh, 2, _on_device)
+    Checkpointer(str(tmp_path / "ckpt")).restore({"w": jnp.zeros(2)}, {"source_iter": wrapped})
+    _assert_same(uninterrupted[3:], _take(wrapped, 5))

@@ -30,6 +30,98 @@ def test_missing_frame_names_the_path(tmp_path):
         transforms.load_frame(str(tmp_path / "nothere.jpg"), 8, 4)
 
 
+def _jpeg(tmp_path, name, array, **save):
+    """A photo-like JPEG: smooth colour blobs plus grain, so every DCT block carries detail."""
+    path = tmp_path / name
+    Image.fromarray(array).save(path, format="JPEG", **save)
+    return str(path)
+
+
+def _photo(rng, height, width, channels=3):
+    coarse = rng.integers(0, 255, (max(height // 16, 2), max(width // 16, 2), channels), dtype=np.uint8)
+    img = Image.fromarray(coarse.squeeze(-1) if channels == 1 else coarse).resize((width, height), Image.BILINEAR)
+    noisy = np.asarray(img, np.float32) + rng.normal(0, 12, np.asarray(img).shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def _oracle(path, height, width, flip, draft=False):
+    """The reference's per-frame transform written with PIL calls only."""
+    img = Image.open(path)
+    if draft:
+        img.draft("RGB", (width, height))
+    img = img.convert("RGB").resize((width, height), Image.BICUBIC)
+    out = np.asarray(img)
+    return out[:, ::-1] if flip else out
+
+
+def _frames(tmp_path):
+    """Frames for a 32×16 target: at that size (decoded without resize), larger, smaller, other kinds."""
+    rng = np.random.default_rng(1)
+    return {
+        "same size 4:2:0": _jpeg(tmp_path, "a.jpg", _photo(rng, 32, 16), quality=90),
+        "same size 4:4:4": _jpeg(tmp_path, "b.jpg", _photo(rng, 32, 16), quality=95, subsampling=0),
+        "downscale": _jpeg(tmp_path, "c.jpg", _photo(rng, 75, 41), quality=90),
+        "upscale": _jpeg(tmp_path, "d.jpg", _photo(rng, 20, 9), quality=90),
+        "progressive": _jpeg(tmp_path, "e.jpg", _photo(rng, 32, 16), quality=90, progressive=True),
+        "grey": _jpeg(tmp_path, "f.jpg", _photo(rng, 32, 16, 1)[..., 0]),
+        "cmyk": str(_save_cmyk(tmp_path, rng)),
+        "png": _write(tmp_path, "g.png", _photo(rng, 40, 20)),
+    }
+
+
+def _save_cmyk(tmp_path, rng):
+    path = tmp_path / "h.jpg"
+    Image.fromarray(_photo(rng, 32, 16, 4), mode="CMYK").save(path, format="JPEG")
+    return path
+
+
+@pytest.mark.parametrize("decoder", ["pil", "auto", "simplejpeg"])
+def test_every_decoder_gives_the_pil_pixels(tmp_path, decoder):
+    if decoder == "simplejpeg":
+        pytest.importorskip("simplejpeg")
+    from PIL import features
+
+    if decoder != "pil" and not features.check_feature("libjpeg_turbo"):
+        # Bit-exactness needs the same IDCT and upsampling on both sides; IJG libjpeg 9 upsamples
+        # differently. Then only closeness is promised.
+        pytest.skip("Pillow is not linked against libjpeg-turbo")
+    for what, path in _frames(tmp_path).items():
+        for flip in (False, True):
+            got = transforms.load_clip([path], [0, 0], 32, 16, flip, decoder=decoder)
+            assert got.shape == (2, 32, 16, 3) and got.dtype == np.uint8 and got.flags.c_contiguous
+            expected = _oracle(path, 32, 16, flip)
+            for frame in got:
+                np.testing.assert_array_equal(frame, expected, err_msg=f"{what}, flip={flip}")
+
+
+@pytest.mark.parametrize("decoder", ["pil", "simplejpeg"])
+def test_draft_decode_matches_pil_draft(tmp_path, decoder):
+    if decoder == "simplejpeg":
+        pytest.importorskip("simplejpeg")
+    rng = np.random.default_rng(2)
+    cases = {  # source (H, W) → DCT scale PIL picks for a 16×8 target
+        "scale 1/4": (64, 32), "scale 1/2 then bicubic": (40, 24), "too small to scale": (24, 12),
+    }
+    for what, (h, w) in cases.items():
+        path = _jpeg(tmp_path, f"{h}.jpg", _photo(rng, h, w), quality=90)
+        for flip in (False, True):
+            got = transforms.load_clip([path], [0], 16, 8, flip, decoder=decoder, draft=True)[0]
+            np.testing.assert_array_equal(got, _oracle(path, 16, 8, flip, draft=True), err_msg=what)
+    # It is an approximation: a full decode + bicubic differs.
+    big = _jpeg(tmp_path, "big.jpg", _photo(rng, 64, 32), quality=90)
+    assert not np.array_equal(transforms.load_frame(big, 16, 8, decoder=decoder, draft=True),
+                              transforms.load_frame(big, 16, 8, decoder=decoder))
+
+
+def test_unknown_decoder_and_corrupt_frame_are_reported(tmp_path):
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"\xff\xd8\xff" + b"\0" * 50)
+    with pytest.raises(ValueError, match="decoder='turbo'"):
+        transforms.load_frame(str(path), 8, 4, decoder="turbo")
+    with pytest.raises(OSError, match="cannot decode frame .*broken.jpg"):
+        transforms.load_frame(str(path), 8, 4)
+
+
 def test_normalize_matches_imagenet_formula():
     video = jnp.asarray(np.arange(12, dtype=np.uint8).reshape(1, 1, 2, 2, 3) * 20)
     got = np.asarray(transforms.normalize(video))

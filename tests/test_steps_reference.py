@@ -161,7 +161,7 @@ def test_without_detach_and_double_count_the_stage_losses_reach_the_backbone():
         np.testing.assert_allclose(np.asarray(got), np.exp(a[1]) * np.asarray(want), rtol=1e-4, atol=1e-7)
 
 
-def test_paper_step_refuses_axis_name_and_bad_reference_config():
+def test_bad_reference_config_and_unknown_variant_are_refused():
     config = _config()
     config.reference.adv_stages = (1, 5)
     with pytest.raises(ValueError, match="outside 0..2"):
@@ -171,8 +171,6 @@ def test_paper_step_refuses_axis_name_and_bad_reference_config():
     with pytest.raises(ValueError, match="needs 3 values"):
         steps_reference.check_config(config)
     paper = demo.get_config("paper,micro")
-    with pytest.raises(NotImplementedError):
-        steps.make_train_step(reid.ReIDNet(num_classes=K, backbone={"depth": "tiny"}), paper, axis_name="batch")
     paper.variant = "nope"
     with pytest.raises(ValueError, match="expected 'paper' or 'reference'"):
         steps.make_train_step(reid.ReIDNet(num_classes=K, backbone={"depth": "tiny"}), paper)

@@ -29,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from svreid_jax import losses, steps_reference
+from svreid_jax import losses
 from svreid_jax.data import transforms
 from svreid_jax.models import grl
 from svreid_jax.state import TrainState, ema_decay, ema_update
 
 
-def _prepare(video: jax.Array, rng: jax.Array, config) -> jax.Array:
+def prepare_clips(video: jax.Array, rng: jax.Array, config) -> jax.Array:
     """uint8 clips → normalised float, then Random Erasing (train only)."""
     x = transforms.normalize(video)
     if config.augment.erasing_probability > 0:
@@ -109,6 +109,8 @@ def make_train_step(model, config, axis_name: str | None = None):
     average their own gradients over it.
     """
     if config.variant == "reference":
+        from svreid_jax import steps_reference  # it builds on this module's helpers
+
         temporal_model = steps_reference.build_temporal_model(config, model.num_classes)
         return steps_reference.make_reference_train_step(model, temporal_model, config, axis_name)
     if config.variant != "paper":
@@ -128,9 +130,9 @@ def make_train_step(model, config, axis_name: str | None = None):
         k_src_aug, k_tgt_aug, k_src_drop, k_tgt_drop, k_teacher, k_teacher_aug = (
             device_key(k, axis_name) for k in (k_src_aug, k_tgt_aug, k_src_drop, k_tgt_drop, k_teacher, k_teacher_aug))
         beta = grl.grl_beta(state.step, config.adaptation.grl_max_steps)
-        source = _prepare(batch["source"]["video"], k_src_aug, config)
+        source = prepare_clips(batch["source"]["video"], k_src_aug, config)
         labels = batch["source"]["pid"]
-        target = _prepare(batch["target"]["video"], k_tgt_aug, config) if terms["target"] else None
+        target = prepare_clips(batch["target"]["video"], k_tgt_aug, config) if terms["target"] else None
 
         teacher_out = None
         ema_batch_stats = state.ema_batch_stats
@@ -142,7 +144,7 @@ def make_train_step(model, config, axis_name: str | None = None):
                 # Mean teacher: the teacher sees its own flip and erasing of the clip, so agreeing
                 # with it asks the student for invariance instead of echoing its own view.
                 k_flip, k_erase = jax.random.split(k_teacher_aug)
-                teacher_input = _prepare(transforms.random_flip(k_flip, batch["target"]["video"]), k_erase, config)
+                teacher_input = prepare_clips(transforms.random_flip(k_flip, batch["target"]["video"]), k_erase, config)
             teacher_out, teacher_vars = model.apply(
                 {"params": state.ema_params, "batch_stats": state.ema_batch_stats}, teacher_input,
                 train=True, grl_beta=0.0, rngs={"dropout": k_teacher}, mutable=["batch_stats"],

@@ -33,6 +33,7 @@ from svreid_jax.models import grl
 from svreid_jax.models import resnet as resnet_lib
 from svreid_jax.models.temporal import TemporalDomainHeads
 from svreid_jax.state import TrainState, ema_decay, ema_update
+from svreid_jax.steps import cross_replica_mean, gather_batch, prepare_clips
 
 NUM_WEIGHTS = 3  # a = (a_reid, a_stage, a_consistency)
 
@@ -158,13 +159,6 @@ def host_consistency(student: jax.Array, teacher: jax.Array, rng: jax.Array, con
     return jax.lax.stop_gradient(out)
 
 
-def _prepare(video: jax.Array, rng: jax.Array, config) -> jax.Array:
-    x = transforms.normalize(video)
-    if config.augment.erasing_probability > 0:
-        x = transforms.random_erasing(rng, x, probability=config.augment.erasing_probability)
-    return x
-
-
 def make_reference_losses(model, temporal_model, config, axis_name: str | None = None):
     """The differentiable part of the step, exposed for tests.
 
@@ -182,7 +176,7 @@ def make_reference_losses(model, temporal_model, config, axis_name: str | None =
     def gather(x):
         # DataParallel gathers every output on GPU 0 before the losses; under pmap the batch-coupled
         # terms (triplet mining, k-means) see the whole batch too.
-        return x if axis_name is None else jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+        return gather_batch(x, axis_name)
 
     def loss_fn(params, temporal_params, weights, ctx):
         keys = ctx["keys"]
@@ -263,7 +257,7 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
     grad_fn = jax.grad(loss_fn, argnums=(0, 1, 2), has_aux=True)
 
     def mean(x):
-        return x if axis_name is None else jax.lax.pmean(x, axis_name)
+        return cross_replica_mean(x, axis_name)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
         ref = state.reference
@@ -277,13 +271,13 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
         beta = grl.grl_beta(state.step, config.adaptation.grl_max_steps)
         sequence_beta = beta if r.shared_grl_beta else beta / 10.0
 
-        source = _prepare(batch["source"]["video"], k_src_aug, config)
-        target = _prepare(batch["target"]["video"], k_tgt_aug, config)
+        source = prepare_clips(batch["source"]["video"], k_src_aug, config)
+        target = prepare_clips(batch["target"]["video"], k_tgt_aug, config)
         teacher_input = target
         if config.adaptation.teacher_augment:
             # D3 flipped: the teacher sees its own flip and erasing of the clip (the reference: the same clip).
             k_flip, k_erase = jax.random.split(k_teacher_aug)
-            teacher_input = _prepare(transforms.random_flip(k_flip, batch["target"]["video"]), k_erase, config)
+            teacher_input = prepare_clips(transforms.random_flip(k_flip, batch["target"]["video"]), k_erase, config)
         # The teacher runs in train mode under no_grad: its BN statistics come from its own forwards.
         teacher_out, teacher_vars = model.apply(
             {"params": state.ema_params, "batch_stats": state.ema_batch_stats}, teacher_input, train=True,

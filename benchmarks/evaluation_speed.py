@@ -26,9 +26,9 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import demo  # noqa: E402
-from svreid_jax import steps, train  # noqa: E402
-from svreid_jax.data import datasets, pipeline, toy  # noqa: E402
-from svreid_jax.evaluation import extract, rerank  # noqa: E402
+from svreid_jax import builders, parallel  # noqa: E402
+from svreid_jax.data import datasets, pipeline, demo as demo_data  # noqa: E402
+from svreid_jax.evaluation import features, rerank  # noqa: E402
 from svreid_jax.models import reid  # noqa: E402
 
 flags.DEFINE_string("root", "/tmp/svreid_demo_data", "where the demo data are (generated if missing)")
@@ -45,31 +45,31 @@ def main(argv):
     config = demo.get_config("paper")
     config.eval.batch_size = FLAGS.batch_size
     config.data.num_threads = FLAGS.num_threads
-    paths = toy.ensure(FLAGS.root)
+    paths = demo_data.ensure(FLAGS.root)
     target = datasets.load("mars", paths.target_root)
     tracklets = tuple(target.query) + tuple(target.gallery)
     frames = sum(len(t) for t in tracklets)
     print(f"{len(tracklets)} test tracklets ({len(target.query)} query + {len(target.gallery)} gallery), "
           f"{frames} frames; {jax.device_count()} {jax.devices()[0].platform} device(s), "
           f"batch {FLAGS.batch_size}, {FLAGS.num_threads} decoding threads")
-    model = train.create_model(config, 80)
+    model = builders.create_model(config, 80)
     params, batch_stats = reid.init_model(model, jax.random.PRNGKey(0),
                                           (1, config.eval.seq_len, config.data.height, config.data.width, 3))
-    mesh = steps.data_mesh()
-    variables = steps.replicate({"params": params, "batch_stats": batch_stats}, mesh)
+    mesh = parallel.data_mesh()
+    variables = parallel.replicate({"params": params, "batch_stats": batch_stats}, mesh)
 
     for method in FLAGS.methods:
         config.eval.temporal = method
-        spec = train.clip_spec(config, train=False)
+        spec = builders.clip_spec(config, train=False)
         clips = sum(len(batch["tracklet"][batch["tracklet"] >= 0]) for batch in pipeline.eval_clips(
             tracklets, spec=spec, batch_size=FLAGS.batch_size, method=method, num_threads=FLAGS.num_threads))
         start = time.perf_counter()
-        extract.tracklet_features(config, model, variables, tracklets, mesh)
+        features.tracklet_features(config, model, variables, tracklets, mesh)
         first = time.perf_counter() - start
         times = []
         for _ in range(FLAGS.repeats):
             start = time.perf_counter()
-            extract.tracklet_features(config, model, variables, tracklets, mesh)
+            features.tracklet_features(config, model, variables, tracklets, mesh)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
         # The two halves alone: decoding only, and the model on one ready batch.
@@ -77,7 +77,7 @@ def main(argv):
         batches = list(pipeline.eval_clips(tracklets, spec=spec, batch_size=FLAGS.batch_size, method=method,
                                            num_threads=FLAGS.num_threads))
         decode = time.perf_counter() - start
-        embed = jax.jit(steps.make_embed_step(model))
+        embed = jax.jit(features.make_embed_step(model))
         video = jax.device_put(batches[0]["video"])
         jax.block_until_ready(embed(variables, video))
         start = time.perf_counter()

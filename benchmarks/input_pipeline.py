@@ -31,7 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from svreid_jax.data import pipeline, sampling, transforms  # noqa: E402
+from svreid_jax.data import decode, pipeline, sampling  # noqa: E402
 from svreid_jax.data.records import Tracklet  # noqa: E402
 
 flags.DEFINE_integer("num_identities", 40, "identities in the fake dataset")
@@ -219,7 +219,7 @@ def profile(path):
     results.append(("grain's np.stack of 32 clips, per frame", _best_us(lambda: np.stack(clips), n=20) / (P * K * T)))
     for decoder in ("pil", "auto"):
         results.append((f"load_clip(decoder={decoder!r}, flip) per frame",
-                        _best_us(lambda d=decoder: transforms.load_clip([path], [0] * T, h, w, True, decoder=d),
+                        _best_us(lambda d=decoder: decode.load_clip([path], [0] * T, h, w, True, decoder=d),
                                  n=50) / T))
     return results
 

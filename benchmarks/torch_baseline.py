@@ -1,8 +1,8 @@
 """The paper-variant train step written in PyTorch, for timing against svreid_jax in the same run.
 
-Written in this file from method-spec §3–§5 and svreid_jax's paper variant (DESIGN.md), not taken from
+Written in this file from docs/METHOD.md §3–§6 and svreid_jax's paper variant (docs/METHOD.md §1.2), not taken from
 the authors' code; torchvision is not needed (the ResNet below has torchvision's structure and names).
-One step, like `svreid_jax.steps.make_train_step` with every loss weight > 0:
+One step, like `svreid_jax.variants.make_train_step` with every loss weight > 0:
 
   * inputs: uint8 clips [B, T, H, W, 3] → /255, ImageNet mean/std, NCHW; Random Erasing (p = 0.5, the
     reference's clip semantics: one corner per clip, area/aspect per frame) on source and target;
@@ -210,7 +210,7 @@ def normalise(video_uint8: torch.Tensor, memory_format) -> torch.Tensor:
 
 def random_erasing(x: torch.Tensor, gen: torch.Generator, probability=0.5, area=(0.02, 0.4),
                    aspect=(0.3, 1 / 0.3), attempts=10) -> torch.Tensor:
-    """Random Erasing on [B, T, C, H, W] like svreid_jax.data.transforms.random_erasing (vectorised)."""
+    """Random Erasing on [B, T, C, H, W] like svreid_jax.data.augment.random_erasing (vectorised)."""
     b, t, c, h, w = x.shape
     dev = x.device
     u = lambda *shape: torch.rand(*shape, generator=gen, device="cpu").to(dev)  # noqa: E731

@@ -1,4 +1,4 @@
-"""Benchmark: the full paper-variant train step (svreid_jax.steps), optionally against PyTorch in the same run.
+"""Benchmark: the full paper-variant train step (svreid_jax.variants.paper), optionally against PyTorch in the same run.
 
 One step = source and target student forwards (ResNet per frame, last stride 1, max pool, temporal mean,
 BN-neck, classifier, frame and clip discriminators behind the GRL), a train-mode teacher forward on its own
@@ -54,9 +54,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from configs import mars  # noqa: E402
-from svreid_jax import steps  # noqa: E402
+from svreid_jax import parallel, variants  # noqa: E402
 from svreid_jax.state import create_train_state  # noqa: E402
-from svreid_jax.train import create_model, init_variables  # noqa: E402
+from svreid_jax.builders import create_model, init_variables  # noqa: E402
 from memory import peak_rss_bytes, proc_status, reset_peak_rss  # noqa: E402
 
 # device-kind substring → {dtype: dense peak flops/s per device}
@@ -174,19 +174,19 @@ class JaxRunner:
         config = make_config(args)
         reset_peak_rss()
         self.start_rss = proc_status("VmRSS")
-        mesh = steps.data_mesh()
+        mesh = parallel.data_mesh()
         model = create_model(config, args.num_classes)
         t0 = time.perf_counter()
         params, batch_stats = init_variables(config, model, jax.random.PRNGKey(0))
         state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1),
                                    steps_per_epoch=1000)
-        self.state = steps.replicate(state, mesh)
+        self.state = parallel.replicate(state, mesh)
         jax.block_until_ready(self.state)
         self.init_s = time.perf_counter() - t0
         del params, batch_stats, state
-        self.batch = steps.shard_batch(host_batch, mesh)
+        self.batch = parallel.shard_batch(host_batch, mesh)
 
-        jitted = steps.jit_train_step(steps.make_train_step(model, config), mesh, donate=True)
+        jitted = parallel.jit_train_step(variants.make_train_step(model, config), mesh, donate=True)
         t0 = time.perf_counter()
         lowered = jitted.lower(self.state, self.batch)
         self.lower_s = time.perf_counter() - t0

@@ -23,9 +23,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.target.root = ""  # folder that holds it
     c.data.target.options = ml_collections.ConfigDict()  # e.g. gallery='include_query' for MARS
     c.data.target.packed = ""  # packed array_record dir to read instead of root
-    c.data.demo = False  # generate the procedural demo data (svreid_jax.data.toy) and use it
+    c.data.target.protocol = "standard"  # evaluation protocol (svreid_jax.evaluation.evaluators): 'standard' or 'mars'
+    c.data.demo = False  # generate the procedural demo data (svreid_jax.data.demo) and use it
     c.data.demo_root = ""  # where the demo data goes; empty = <workdir>/data
-    c.data.demo_options = ml_collections.ConfigDict()  # keyword arguments for toy.ensure (sizes, seed)
+    c.data.demo_options = ml_collections.ConfigDict()  # keyword arguments for demo_data.ensure (sizes, seed)
     c.data.demo_source_domain = "source"  # demo domain used as labelled source: 'source', or 'target' (oracle)
     c.data.height = 256  # frame height after resize (pixels)
     c.data.width = 128  # frame width after resize (pixels)
@@ -50,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.augment.erasing_probability = 0.5  # Random Erasing probability per clip (0 disables)
 
     c.model = ml_collections.ConfigDict()
-    c.model.arch = "resnet50"  # backbone family: 'resnet50' (plain ResNet of `depth`), 'sinet', 'sbnet', 'idnet'
+    c.model.arch = "resnet"  # backbone (svreid_jax.models.backbones): 'resnet' (plain ResNet of `depth`), 'sinet', 'sbnet', 'idnet'
     c.model.depth = "50"  # ResNet depth: "18", "34", "50", "101", or "tiny" for tests and the demo
     c.model.width = 64  # base channel width (64 for the real ResNets)
     c.model.last_stride = 1  # stride of the last stage (1 keeps 16×8 maps at 256×128, re-ID custom)
@@ -135,7 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.parallel.sync_bn = True  # pmap only: BN statistics over the global batch; False = per device (DataParallel, D12)
     c.parallel.multihost = False  # call jax.distributed.initialize() first
 
-    # The reference variant (variant='reference', svreid_jax.steps_reference; docs/REPRODUCIBILITY.md).
+    # The reference variant (variant='reference', svreid_jax.variants.reference; docs/REPRODUCIBILITY.md).
     # The D# flags default to the paper's side here; configs/<target>.py:reference sets the code's side.
     c.reference = ml_collections.ConfigDict()
     c.reference.num_stages = 4  # MS-TCN stages on the detached frame features

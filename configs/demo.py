@@ -20,6 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.demo = True
     c.data.source.name = "svreid"
     c.data.target.name = "mars"
+    c.data.target.protocol = "mars"
     c.data.height = 64
     c.data.width = 32
     c.data.num_threads = 2
@@ -83,7 +84,7 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
     if variant == "reference":
         c = targets.apply_reference(c)
         # Demo sizes: SINet's plug-ins need a ResNet-34/50/101, too slow here; keep the tiny ResNet.
-        c.model.arch = "resnet50"
+        c.model.arch = "resnet"
         c.loss.infonce = 0.0
         c.reference.features = 16
         c.reference.num_layers = 4

@@ -1,4 +1,4 @@
-"""SVReID → LS-VID with the paper's hyper-parameters (method-spec §5).
+"""SVReID → LS-VID with the paper's hyper-parameters (docs/METHOD.md §6.1).
 
 Set the roots: --config.data.source.root=/data/svreid --config.data.target.root=/data/lsvid
 """

@@ -1,4 +1,4 @@
-"""SVReID → MARS with the paper's hyper-parameters (method-spec §5).
+"""SVReID → MARS with the paper's hyper-parameters (docs/METHOD.md §6.1).
 
 Set the roots: --config.data.source.root=/data/svreid --config.data.target.root=/data/mars
 Variants: configs/mars.py (paper, default), configs/mars.py:reference (the authors' code, docs/REPRODUCIBILITY.md).

@@ -1,6 +1,6 @@
 """Shared settings of the real-data configs (configs/<target>.py): the paper's hyper-parameters.
 
-From the authors' code (method-spec §5): ResNet-50 at 256×128, clips of 4 frames, P×K = 8×4 source
+From the authors' code (docs/METHOD.md §6.1): ResNet-50 at 256×128, clips of 4 frames, P×K = 8×4 source
 clips + 32 target clips per step, Adam 3e-4 with L2 5e-4, ×0.1 at epochs 40/80/120, 150 epochs,
 evaluation every 5 epochs, GRL I_max = 20000. Target-specific protocol choices are below.
 
@@ -11,25 +11,26 @@ import ml_collections
 
 from configs import default
 
-# target name → (source dataset, target reader options, evaluation distance)
+# target name → (source dataset, target reader options, evaluation distance, evaluation protocol)
 _TARGETS = {
-    "mars": ("svreid", {"gallery": "exclude_query"}, "cosine"),
-    "ilidsvid": ("svreid", {"split_id": 0}, "cosine"),
-    "prid": ("svreid", {"split_id": 0}, "cosine"),
-    "lsvid": ("svreid", {}, "cosine"),
-    # The reference ranks CCVID by a raw inner product (method-spec §8.2) and trains on SVReID-cc.
-    "ccvid": ("svreid_cc", {}, "inner"),
+    "mars": ("svreid", {"gallery": "exclude_query"}, "cosine", "mars"),
+    "ilidsvid": ("svreid", {"split_id": 0}, "cosine", "standard"),
+    "prid": ("svreid", {"split_id": 0}, "cosine", "standard"),
+    "lsvid": ("svreid", {}, "cosine", "standard"),
+    # The reference ranks CCVID by a raw inner product (docs/METHOD.md §7.2) and trains on SVReID-cc.
+    "ccvid": ("svreid_cc", {}, "inner", "standard"),
 }
 
 
 def target_config(target: str, arg: str | None) -> ml_collections.ConfigDict:
     if target not in _TARGETS:
         raise ValueError(f"unknown target {target!r}; expected one of {sorted(_TARGETS)}")
-    source, options, distance = _TARGETS[target]
+    source, options, distance, protocol = _TARGETS[target]
     c = default.get_config()
     c.data.source.name = source
     c.data.target.name = target
     c.data.target.options = ml_collections.ConfigDict(options)
+    c.data.target.protocol = protocol
     c.eval.distance = distance
     c.model.depth = "50"
     c.train.num_epochs = 150
@@ -48,7 +49,7 @@ def target_config(target: str, arg: str | None) -> ml_collections.ConfigDict:
 
 
 def apply_reference(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The authors' code (method-spec §3–§6, §10): every D# flag on the code's side, the SINet backbone as
+    """The authors' code (docs/METHOD.md §3–§6, §8): every D# flag on the code's side, the SINet backbone as
     the reference builds it, and its evaluation protocol. docs/REPRODUCIBILITY.md lists each switch."""
     c.variant = "reference"
     # §3.1: SINet (IDM + SBM) on an inflated ResNet-50: biased convs, stem max-pool without padding (D12).

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from svreid_jax import clustering
+
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
     """Mean softmax cross-entropy. logits [..., K] float, labels [...] int. The reference uses no smoothing."""
@@ -73,65 +75,6 @@ def domain_accuracy(source_logits: jax.Array, target_logits: jax.Array) -> jax.A
     return (jnp.sum(s) + jnp.sum(t)) / (s.size + t.size)
 
 
-def _squared_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
-    return jnp.maximum(
-        jnp.sum(x * x, -1)[:, None] + jnp.sum(centroids * centroids, -1)[None, :] - 2.0 * x @ centroids.T, 0.0
-    )
-
-
-def kmeans_plus_plus_init(rng: jax.Array, points: jax.Array, num_clusters: int) -> jax.Array:
-    """k-means++ seeding: the first centroid uniformly, each next one ∝ squared distance to the nearest.
-
-    points [N, D] float32 → centroids [num_clusters, D], each a row of points.
-    """
-    n = points.shape[0]
-    first_key, seed_key = jax.random.split(rng)
-    first = jax.random.randint(first_key, (), 0, n)
-    centroids = jnp.zeros((num_clusters, points.shape[1]), points.dtype).at[0].set(points[first])
-
-    def seed_one(i, carry):
-        centroids, key = carry
-        key, sub = jax.random.split(key)
-        d2 = _squared_distances(points, centroids)
-        d2 = jnp.where(jnp.arange(num_clusters)[None, :] < i, d2, jnp.inf)  # only centroids chosen so far
-        nearest = jnp.min(d2, axis=1)
-        logits = jnp.where(nearest > 0, jnp.log(jnp.maximum(nearest, 1e-30)), -jnp.inf)
-        # Every point already is a centroid (fewer distinct points than clusters): draw uniformly.
-        logits = jnp.where(jnp.all(jnp.isinf(logits)), jnp.zeros_like(logits), logits)
-        pick = jax.random.categorical(sub, logits)
-        return centroids.at[i].set(points[pick]), key
-
-    centroids, _ = jax.lax.fori_loop(1, num_clusters, seed_one, (centroids, seed_key))
-    return centroids
-
-
-def lloyd_iterations(points: jax.Array, centroids: jax.Array, num_iters: int) -> jax.Array:
-    """num_iters rounds of assign-to-nearest then move-to-mean. An empty cluster keeps its centroid."""
-    num_clusters = centroids.shape[0]
-
-    def lloyd(_, centroids):
-        assign = jnp.argmin(_squared_distances(points, centroids), axis=1)
-        onehot = jax.nn.one_hot(assign, num_clusters, dtype=points.dtype)
-        counts = jnp.sum(onehot, axis=0)
-        sums = onehot.T @ points
-        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centroids)
-
-    return jax.lax.fori_loop(0, num_iters, lloyd, centroids)
-
-
-def kmeans(rng: jax.Array, points: jax.Array, num_clusters: int, num_iters: int = 10) -> tuple[jax.Array, jax.Array]:
-    """k-means with k-means++ seeding and a fixed number of Lloyd iterations (jit-able, on device).
-
-    points [N, D]. Returns (centroids [num_clusters, D] float32, assignment [N] int32). Deterministic
-    for a given rng. The reference runs sklearn on the host (n_init=10, up to 300 iterations); a
-    fixed small count keeps the step pure and cheap, and batches of 32 clips converge in a few.
-    """
-    points = points.astype(jnp.float32)
-    centroids = lloyd_iterations(points, kmeans_plus_plus_init(rng, points, num_clusters), num_iters)
-    assign = jnp.argmin(_squared_distances(points, centroids), axis=1).astype(jnp.int32)
-    return centroids, assign
-
-
 def centre_by_group(x: jax.Array, groups: jax.Array) -> jax.Array:
     """x [B, D] minus the mean of the rows that share its group id (groups int [B]), L2-normalised.
 
@@ -162,7 +105,7 @@ def teacher_consistency(rng: jax.Array, student: jax.Array, teacher: jax.Array, 
         # Camera-centred clustering: whatever a camera adds to everyone it films (scene, colour cast)
         # is removed first, so clusters cannot form around cameras instead of people.
         s, t = centre_by_group(student, groups), centre_by_group(teacher, groups)
-    centroids, assign = kmeans(rng, t, num_clusters, num_iters)
+    centroids, assign = clustering.kmeans(rng, t, num_clusters, num_iters)
     centroids = jax.lax.stop_gradient(centroids)
     logits = (s @ _l2_normalize(centroids).T) / temperature
     ce = cross_entropy(logits, assign)
@@ -171,7 +114,7 @@ def teacher_consistency(rng: jax.Array, student: jax.Array, teacher: jax.Array, 
 
 
 def temporal_infonce(projection: jax.Array, num_instances: int, temperature: float = 0.07) -> jax.Array:
-    """SINet's temporal InfoNCE over groups of K same-identity clips (method-spec §4.3).
+    """SINet's temporal InfoNCE over groups of K same-identity clips (docs/METHOD.md §4.3).
 
     projection: [B, T, D] projected frame features; consecutive runs of `num_instances` clips share a
     pid (the P×K sampler guarantees it). Within a group, frame (t, k) has as positives the same time
@@ -194,11 +137,11 @@ def temporal_infonce(projection: jax.Array, num_instances: int, temperature: flo
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference variant (the authors' code, method-spec §4.4–§4.7)
+# Reference variant (the authors' code, docs/METHOD.md §4.6–§4.9)
 
 
 def tmse(logits: jax.Array, tau: float = 4.0) -> jax.Array:
-    """MS-TCN's truncated MSE between the log-probabilities of consecutive frames (method-spec §4.4).
+    """MS-TCN's truncated MSE between the log-probabilities of consecutive frames (docs/METHOD.md §4.7).
 
     logits [B, T, K] (one stage) → scalar: mean over (b, t ≥ 1, k) of
     clamp((log p_t − sg[log p_{t−1}])², 0, τ²). Only the later frame of each pair gets a gradient,
@@ -218,7 +161,7 @@ def _entropy(logits: jax.Array) -> jax.Array:
 
 
 def attentive_entropy(class_logits: jax.Array, domain_logits: jax.Array) -> jax.Array:
-    """SSTDA's attentive entropy (method-spec §4.6): mean_j (1 + H(domain_j)) · H(class_j).
+    """SSTDA's attentive entropy (docs/METHOD.md §4.8): mean_j (1 + H(domain_j)) · H(class_j).
 
     class_logits [..., K], domain_logits [..., 2] with the same leading shape (frames). The weight
     1 + H(domain) is NOT detached, as in the reference, so the domain discriminator gets a gradient too.
@@ -235,69 +178,9 @@ def frame_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return cross_entropy(logits, per_frame)
 
 
-def kmeans_numpy(points: np.ndarray, num_clusters: int, *, n_init: int = 10, max_iter: int = 300,
-                 tol: float = 1e-4, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Host k-means as the reference runs it (sklearn 1.0 KMeans defaults, re-written in numpy).
-
-    points [N, D] → (centroids [K, D] float64, labels [N] int64, inertia). Greedy k-means++ seeding
-    (2 + ⌊ln K⌋ candidates per centre, the best kept), Lloyd iterations until the squared centre shift
-    falls below tol · mean per-feature variance or max_iter, best inertia of n_init runs. The
-    labels are the final nearest-centre assignment. An empty cluster keeps its centre (sklearn
-    relocates it; with 2B = 64 points and 16 clusters this is rare and only moves L_dist slightly).
-    """
-    x = np.asarray(points, np.float64)
-    n = x.shape[0]
-    if n < num_clusters:
-        raise ValueError(f"kmeans_numpy: {n} points cannot make {num_clusters} clusters")
-    rng = np.random.default_rng() if rng is None else rng
-    threshold = tol * float(np.mean(np.var(x, axis=0)))
-    sq_norms = np.sum(x * x, axis=1)
-
-    def sq_dist(c):
-        return np.maximum(sq_norms[:, None] + np.sum(c * c, axis=1)[None, :] - 2.0 * x @ c.T, 0.0)
-
-    def seed():
-        trials = 2 + int(np.log(num_clusters))
-        centres = [x[rng.integers(n)]]
-        closest = sq_dist(np.asarray(centres))[:, 0]
-        for _ in range(1, num_clusters):
-            total = closest.sum()
-            if total <= 0:  # all points coincide with chosen centres
-                cand = rng.integers(n, size=trials)
-            else:
-                cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
-                cand = np.minimum(cand, n - 1)
-            pots = np.minimum(closest[:, None], sq_dist(x[cand]))  # [N, trials]
-            best = int(np.argmin(pots.sum(axis=0)))
-            centres.append(x[cand[best]])
-            closest = pots[:, best]
-        return np.asarray(centres)
-
-    best = None
-    for _ in range(n_init):
-        centres = seed()
-        for _ in range(max_iter):
-            labels = np.argmin(sq_dist(centres), axis=1)
-            new = centres.copy()
-            for k in range(num_clusters):
-                members = labels == k
-                if members.any():
-                    new[k] = x[members].mean(axis=0)
-            shift = float(np.sum((new - centres) ** 2))
-            centres = new
-            if shift <= threshold:
-                break
-        d2 = sq_dist(centres)
-        labels = np.argmin(d2, axis=1)
-        inertia = float(d2[np.arange(n), labels].sum())
-        if best is None or inertia < best[2]:
-            best = (centres, labels, inertia)
-    return best
-
-
 def host_kmeans_consistency(student: np.ndarray, teacher: np.ndarray, seed: int, *, num_clusters: int = 16,
                             n_init: int = 10, max_iter: int = 300, mismatch_weight: float = 10.0) -> np.ndarray:
-    """The reference's group-label consistency constant (method-spec §4.7), on the host.
+    """The reference's group-label consistency constant (docs/METHOD.md §4.9), on the host.
 
     student, teacher: [B, D] clip embeddings of the same target clips. k-means on the 2B stacked
     vectors; L_01 = fraction of clips whose student and teacher vectors fall in different clusters;
@@ -311,7 +194,7 @@ def host_kmeans_consistency(student: np.ndarray, teacher: np.ndarray, seed: int,
         raise ValueError(f"host_kmeans_consistency: student {s.shape} and teacher {t.shape} must both be [B, D]")
     b = s.shape[0]
     x = np.concatenate([s, t])
-    centres, labels, _ = kmeans_numpy(x, num_clusters, n_init=n_init, max_iter=max_iter,
+    centres, labels, _ = clustering.kmeans_numpy(x, num_clusters, n_init=n_init, max_iter=max_iter,
                                       rng=np.random.default_rng(int(seed)))
     mismatch = float(np.mean(labels[:b] != labels[b:]))
     dist = float(np.mean(np.linalg.norm(x - centres[labels], axis=1)))

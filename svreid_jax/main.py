@@ -8,12 +8,20 @@ Modes:
              scatter of source vs target embeddings
   extract    features of your own tracklets under --data (the `folder` layout) into <workdir>/extract/
 
-Most logic lives in svreid_jax.train and svreid_jax.evaluation so that notebooks can import it.
+Most logic lives in svreid_jax.train, svreid_jax.builders and svreid_jax.evaluation so that notebooks
+can import it. The console shows our own progress lines and every warning; the INFO lines of the
+libraries underneath (orbax, jax's backend probe, …) appear with --verbosity=1.
 """
+import logging as py_logging
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from svreid_jax import train
+from svreid_jax.data.records import DatasetError
+from svreid_jax.evaluation import evaluate, extract, visualize
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:variant]).",
@@ -26,11 +34,29 @@ flags.DEFINE_string("data", None, "--mode=extract: root of your tracklets, <root
                     "(or with train/query/gallery sub-folders).")
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+class _OwnInfoOnly(py_logging.Filter):
+    """Lets through warnings and errors from anyone, and INFO only from svreid_jax's own modules."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return record.levelno >= py_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+
+
+def quiet_libraries(verbosity: int) -> None:
+    """Below verbosity 1, drop the INFO chatter of libraries (they log through absl or Python logging,
+    both of which end in absl's handler and the root logger)."""
+    if verbosity >= 1:
+        return
+    for handler in (logging.get_absl_handler(), *py_logging.getLogger().handlers):
+        handler.addFilter(_OwnInfoOnly())
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from svreid_jax.data.records import DatasetError
-
+    quiet_libraries(FLAGS.verbosity)
     try:
         _run_mode(FLAGS.config)
     except DatasetError as err:
@@ -40,22 +66,16 @@ def main(argv):
 
 
 def _run_mode(config):
-    from svreid_jax import train  # after flag parsing: grain and jax read absl flags
-
     logging.info("config:\n%s", config)
     if FLAGS.mode == "train":
         train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
-        train.evaluate_checkpoint(config, FLAGS.workdir)
+        evaluate.evaluate_checkpoint(config, FLAGS.workdir)
     elif FLAGS.mode == "visualize":
-        from svreid_jax.evaluation import visualize
-
         visualize.run_visualize(config, FLAGS.workdir)
     else:
         if not FLAGS.data:
             raise app.UsageError("--mode=extract needs --data=<folder of <pid>/<camid>/<tracklet>/ frames>")
-        from svreid_jax.evaluation import extract
-
         extract.run_extract(config, FLAGS.workdir, FLAGS.data)
 
 

@@ -18,7 +18,7 @@ class TrainState(train_state.TrainState):
       BN statistics come from its own train-mode forwards on target clips.
     rng: the key that drives dropout, erasing and k-means; split every step.
     reference: None in the paper variant; in the reference variant the extra state of the authors'
-      training (svreid_jax.steps_reference.init_reference_state): the MS-TCN + discriminator
+      training (svreid_jax.variants.reference.init_reference_state): the MS-TCN + discriminator
       variables and their Adam state, the loss weights a_i with their accumulated gradient and Adam
       state, and steps_per_epoch. Part of the pytree, so checkpoints and resume include it.
     """

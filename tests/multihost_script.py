@@ -32,7 +32,7 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()  # grain reads absl flags
 
 from configs import demo  # noqa: E402
-from svreid_jax import steps, train  # noqa: E402
+from svreid_jax import builders, parallel, variants  # noqa: E402
 from svreid_jax.data import pipeline  # noqa: E402
 from svreid_jax.state import create_train_state  # noqa: E402
 
@@ -43,24 +43,24 @@ config.data.demo_root = data_root
 config.data.num_threads = 1
 assert jax.process_count() == num_processes and jax.process_index() == process_id
 
-source, _, _ = train.prepare_data(config, data_root)
+source, _, _ = builders.prepare_data(config, data_root)
 source_it, _ = pipeline.source_stream(
     source.train, num_identities=config.batch.num_identities, num_instances=config.batch.num_instances,
-    spec=train.clip_spec(config, train=True), seed=config.seed, num_threads=1, prefetch=1,
+    spec=builders.clip_spec(config, train=True), seed=config.seed, num_threads=1, prefetch=1,
     process_index=jax.process_index(), process_count=jax.process_count())
-model = train.create_model(config, source.num_train_pids)
+model = builders.create_model(config, source.num_train_pids)
 init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-params, batch_stats = train.init_variables(config, model, init_rng)
-mesh = steps.data_mesh()
-state = steps.replicate(create_train_state(config, model.apply, params, batch_stats, state_rng, 10), mesh)
-step = steps.jit_train_step(steps.make_train_step(model, config), mesh, donate=False)
+params, batch_stats = builders.init_variables(config, model, init_rng)
+mesh = parallel.data_mesh()
+state = parallel.replicate(create_train_state(config, model.apply, params, batch_stats, state_rng, 10), mesh)
+step = parallel.jit_train_step(variants.make_train_step(model, config), mesh, donate=False)
 # Source-only: the target stream is not read, but the step still wants one target clip per device.
 target = np.zeros((jax.local_device_count(),) + (config.data.seq_len, config.data.height, config.data.width, 3),
                   np.uint8)
 for _ in range(NUM_STEPS):
     src = next(source_it)
     batch = {"source": {"video": src["video"], "pid": src["pid"]}, "target": {"video": target}}
-    state, metrics = step(state, steps.shard_batch(batch, mesh))
+    state, metrics = step(state, parallel.shard_batch(batch, mesh))
     jax.block_until_ready(metrics["loss"])  # collectives on fake/CPU devices must not queue up
 flat = {jax.tree_util.keystr(path): np.asarray(leaf.addressable_data(0))
         for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}

@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs import demo  # noqa: E402
-from svreid_jax import losses, steps  # noqa: E402
-from svreid_jax.data import transforms  # noqa: E402
+from svreid_jax import losses, parallel, variants  # noqa: E402
+from svreid_jax.data import augment  # noqa: E402
 from svreid_jax.models import grl, reid  # noqa: E402
 from svreid_jax.state import create_train_state  # noqa: E402
 
@@ -82,11 +82,11 @@ def batches():
 
 
 def run_jit(config, devices):
-    mesh = steps.data_mesh(devices)
-    step = steps.jit_train_step(steps.make_train_step(MODEL, config), mesh, donate=False)
-    state = steps.replicate(initial_state(config), mesh)
+    mesh = parallel.data_mesh(devices)
+    step = parallel.jit_train_step(variants.make_train_step(MODEL, config), mesh, donate=False)
+    state = parallel.replicate(initial_state(config), mesh)
     for batch in batches():
-        state, metrics = step(state, steps.shard_batch(batch, mesh))
+        state, metrics = step(state, parallel.shard_batch(batch, mesh))
         jax.block_until_ready(metrics["loss"])
     return (jax.device_get((state.params, state.batch_stats, state.ema_batch_stats)), float(metrics["loss"]),
             float(metrics["grad_norm"]))
@@ -94,15 +94,15 @@ def run_jit(config, devices):
 
 def run_pmap(config):
     n = jax.local_device_count()
-    step = steps.pmap_train_step(steps.make_train_step(MODEL, config, axis_name=steps.PMAP_AXIS), donate=False)
-    state = steps.replicate_state(initial_state(config))
+    step = parallel.pmap_train_step(variants.make_train_step(MODEL, config, axis_name=parallel.PMAP_AXIS), donate=False)
+    state = parallel.replicate_state(initial_state(config))
     for batch in batches():
-        state, metrics = step(state, steps.split_for_devices(batch, n))
+        state, metrics = step(state, parallel.split_for_devices(batch, n))
         jax.block_until_ready(metrics["loss"])
     params = jax.device_get(state.params)
     # The replicas must agree with each other, not just device 0 with the reference.
     spread = max(float(np.max(np.abs(leaf - leaf[:1]))) for leaf in jax.tree.leaves(params))
-    host = jax.device_get(steps.unreplicate_state((state.params, state.batch_stats, state.ema_batch_stats)))
+    host = jax.device_get(parallel.unreplicate_state((state.params, state.batch_stats, state.ema_batch_stats)))
     return host, float(metrics["loss"]), float(metrics["grad_norm"]), spread
 
 
@@ -112,7 +112,7 @@ def run_per_device_reference(config, chunks: int):
 
     @jax.jit
     def grads_and_stats(state, video, labels):
-        x = transforms.normalize(video)
+        x = augment.normalize(video)
         beta = grl.grl_beta(state.step, config.adaptation.grl_max_steps)
 
         def loss_fn(params):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from configs import demo
-from svreid_jax import steps
+from svreid_jax import variants
 from svreid_jax.models import reid
 from svreid_jax.state import create_train_state
-from svreid_jax.train import create_model
+from svreid_jax.builders import create_model
 
 B, T, H, W = 8, 4, 64, 32  # demo frame size (64×32) and model (tiny ResNet, width 16); 2 ids × 4 clips
 NUM_CLASSES = 4
@@ -47,7 +47,7 @@ def _run(dtype, params, batch_stats, batches):
     assert (config.data.height, config.data.width) == (H, W)
     model = create_model(config, NUM_CLASSES)
     state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), steps_per_epoch=10)
-    lowered = jax.jit(steps.make_train_step(model, config)).lower(state, batches[0])
+    lowered = jax.jit(variants.make_train_step(model, config)).lower(state, batches[0])
     hlo = lowered.as_text()
     compiled = lowered.compile()
     history = []

@@ -55,44 +55,6 @@ def test_domain_cross_entropy_hand_values():
     assert float(losses.domain_accuracy(confident_t, confident_s)) == 0.0
 
 
-def _numpy_lloyd(points, centroids, iters):
-    centroids = centroids.copy()
-    for _ in range(iters):
-        assign = np.argmin(((points[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
-        for k in range(len(centroids)):
-            if np.any(assign == k):
-                centroids[k] = points[assign == k].mean(0)
-    return centroids
-
-
-def test_lloyd_iterations_match_numpy_on_fixed_points():
-    rng = np.random.default_rng(1)
-    points = rng.normal(size=(40, 3)).astype(np.float32)
-    init = points[[0, 5, 10, 20]].copy()
-    got = np.asarray(losses.lloyd_iterations(jnp.asarray(points), jnp.asarray(init), 7))
-    np.testing.assert_allclose(got, _numpy_lloyd(points.astype(np.float64), init.astype(np.float64), 7), atol=1e-5)
-
-
-def test_kmeans_recovers_separated_blobs():
-    centers = np.array([[0, 0], [10, 0], [0, 10]], np.float32)
-    points = np.concatenate([c + 0.1 * np.random.default_rng(i).normal(size=(10, 2)) for i, c in enumerate(centers)])
-    centroids, assign = jax.jit(losses.kmeans, static_argnums=(2, 3))(jax.random.PRNGKey(0), jnp.asarray(points), 3, 5)
-    assign = np.asarray(assign)
-    # Each blob is one cluster, and the three clusters differ.
-    assert all(len(set(assign[i * 10:(i + 1) * 10])) == 1 for i in range(3))
-    assert len(set(assign)) == 3
-    np.testing.assert_allclose(np.sort(np.asarray(centroids), axis=0), np.sort(
-        np.stack([points[i * 10:(i + 1) * 10].mean(0) for i in range(3)]), axis=0), atol=1e-5)
-
-
-def test_kmeans_plus_plus_init_picks_distinct_points():
-    points = jnp.asarray(np.random.default_rng(2).normal(size=(16, 4)), jnp.float32)
-    init = np.asarray(losses.kmeans_plus_plus_init(jax.random.PRNGKey(3), points, 6))
-    rows = {tuple(np.round(r, 6)) for r in init}
-    assert len(rows) == 6
-    assert all(any(np.allclose(r, p) for p in np.asarray(points)) for r in init)
-
-
 def test_teacher_consistency_terms():
     # Teacher = student on two tight, well-separated directions: the student's assignment agrees
     # with the teacher's clusters, so L^C_1 is small; L^C_2 equals the numpy distance to the centroid.

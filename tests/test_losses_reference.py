@@ -58,24 +58,6 @@ def test_frame_cross_entropy_repeats_clip_label():
     assert float(losses.frame_cross_entropy(logits, labels)) == pytest.approx(want, rel=1e-5)
 
 
-def test_host_kmeans_recovers_separable_clusters():
-    rng = np.random.default_rng(0)
-    centres = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], np.float64) * 5
-    truth = np.repeat(np.arange(4), 10)
-    points = centres[truth] + rng.normal(scale=0.3, size=(40, 2))
-    got_centres, labels, inertia = losses.kmeans_numpy(points, 4, n_init=10, max_iter=300,
-                                                       rng=np.random.default_rng(1))
-    # Oracle: on well-separated blobs the clustering is the true partition, centres are the blob means.
-    mapping = {t: labels[truth == t][0] for t in range(4)}
-    assert len(set(mapping.values())) == 4
-    np.testing.assert_array_equal(labels, np.vectorize(mapping.get)(truth))
-    oracle = np.stack([points[truth == t].mean(0) for t in range(4)])
-    np.testing.assert_allclose(got_centres[[mapping[t] for t in range(4)]], oracle, atol=1e-9)
-    assert inertia == pytest.approx(sum(((points[truth == t] - oracle[t]) ** 2).sum() for t in range(4)))
-    with pytest.raises(ValueError, match="cannot make"):
-        losses.kmeans_numpy(points[:3], 4)
-
-
 def test_host_consistency_terms():
     rng = np.random.default_rng(0)
     blobs = np.repeat(np.eye(4) * 20, 4, axis=0) + rng.normal(scale=0.1, size=(16, 4))

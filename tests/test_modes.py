@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from configs import demo
-from svreid_jax import train
+from svreid_jax import builders
 from svreid_jax.data import datasets
-from svreid_jax.evaluation import extract
+from svreid_jax.evaluation import evaluate, extract, features, protocols
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "--config=configs/demo.py:paper,micro"
@@ -98,8 +98,8 @@ def test_extract_mode_writes_consistent_files(workdir, folder_root):
 
     # In process: the restored checkpoint gives the same features for the index's tracklets.
     config = demo.get_config("paper,micro")
-    model, variables, _ = extract.restore_variables(config, str(workdir))
-    again = extract.tracklet_features(config, model, variables, extract.read_folder(str(folder_root)).tracklets)
+    model, variables, _ = builders.restore_variables(config, str(workdir))
+    again = features.tracklet_features(config, model, variables, extract.read_folder(str(folder_root)).tracklets)
     np.testing.assert_allclose(again, feats, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="--data"):
         extract.run_extract(config, str(workdir), "")
@@ -137,9 +137,9 @@ def test_eval_all_splits_reports_mean_and_std(workdir, tmp_path, monkeypatch):
     config.data.target.root = str(tmp_path / "ilids")
     config.eval.all_splits = True
     # The fixture holds 3 splits, not the real 10.
-    monkeypatch.setattr(train.protocols, "evaluate_splits",
-                        _with_split_ids(train.protocols.evaluate_splits, range(3)))
-    metrics = train.evaluate_checkpoint(config, str(run))
+    monkeypatch.setattr(protocols, "evaluate_splits",
+                        _with_split_ids(protocols.evaluate_splits, range(3)))
+    metrics = evaluate.evaluate_checkpoint(config, str(run))
     assert set(metrics) >= {"rank1", "mAP", "std/rank1", "split_0/rank1", "split_2/mAP"}
     per_split = [metrics[f"split_{s}/rank1"] for s in range(3)]
     assert metrics["rank1"] == pytest.approx(np.mean(per_split))
@@ -149,8 +149,8 @@ def test_eval_all_splits_reports_mean_and_std(workdir, tmp_path, monkeypatch):
     report = json.load(open(run / "eval_results.json", encoding="utf-8"))
     assert set(report["std"]) >= {"rank1", "mAP"}
     config.data.target.name = "mars"
-    with pytest.raises(ValueError, match="iLIDS-VID and PRID"):
-        train.evaluate_checkpoint(config, str(run))
+    with pytest.raises(ValueError, match="reader takes a split_id"):
+        evaluate.evaluate_checkpoint(config, str(run))
 
 
 def _with_split_ids(fn, split_ids):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from svreid_jax.data import toy
+from svreid_jax.data import demo as demo_data
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "multihost_script.py")
@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 def test_two_processes_match_single_process(tmp_path):
     config = demo.get_config("source_only,micro")
-    toy.ensure(str(tmp_path / "data"), **config.data.demo_options.to_dict())
+    demo_data.ensure(str(tmp_path / "data"), **config.data.demo_options.to_dict())
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     runs = {name: (pid, count) for name, pid, count in [("p0", 0, 2), ("p1", 1, 2), ("single", 0, 1)]}

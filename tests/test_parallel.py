@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from svreid_jax import steps
+from svreid_jax import parallel, variants
 from svreid_jax.models import reid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,24 +54,24 @@ def test_pmap_without_sync_bn_is_per_device_bn(script_output):
 
 def test_split_for_devices_layout_and_error():
     batch = {"source": {"video": np.arange(8 * 3).reshape(8, 3), "pid": np.arange(8)}}
-    split = steps.split_for_devices(batch, 4)
+    split = parallel.split_for_devices(batch, 4)
     assert split["source"]["video"].shape == (4, 2, 3)
     np.testing.assert_array_equal(split["source"]["pid"][1], [2, 3])  # device 1: the 2nd contiguous slice
     with pytest.raises(ValueError, match=r"batch\['source'\]\['pid'\] has leading size 6.*divisible by the 4 devices"):
-        steps.split_for_devices({"source": {"pid": np.arange(6)}}, 4)
+        parallel.split_for_devices({"source": {"pid": np.arange(6)}}, 4)
 
 
 def test_parallelize_rejects_unknown_mode():
     config = default.get_config()
     config.parallel.mode = "pjit"
     with pytest.raises(ValueError, match=r"parallel.mode='pjit'; expected 'jit' or 'pmap'"):
-        steps.parallelize(steps.make_train_step, None, config, steps.data_mesh())
+        parallel.parallelize(variants.make_train_step, None, config, parallel.data_mesh())
 
 
 def test_parallel_model_sets_bn_axis_only_for_pmap_sync_bn():
     config = default.get_config()
     model = reid.ReIDNet(num_classes=2, backbone={"depth": "tiny"})
-    assert steps.parallel_model(model, config, None) is model
-    assert steps.parallel_model(model, config, "batch").bn_axis_name == "batch"
+    assert parallel.parallel_model(model, config, None) is model
+    assert parallel.parallel_model(model, config, "batch").bn_axis_name == "batch"
     config.parallel.sync_bn = False
-    assert steps.parallel_model(model, config, "batch") is model
+    assert parallel.parallel_model(model, config, "batch") is model

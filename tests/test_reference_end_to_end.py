@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from svreid_jax import train
+from svreid_jax import builders, train
+from svreid_jax.evaluation import evaluate
 from svreid_jax.models import reid
 
 TARGETS = ["mars", "ilidsvid", "prid", "lsvid", "ccvid"]
@@ -81,7 +82,7 @@ def test_eval_mode_converts_an_authors_checkpoint(tmp_path):
     torch = pytest.importorskip("torch")
     config = demo.get_config("reference,micro")
     config.eval.protocols = False
-    model = train.create_model(config, 5)
+    model = builders.create_model(config, 5)
     params, batch_stats = reid.init_model(model, jax.random.PRNGKey(4), (1, 4, config.data.height,
                                                                           config.data.width, 3))
     variables = {"params": params, "batch_stats": batch_stats}
@@ -89,8 +90,8 @@ def test_eval_mode_converts_an_authors_checkpoint(tmp_path):
     torch.save({"state_dict": {k: torch.tensor(np.array(v)) for k, v in _torch_state_dict(variables).items()},
                 "rank1": 0.42, "epoch": 3}, path)
     config.model.init_from = str(path)
-    got = train.evaluate_checkpoint(config, str(tmp_path))
-    want = train.evaluate(config, model, variables, train.eval_extract.load_target(config, str(tmp_path)), None)
+    got = evaluate.evaluate_checkpoint(config, str(tmp_path))
+    want = evaluate.evaluate(config, model, variables, builders.load_target(config, str(tmp_path)), None)
     for key in ("rank1", "mAP"):
         assert got[key] == pytest.approx(want[key], abs=1e-6)
     report = json.load(open(tmp_path / "eval_results.json"))

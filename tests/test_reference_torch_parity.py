@@ -1,4 +1,4 @@
-"""Reference loss terms against a PyTorch transcription of method-spec §3.3–§3.7, §4 written here.
+"""Reference loss terms against a PyTorch transcription of docs/METHOD.md §3.6–§3.7, §4.6–§4.10 written here.
 
 The torch side (MS-TCN stages, shared BN64, one frame and one sequence discriminator, per-stage CE +
 TMSE, adversarial CE on stages 2–3, attentive entropy, L_st and L = Σ e^{a_i} L_i) is written from
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from svreid_jax import steps_reference
+from svreid_jax.variants import reference
+
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -134,7 +135,7 @@ def _load(net, variables):
 def test_reference_loss_terms_match_a_torch_transcription_of_the_spec():
     c = demo.get_config("reference")
     c.reference.features, c.reference.num_layers, c.reference.dropout = 16, 3, 0.0
-    model = steps_reference.build_temporal_model(c, K)
+    model = reference.build_temporal_model(c, K)
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(B, T, D)).astype(np.float32)
     xt = (rng.normal(size=(B, T, D)) + 0.5).astype(np.float32)
@@ -143,7 +144,7 @@ def test_reference_loss_terms_match_a_torch_transcription_of_the_spec():
     kw = dict(frame_beta=0.3, sequence_beta=0.3, train=True, mutable=["batch_stats"])
     out_s, vars_s = model.apply(variables, jnp.asarray(xs), **kw)
     out_t, _ = model.apply({"params": variables["params"], **vars_s}, jnp.asarray(xt), **kw)
-    l_st, terms = steps_reference.stage_losses(out_s, out_t, jnp.asarray(labels), c)
+    l_st, terms = reference.stage_losses(out_s, out_t, jnp.asarray(labels), c)
     a, l_reid, l_cons = (0.0, -1.55, -0.45), 2.3, 7.1
     total = float(np.exp(np.array(a)) @ np.array([l_reid, float(l_st), l_cons]))
 

@@ -6,7 +6,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import demo
-from svreid_jax import steps, train
+from svreid_jax import parallel, train
 
 
 def _config(data_root):
@@ -35,7 +35,7 @@ def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monke
 
     # Ctrl-C arrives inside the 5th step (the 2nd of epoch 2): its batches were already drawn from
     # the iterators, so the saved data position must be the one *before* them.
-    real_jit_train_step = steps.jit_train_step
+    real_jit_train_step = parallel.jit_train_step
 
     def interrupting_jit(train_step, mesh, donate=True):
         compiled = real_jit_train_step(train_step, mesh, donate)
@@ -49,14 +49,14 @@ def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monke
 
         return step
 
-    monkeypatch.setattr(steps, "jit_train_step", interrupting_jit)
+    monkeypatch.setattr(parallel, "jit_train_step", interrupting_jit)
     try:
         train.train_and_evaluate(_config(data_root), str(tmp_path / "resumed"))
     except _Interrupted:
         pass
     else:
         raise AssertionError("the run was not interrupted")
-    monkeypatch.setattr(steps, "jit_train_step", real_jit_train_step)
+    monkeypatch.setattr(parallel, "jit_train_step", real_jit_train_step)
     saved = ocp.CheckpointManager(os.path.join(tmp_path / "resumed", "checkpoints"))
     assert saved.latest_step() == 4  # the interrupt saved the last finished step
     saved.close()

@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import demo
-from svreid_jax import train
+from svreid_jax import builders, train
 
 
 def test_pmap_run_checkpoints_in_the_jit_format(tmp_path):
@@ -22,8 +22,8 @@ def test_pmap_run_checkpoints_in_the_jit_format(tmp_path):
     # The saved state has no device axis: the same leaf shapes as a freshly built jit state.
     saved = ocp.CheckpointManager(f"{workdir}/checkpoints").restore(
         None, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    model = train.create_model(config, num_classes=train.prepare_data(config, workdir)[0].num_train_pids)
-    params, _ = train.init_variables(config, model, jax.random.PRNGKey(0))
+    model = builders.create_model(config, num_classes=builders.prepare_data(config, workdir)[0].num_train_pids)
+    params, _ = builders.init_variables(config, model, jax.random.PRNGKey(0))
     assert jax.tree.map(np.shape, saved["params"]) == jax.tree.map(np.shape, params)
     assert int(saved["step"]) == 2
 

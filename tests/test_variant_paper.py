@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from svreid_jax import steps
+from svreid_jax import parallel, variants
+from svreid_jax.variants import terms
 from svreid_jax.models import reid
 from svreid_jax.state import create_train_state, ema_decay
 
@@ -48,10 +49,10 @@ def compiled():
 
     def counted(state, batch):
         traces.append(1)
-        return steps.make_train_step(model, config)(state, batch)
+        return variants.make_train_step(model, config)(state, batch)
 
-    mesh = steps.data_mesh()
-    return config, mesh, steps.replicate(state, mesh), steps.jit_train_step(counted, mesh, donate=False), traces
+    mesh = parallel.data_mesh()
+    return config, mesh, parallel.replicate(state, mesh), parallel.jit_train_step(counted, mesh, donate=False), traces
 
 
 def test_train_step_moves_params_and_teacher_follows_ema_and_compiles_once(compiled):
@@ -59,7 +60,7 @@ def test_train_step_moves_params_and_teacher_follows_ema_and_compiles_once(compi
     # A few steps with changing data, so the EMA decay is past its warm-up value of 0.
     for i in range(3):
         before = state
-        state, metrics = step(state, steps.shard_batch(_batch(i), mesh))
+        state, metrics = step(state, parallel.shard_batch(_batch(i), mesh))
         jax.block_until_ready(metrics["loss"])
     assert len(traces) == 1, "the train step was traced more than once"
     assert int(state.step) == 3
@@ -78,7 +79,7 @@ def test_train_step_moves_params_and_teacher_follows_ema_and_compiles_once(compi
 def test_nonfinite_update_is_skipped(compiled):
     _, mesh, state, step, _ = compiled
     poisoned = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
-    new, metrics = step(poisoned, steps.shard_batch(_batch(0), mesh))
+    new, metrics = step(poisoned, parallel.shard_batch(_batch(0), mesh))
     assert float(metrics["skipped"]) == 1.0
     assert int(new.step) == int(poisoned.step) + 1  # the batch was consumed
     assert not np.array_equal(np.asarray(new.rng), np.asarray(poisoned.rng))
@@ -90,8 +91,8 @@ def test_nonfinite_update_is_skipped(compiled):
 def test_source_only_skips_target_terms():
     config = _config(frame_domain=0.0, clip_domain=0.0, consistency_ce=0.0, consistency_dist=0.0)
     model, state = _setup(config)
-    assert steps.active_terms(config) == {"domain": False, "teacher": False, "target": False}
-    _, metrics = jax.jit(steps.make_train_step(model, config))(state, _batch(0))
+    assert [t.name for t in terms.active(config)] == ["ce", "triplet"] and not variants.uses_target(config)
+    _, metrics = jax.jit(variants.make_train_step(model, config))(state, _batch(0))
     assert "frame_domain" not in metrics and "consistency_ce" not in metrics
 
 
@@ -104,5 +105,5 @@ def test_infonce_term_runs_in_the_step():
                          infonce_projection=True)
     params, batch_stats = reid.init_model(model, jax.random.PRNGKey(0), (1, T, H, W, 3))
     state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), steps_per_epoch=10)
-    _, metrics = jax.jit(steps.make_train_step(model, config))(state, _batch(0))
+    _, metrics = jax.jit(variants.make_train_step(model, config))(state, _batch(0))
     assert np.isfinite(float(metrics["infonce"])) and float(metrics["infonce"]) > 0

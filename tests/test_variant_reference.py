@@ -1,4 +1,4 @@
-"""The reference variant's step (svreid_jax.steps_reference): each behaviour of the authors' code.
+"""The reference variant's step (svreid_jax.variants.reference): each behaviour of the authors' code.
 
 Tiny model and MS-TCN; one jitted step shared by the state-evolution tests, one jitted jacobian per
 D1 setting for the gradient-routing tests.
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from svreid_jax import steps, steps_reference
+from svreid_jax import parallel, variants
+from svreid_jax.variants import reference
 from svreid_jax.models import grl, reid
 from svreid_jax.state import create_train_state
 
@@ -20,12 +21,12 @@ B, T, H, W, K = 8, 4, 32, 16, 4
 STEPS_PER_EPOCH = 2
 
 
-def _config(**reference):
+def _config(**flags):
     c = demo.get_config("reference,micro")
     c.data.height, c.data.width = H, W
     c.reference.features, c.reference.num_layers, c.reference.num_stages = 8, 1, 3
     c.reference.consistency_n_init, c.reference.consistency_max_iter = 2, 20
-    for k, v in reference.items():
+    for k, v in flags.items():
         setattr(c.reference, k, v)
     return c
 
@@ -33,8 +34,8 @@ def _config(**reference):
 def _setup(config):
     model = reid.ReIDNet(num_classes=K, backbone={"depth": "tiny", "width": 8}, disc_hidden=8)
     params, batch_stats = reid.init_model(model, jax.random.PRNGKey(0), (1, T, H, W, 3))
-    temporal = steps_reference.build_temporal_model(config, K)
-    ref = steps_reference.init_reference_state(config, temporal, jax.random.PRNGKey(2), STEPS_PER_EPOCH,
+    temporal = reference.build_temporal_model(config, K)
+    ref = reference.init_reference_state(config, temporal, jax.random.PRNGKey(2), STEPS_PER_EPOCH,
                                                params["bnneck"]["scale"].shape[-1])
     state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), STEPS_PER_EPOCH,
                                reference=ref)
@@ -57,11 +58,11 @@ def run():
     """Three steps over 1.5 epochs (2 steps per epoch); every intermediate state and metrics kept."""
     config = _config()
     model, _, state = _setup(config)
-    mesh = steps.data_mesh()
-    step = steps.jit_train_step(steps.make_train_step(model, config), mesh, donate=False)
-    states, metrics = [steps.replicate(state, mesh)], []
+    mesh = parallel.data_mesh()
+    step = parallel.jit_train_step(variants.make_train_step(model, config), mesh, donate=False)
+    states, metrics = [parallel.replicate(state, mesh)], []
     for i in range(3):
-        s, m = step(states[-1], steps.shard_batch(_batch(i), mesh))
+        s, m = step(states[-1], parallel.shard_batch(_batch(i), mesh))
         states.append(s)
         metrics.append(jax.device_get(m))
     return config, states, metrics
@@ -110,7 +111,7 @@ def test_temporal_optimizer_is_recreated_every_epoch(run):
 def _jacobian(config):
     """d[objective, L_st, L_cons, L_reid]/d(params, temporal_params) at a fixed state and batch."""
     model, temporal, state = _setup(config)
-    loss_fn = steps_reference.make_reference_losses(model, temporal, config)
+    loss_fn = reference.make_reference_losses(model, temporal, config)
     batch = _batch(5)
     keys = dict(zip(("src_drop", "tgt_drop", "tmp_src", "tmp_tgt", "kmeans"), jax.random.split(jax.random.key(9), 5)))
     source = jnp.asarray(batch["source"]["video"], jnp.float32) / 255.0
@@ -165,15 +166,15 @@ def test_bad_reference_config_and_unknown_variant_are_refused():
     config = _config()
     config.reference.adv_stages = (1, 5)
     with pytest.raises(ValueError, match="outside 0..2"):
-        steps_reference.check_config(config)
+        reference.check_config(config)
     config = _config()
     config.reference.weight_init = (0.0, 1.0)
     with pytest.raises(ValueError, match="needs 3 values"):
-        steps_reference.check_config(config)
+        reference.check_config(config)
     paper = demo.get_config("paper,micro")
     paper.variant = "nope"
-    with pytest.raises(ValueError, match="expected 'paper' or 'reference'"):
-        steps.make_train_step(reid.ReIDNet(num_classes=K, backbone={"depth": "tiny"}), paper)
+    with pytest.raises(ValueError, match="config.variant='nope': unknown variant; expected one of \\['paper', 'reference'"):
+        variants.make_train_step(reid.ReIDNet(num_classes=K, backbone={"depth": "tiny"}), paper)
 
 
 @pytest.mark.skipif(not os.environ.get("SVREID_SLOW_TESTS"), reason="~75 s of compiling on CPU; SVREID_SLOW_TESTS=1")
@@ -182,7 +183,7 @@ def test_step_under_a_named_axis_pmeans_gradients():
     replicas identical: gradients are pmean'ed, the k-means and triplet see the gathered batch."""
     config = _config()
     model, temporal, state = _setup(config)
-    step = steps_reference.make_reference_train_step(model, temporal, config, axis_name="batch")
+    step = reference.make_reference_train_step(model, temporal, config, axis_name="batch")
     batch = _batch(7)
     shards = jax.tree.map(lambda x: x.reshape((2, x.shape[0] // 2) + x.shape[1:]), batch)
     states = jax.tree.map(lambda x: jnp.stack([x, x]), state)

@@ -55,7 +55,7 @@ _SOURCE_TRAIN, _SOURCE_TEST, _TARGET_TRAIN, _TARGET_TEST, _DISTRACTOR, _JUNK = r
 
 
 @dataclasses.dataclass(frozen=True)
-class ToyPaths:
+class DemoPaths:
     """Where `generate` put the two domains."""
 
     source_root: str  # datasets.load('svreid', source_root)
@@ -636,7 +636,7 @@ def generate(
     viewpoint_strength: float = 1.0,
     box_jitter: float = 1.0,
     occlusion_prob: float = 0.2,
-) -> ToyPaths:
+) -> DemoPaths:
     """Write the demo source and target under `root` (replacing earlier ones) and return their paths.
 
     Sizes:
@@ -675,7 +675,7 @@ def generate(
     stamp = os.path.join(root, _STAMP)
     if os.path.exists(stamp):
         os.remove(stamp)  # from here until the end the tree is incomplete
-    paths = ToyPaths(source_root=os.path.join(root, "source"), target_root=os.path.join(root, "target"))
+    paths = DemoPaths(source_root=os.path.join(root, "source"), target_root=os.path.join(root, "target"))
     for folder in (paths.source_root, paths.target_root):
         shutil.rmtree(folder, ignore_errors=True)
     source_dir = os.path.join(paths.source_root, "SVReID")
@@ -717,7 +717,7 @@ def _resolve(kwargs: dict) -> dict:
     return _normalise({k: v for k, v in bound.arguments.items() if k != "root"})
 
 
-def ensure(root: str, **kwargs) -> ToyPaths:
+def ensure(root: str, **kwargs) -> DemoPaths:
     """The demo data under `root`, generated only when needed.
 
     Returns at once when root/toy_stamp.json exists and records the same options (and generator
@@ -733,5 +733,5 @@ def ensure(root: str, **kwargs) -> ToyPaths:
     except (OSError, ValueError):
         stamp = None
     if stamp == {"format": _FORMAT_VERSION, "options": options}:
-        return ToyPaths(source_root=os.path.join(root, "source"), target_root=os.path.join(root, "target"))
+        return DemoPaths(source_root=os.path.join(root, "source"), target_root=os.path.join(root, "target"))
     return generate(root, **kwargs)

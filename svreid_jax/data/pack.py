@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from svreid_jax.data import transforms
+from svreid_jax.data import decode
 from svreid_jax.data.records import DatasetSplits, Tracklet
 
 BUILDER_NAME = "svreid_tracklets"
@@ -135,7 +135,7 @@ class PackedTracklets(Sequence):
 
     tracklets[i] is a Tracklet (from the metadata; frames are 'packed://…' references);
     frame_bytes(i, k) is the original file content of frame k of tracklet i; load_clip(i, indices,
-    height, width, flip, decoder=, draft=) decodes like `transforms.load_clip` does from files. Slicing gives a view
+    height, width, flip, decoder=, draft=) decodes like `decode.load_clip` does from files. Slicing gives a view
     that keeps reading the same shards.
     """
 
@@ -197,10 +197,10 @@ class PackedTracklets(Sequence):
     def load_clip(self, index: int, frame_indices: Sequence[int], height: int, width: int,
                   flip: bool, *, decoder: str = "auto", draft: bool = False,
                   out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 [T, height, width, 3]: `transforms.load_clip` on the stored bytes of the selected frames."""
+        """uint8 [T, height, width, 3]: `decode.load_clip` on the stored bytes of the selected frames."""
         frames = self.record(index)["frames"]
         try:
-            return transforms.load_clip(frames["bytes"], frame_indices, height, width, flip,
+            return decode.load_clip(frames["bytes"], frame_indices, height, width, flip,
                                         decoder=decoder, draft=draft, out=out)
         except OSError as e:
             raise OSError(f"cannot decode a frame of packed tracklet {index} of split {self.split!r} in "

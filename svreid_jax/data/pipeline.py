@@ -19,7 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from svreid_jax.data import pack, sampling, transforms
+from svreid_jax.data import decode, pack, sampling
 from svreid_jax.data.records import Tracklet
 
 # Streams are long but finite so grain can index them; 2**40 positions never run out.
@@ -35,7 +35,7 @@ class ClipSpec:
     width: int = 128
     temporal: str = "restricted_random"  # see sampling.clip_indices
     flip: bool = True  # random horizontal flip, one decision per clip
-    decoder: str = "auto"  # transforms.DECODERS: 'auto' (simplejpeg for JPEGs when installed), 'pil', 'simplejpeg'
+    decoder: str = "auto"  # decode.DECODERS: 'auto' (simplejpeg for JPEGs when installed), 'pil', 'simplejpeg'
     draft: bool = False  # JPEG DCT-scaled decode when downscaling ≥2× (faster, pixels differ slightly)
 
 
@@ -103,7 +103,7 @@ def _decode_clip(tracklets: Sequence[Tracklet], index: int, frame_indices, spec:
     kw = dict(decoder=spec.decoder, draft=spec.draft, out=out)
     if isinstance(tracklets, pack.PackedTracklets):
         return tracklets.load_clip(index, frame_indices, spec.height, spec.width, flip, **kw)
-    return transforms.load_clip(tracklets[index].frames, frame_indices, spec.height, spec.width, flip, **kw)
+    return decode.load_clip(tracklets[index].frames, frame_indices, spec.height, spec.width, flip, **kw)
 
 
 class _LoadTrainBatch(grain.transforms.Map):
@@ -147,7 +147,7 @@ def _train_iterator(tracklets, stream: _EpochStream, batch_size: int, spec: Clip
     iter_ds = ds.to_iter_dataset(options)
     if num_workers > 0:
         # Worker processes sidestep the GIL for decoding on many-core hosts (TPU VMs); on 2 cores
-        # threads are faster (jax-ecosystem.md §1.6), hence 0 by default. The state still checkpoints.
+        # threads are faster (docs/METHOD.md §10.3), hence 0 by default. The state still checkpoints.
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(iter_ds)
 
@@ -189,7 +189,7 @@ def target_stream(tracklets: Sequence[Tracklet], *, batch_size: int, spec: ClipS
     (independent temporal crops and flips): positives known without labels, because a tracklet is
     one person. batch_size must be a multiple of it.
     identity_balanced=True reproduces the reference's P×K sampling by *target ground-truth* pids
-    (method-spec D7); it uses target labels and the caller should say so.
+    (docs/METHOD.md §8 D7); it uses target labels and the caller should say so.
     """
     _check_nonempty(tracklets, "target train")
     if views_per_tracklet > 1 and (identity_balanced or batch_size % views_per_tracklet):

@@ -15,7 +15,7 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
 
 
 def identity_epoch_length(pids: Sequence[int], num_instances: int) -> int:
-    """Items per epoch of the P×K sampler: Σ_pid [max(n, K) − max(n, K) mod K] (method-spec §2.3)."""
+    """Items per epoch of the P×K sampler: Σ_pid [max(n, K) − max(n, K) mod K] (docs/METHOD.md §2.4)."""
     _, counts = np.unique(np.asarray(pids), return_counts=True)
     padded = np.maximum(counts, num_instances)
     return int(np.sum(padded - padded % num_instances))

@@ -1,5 +1,5 @@
-"""Checkpoint → model and variables, tracklet features with the config's evaluation clips, and
-`--mode=extract`: features of your own tracklets (the `folder` layout) written as files.
+"""`--mode=extract`: features of your own tracklets (the `folder` layout) written as files, with the
+model restored from the workdir's checkpoint (builders.restore_variables).
 
 Files of `--mode=extract --data=<root>` (in `<workdir>/extract/`):
 
@@ -19,152 +19,17 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
-from svreid_jax import steps
+from svreid_jax import builders, parallel
 from svreid_jax.data import datasets
 from svreid_jax.data.datasets import folder
-from svreid_jax.data.records import DatasetSplits, Tracklet
+from svreid_jax.data.records import Tracklet
 from svreid_jax.evaluation import features
 
-CHECKPOINT_CHOICES = ("auto", "latest", "best")
 INDEX_COLUMNS = ("index", "split", "tracklet", "pid", "camid", "num_frames", "first_frame")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointInfo:
-    directory: str  # the orbax manager directory (<workdir>/checkpoints or <workdir>/best), or a baseline file
-    step: int  # -1 for an authors' checkpoint (model.init_from)
-    teacher: bool  # the EMA teacher's variables were taken
-
-
-def checkpoint_directory(workdir: str, which: str = "auto") -> str:
-    """<workdir>/best (model selection's pick) or <workdir>/checkpoints (the latest state).
-
-    which: 'auto' — best/ when it holds a checkpoint (what train_and_evaluate reports), else checkpoints/;
-    'latest' — checkpoints/; 'best' — best/.
-    """
-    if which not in CHECKPOINT_CHOICES:
-        raise ValueError(f"eval.checkpoint={which!r}; expected one of {CHECKPOINT_CHOICES}")
-    best, latest = os.path.join(workdir, "best"), os.path.join(workdir, "checkpoints")
-    if which == "best" or (which == "auto" and _has_step(best)):
-        return best
-    return latest
-
-
-def _has_step(directory: str) -> bool:
-    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
-
-
-def restore_variables(config, workdir: str, mesh=None) -> tuple[object, dict, CheckpointInfo]:
-    """(model, {'params', 'batch_stats'}, info) from the checkpoint `config.eval.checkpoint` picks.
-
-    The train state is restored as saved (no optimiser is built, no training data is read); the number of
-    classes comes from the saved classifier. If `config.model.init_from` names one of the authors' student
-    checkpoints (a `.pth(.tar)` with the BN-neck `bn.*` and `classifier.*`, or its `.npz`), that file is
-    converted on the fly (interop.baseline) and evaluated instead of the workdir's checkpoint. With `config.eval.use_teacher` the EMA teacher is returned.
-    Variables are replicated over `mesh` (default: all devices).
-    """
-    from svreid_jax import train  # train imports this module
-
-    if config.model.init_from:
-        baseline = _baseline_student(config)
-        if baseline is not None:
-            return _baseline_variables(config, baseline, mesh)
-    directory = checkpoint_directory(workdir, config.eval.checkpoint)
-    if not _has_step(directory):
-        raise FileNotFoundError(f"no checkpoint under {directory}; train first (--mode=train) with this --workdir")
-    manager = ocp.CheckpointManager(os.path.abspath(directory))
-    step = manager.latest_step()
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    manager.close()
-    teacher = bool(config.eval.use_teacher)
-    params = state["ema_params"] if teacher else state["params"]
-    batch_stats = state["ema_batch_stats"] if teacher else state["batch_stats"]
-    num_classes = int(np.shape(params["classifier"]["kernel"])[-1])
-    model = train.create_model(config, num_classes)
-    mesh = steps.data_mesh() if mesh is None else mesh
-    variables = steps.replicate({"params": params, "batch_stats": batch_stats}, mesh)
-    logging.info("restored %s step %d (%s, %d source classes)", directory, step,
-                 "EMA teacher" if teacher else "student", num_classes)
-    return model, variables, CheckpointInfo(directory=directory, step=int(step), teacher=teacher)
-
-
-def _baseline_student(config) -> dict | None:
-    """The authors' student state_dict named by model.init_from, or None if the file is not one (e.g.
-    ImageNet weights, which only initialise training)."""
-    from svreid_jax.interop import baseline
-
-    state_dict = baseline.read_baseline_checkpoint(config.model.init_from,
-                                                   allow_pickle=config.model.init_from_allow_pickle)
-    if "classifier.weight" not in state_dict or "bn.weight" not in state_dict:
-        return None
-    return state_dict
-
-
-def _baseline_variables(config, state_dict: dict, mesh) -> tuple[object, dict, CheckpointInfo]:
-    """(model, variables, info) for an authors' student state_dict, on the model the config describes."""
-    from svreid_jax import train
-    from svreid_jax.interop import baseline
-    from svreid_jax.models import reid
-
-    path = config.model.init_from
-    arch = baseline.infer_arch(state_dict)
-    if arch != config.model.arch:
-        raise ValueError(f"{path} holds a {arch!r} network but config.model.arch={config.model.arch!r}; "
-                         f"use configs/<target>.py:reference (sinet) or --config.model.arch={arch}")
-    num_classes = int(np.shape(state_dict["classifier.weight"])[0])
-    model = train.create_model(config, num_classes)
-    params, batch_stats = reid.init_model(model, jax.random.PRNGKey(0),
-                                          (1, config.eval.seq_len, config.data.height, config.data.width, 3))
-    # The InfoNCE projection is a training head: drop it when this model has none.
-    drop = () if "projection" in params else ("projection",)
-    params, batch_stats = baseline.load_baseline_checkpoint(state_dict, params, batch_stats, drop=drop)
-    mesh = steps.data_mesh() if mesh is None else mesh
-    variables = steps.replicate({"params": params, "batch_stats": batch_stats}, mesh)
-    logging.info("evaluating the authors' checkpoint %s (%s, %d source classes), converted", path, arch, num_classes)
-    return model, variables, CheckpointInfo(directory=os.path.abspath(path), step=-1, teacher=False)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Features
-
-def tracklet_features(config, model, variables, tracklets: Sequence[Tracklet], mesh=None,
-                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """float32 [N, D] features of `tracklets` with the config's evaluation clips (eval.temporal, seq_len,
-    batch_size, flip_average; data.height/width)."""
-    from svreid_jax import train
-
-    mesh = steps.data_mesh() if mesh is None else mesh
-    return features.extract(steps.make_embed_step(model), variables, tracklets, spec=train.clip_spec(config, train=False),
-                            batch_size=config.eval.batch_size, method=config.eval.temporal, mesh=mesh,
-                            num_threads=config.data.num_threads, flip_average=config.eval.flip_average,
-                            progress=progress)
-
-
-def target_root(config, workdir: str) -> str:
-    """The target dataset root: data.target.root, or the demo target (generated if needed) with data.demo."""
-    if config.data.demo:
-        from svreid_jax.data import toy
-
-        root = config.data.demo_root or os.path.join(workdir, "data")
-        return str(toy.ensure(root, **config.data.demo_options.to_dict()).target_root)
-    return config.data.target.root
-
-
-def load_target(config, workdir: str, **option_overrides) -> DatasetSplits:
-    """The target splits as the config names them; `option_overrides` replace reader options (e.g. split_id)."""
-    options = {**config.data.target.options.to_dict(), **option_overrides}
-    return datasets.load(config.data.target.name, target_root(config, workdir), **options)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -203,12 +68,12 @@ def index_rows(data: FolderTracklets) -> list[dict]:
 
 
 def extract_folder(config, model, variables, data_root: str, out_dir: str, mesh=None,
-                   checkpoint: CheckpointInfo | None = None) -> dict:
+                   checkpoint: builders.CheckpointInfo | None = None) -> dict:
     """Write features.npy, index.csv and extract.json for the tracklets under `data_root`; return extract.json's dict."""
     data = read_folder(data_root)
     logging.info("extracting %d tracklets from %s", len(data.tracklets), data.root)
     start = time.perf_counter()
-    feats = tracklet_features(config, model, variables, data.tracklets, mesh)
+    feats = features.tracklet_features(config, model, variables, data.tracklets, mesh)
     seconds = time.perf_counter() - start
     os.makedirs(out_dir, exist_ok=True)
     np.save(os.path.join(out_dir, "features.npy"), feats.astype(np.float32))
@@ -236,8 +101,8 @@ def run_extract(config, workdir: str, data_root: str) -> dict:
     """--mode=extract: restore the checkpoint of `workdir`, write `<workdir>/extract/`."""
     if not data_root:
         raise ValueError("--mode=extract needs --data=<folder of <pid>/<camid>/<tracklet>/ frames>")
-    mesh = steps.data_mesh()
-    model, variables, info = restore_variables(config, workdir, mesh)
+    mesh = parallel.data_mesh()
+    model, variables, info = builders.restore_variables(config, workdir, mesh)
     out_dir = os.path.join(workdir, "extract")
     result = extract_folder(config, model, variables, data_root, out_dir, mesh, checkpoint=info)
     print(f"wrote {result['num_tracklets']} × {result['feature_dim']} features to "
@@ -246,6 +111,4 @@ def run_extract(config, workdir: str, data_root: str) -> dict:
     return result
 
 
-__all__ = ["CheckpointInfo", "FolderTracklets", "checkpoint_directory", "extract_folder",
-           "index_rows", "load_target", "read_folder", "restore_variables", "run_extract", "target_root",
-           "tracklet_features"]
+__all__ = ["FolderTracklets", "extract_folder", "index_rows", "read_folder", "run_extract"]

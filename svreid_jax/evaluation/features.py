@@ -1,14 +1,50 @@
-"""Tracklet features: clip embeddings from the eval pipeline, averaged per tracklet."""
+"""Tracklet features: the eval forward, clip embeddings from the eval pipeline, averaged per tracklet."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from svreid_jax.data import pipeline
+from svreid_jax import builders, parallel
+from svreid_jax.data import augment, pipeline
 from svreid_jax.data.records import Tracklet
+
+
+def make_embed_step(model):
+    """Eval forward: uint8 clips [B,T,H,W,3] → BN-neck clip embeddings [B, D] (float32), student or teacher.
+
+    The same function object comes back for an equal model, so jit's cache (keyed on the function)
+    reuses the compiled executable across evaluations instead of tracing again.
+    """
+    try:
+        return _cached_embed_step(model)
+    except TypeError:  # an unhashable model: a fresh function, compiled anew
+        return _embed_step(model)
+
+
+def _embed_step(model):
+    def embed(variables, video):
+        out = model.apply(variables, augment.normalize(video), train=False)
+        return out["bn_embedding"].astype(jnp.float32)
+
+    return embed
+
+
+_cached_embed_step = functools.lru_cache(maxsize=8)(_embed_step)
+
+
+def tracklet_features(config, model, variables, tracklets: Sequence[Tracklet], mesh=None,
+                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """float32 [N, D] features of `tracklets` with the config's evaluation clips (eval.temporal, seq_len,
+    batch_size, flip_average; data.height/width)."""
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    return extract(make_embed_step(model), variables, tracklets, spec=builders.clip_spec(config, train=False),
+                   batch_size=config.eval.batch_size, method=config.eval.temporal, mesh=mesh,
+                   num_threads=config.data.num_threads, flip_average=config.eval.flip_average, progress=progress)
 
 
 def extract(embed_fn: Callable, variables, tracklets: Sequence[Tracklet], *, spec: pipeline.ClipSpec,

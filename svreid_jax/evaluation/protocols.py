@@ -3,9 +3,9 @@
 Everything here takes features that are already extracted, so one extraction serves several protocols:
 
 * `clothes_protocols`: CCVID-style general / same-clothes (SC) / clothes-changing (CC) results from one
-  distance matrix (method-spec §8.3, reid-ecosystem §2.2); SC and CC need a clothes id on every query and
+  distance matrix (docs/METHOD.md §7.3, §7.5); SC and CC need a clothes id on every query and
   gallery tracklet (the CCVID and SVReID-cc readers set them).
-* `mars_conventions`: the three MARS galleries (reid-ecosystem §1.4) from the features of the
+* `mars_conventions`: the three MARS galleries (docs/METHOD.md §7.4) from the features of the
   `exclude_query` split (the reader's default and the reference's protocol): `include_query` appends the
   query features to the gallery (AP3D / CAL style); `all` ranks against every test tracklet in the order
   of `tracks_test_info` (the official MATLAB gallery — the same set as `include_query`, so the two differ
@@ -23,6 +23,7 @@ Distances are `ranking.pairwise_distance` under `DistanceSpec.metric`, optionall
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from svreid_jax.data import datasets
 from svreid_jax.data.records import DatasetError, DatasetSplits, Tracklet
 from svreid_jax.evaluation import ranking
 from svreid_jax.evaluation import rerank as rerank_lib
@@ -188,8 +190,6 @@ def mars_all_gallery(query: Sequence[Tracklet]) -> tuple[Tracklet, ...] | None:
     Only the lists and .mat files are read (check_frames=False). None, with a warning, when they cannot be
     read there (e.g. tracklets that did not come from the mars reader).
     """
-    from svreid_jax.data import datasets  # the readers are only needed here
-
     if not query:
         return None
     root = mars_root(query[0])
@@ -198,24 +198,6 @@ def mars_all_gallery(query: Sequence[Tracklet]) -> tuple[Tracklet, ...] | None:
     except (DatasetError, OSError) as e:
         logging.warning("MARS 'all' gallery left out: cannot re-read the test list under %s (%s)", root, e)
         return None
-
-
-def evaluate_target(query_features, gallery_features, query: Sequence[Tracklet], gallery: Sequence[Tracklet], *,
-                    distance: DistanceSpec, max_rank: int = 50, mars: bool = False,
-                    all_protocols: bool = True) -> dict[str, ranking.RankingResult]:
-    """Every protocol that applies to this query/gallery, the primary one first.
-
-    mars: the tracklets are a MARS exclude_query split; with all_protocols the include_query and all
-      galleries follow (keys 'exclude_query', 'include_query', 'all').
-    Otherwise {'general': …} plus SC/CC when all_protocols and the tracklets carry clothes ids.
-    """
-    distmat = distances(query_features, gallery_features, distance)
-    if mars and all_protocols:
-        return mars_conventions(query_features, gallery_features, query, gallery, distance=distance,
-                                max_rank=max_rank, all_gallery=mars_all_gallery(query), distmat=distmat)
-    if mars:
-        return {"exclude_query": rank(distmat, query, gallery, max_rank=max_rank)}
-    return clothes_protocols(distmat, query, gallery, max_rank=max_rank, clothes=None if all_protocols else False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -298,7 +280,7 @@ def flatten(results: Mapping[str, ranking.RankingResult | Mapping[str, float]]) 
 
 
 def primary_label(metrics: Mapping[str, float]) -> str:
-    """The name of the unprefixed protocol of a flat dict, as `evaluate_target` / `evaluate_splits` make them."""
+    """The name of the unprefixed protocol of a flat dict, as the protocols of evaluation/evaluators.py and `evaluate_splits` make them."""
     names = {k.split("/", 1)[0] for k in metrics if "/" in k}
     if STD in names:
         num = len({n for n in names if n.startswith("split_")})
@@ -349,7 +331,6 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]], title: str,
 
 def write_results(directory: str, name: str, data: Mapping, markdown: str) -> tuple[str, str]:
     """Write <directory>/<name>.json (data) and <directory>/<name>.md (markdown); return both paths."""
-    import json
 
     os.makedirs(directory, exist_ok=True)
     json_path, md_path = os.path.join(directory, f"{name}.json"), os.path.join(directory, f"{name}.md")
@@ -362,7 +343,7 @@ def write_results(directory: str, name: str, data: Mapping, markdown: str) -> tu
 
 __all__ = [
     "CLOTHES_CHANGING", "DistanceSpec", "GENERAL", "MARS_CONVENTIONS", "RANKS", "SAME_CLOTHES", "SplitsResult",
-    "clothes_protocols", "distances", "evaluate_splits", "evaluate_target", "flatten", "markdown_table",
+    "clothes_protocols", "distances", "evaluate_splits", "flatten", "markdown_table",
     "mars_all_gallery", "mars_conventions", "mean_std", "primary_label", "rank", "summarize", "unflatten",
     "write_results",
 ]

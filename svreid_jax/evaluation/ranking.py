@@ -1,6 +1,6 @@
 """Re-ID ranking metrics: distance matrices, CMC and mAP, computed in JAX and exact.
 
-Protocol (method-spec §8.3, the reference `utils/eval_metrics.py`, torchreid's Market/MARS metric and the
+Protocol (docs/METHOD.md §7.3, the reference `utils/eval_metrics.py`, torchreid's Market/MARS metric and the
 CAL clothes-aware variants). For each query:
 
 * good = same pid AND different camid; junk = same pid AND same camid (mode 'standard');

@@ -1,7 +1,7 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR'17) in JAX, on device.
 
 The computation follows the widely copied NumPy `re_ranking(q_g, q_q, g_g, k1=20, k2=6, lambda=0.3)`
-(torchreid `utils/rerank.py`, reid-ecosystem §1.5) step by step, so its results match that code to float32
+(torchreid `utils/rerank.py`, docs/METHOD.md §7.2) step by step, so its results match that code to float32
 rounding:
 
 1. D = the (Nq+Ng)² matrix [[q_q, q_g], [q_gᵀ, g_g]], squared, each column divided by its maximum, then

@@ -22,7 +22,9 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw, ImageFont
 
+from svreid_jax import builders, parallel
 from svreid_jax.data.records import DatasetSplits, Tracklet
+from svreid_jax.evaluation import features, protocols
 
 GREEN = (0, 160, 60)
 RED = (215, 30, 30)
@@ -309,11 +311,9 @@ def draw_domain_scatter(source_xy, target_xy, explained, *, size: tuple[int, int
 def write_visualizations(config, model, variables, source: DatasetSplits, target: DatasetSplits, out_dir: str, *,
                          mesh=None, title: str = "") -> dict[str, str]:
     """Extract what is needed and write ranked_top10.png and pca_domains.png into out_dir; return their paths."""
-    from svreid_jax.evaluation import extract, protocols
-
     os.makedirs(out_dir, exist_ok=True)
     query, gallery = tuple(target.query), tuple(target.gallery)
-    feats = extract.tracklet_features(config, model, variables, query + gallery, mesh)
+    feats = features.tracklet_features(config, model, variables, query + gallery, mesh)
     q_feats, g_feats = feats[:len(query)], feats[len(query):]
     distance = protocols.DistanceSpec.from_config(config)
     distmat = np.asarray(protocols.distances(q_feats, g_feats, distance))
@@ -333,7 +333,7 @@ def write_visualizations(config, model, variables, source: DatasetSplits, target
     limit = int(config.eval.visualize_points)
     src_idx = np.sort(rng.permutation(len(source.train))[:limit])
     tgt_idx = np.sort(rng.permutation(len(feats))[:limit])
-    src_feats = extract.tracklet_features(config, model, variables, [source.train[i] for i in src_idx], mesh)
+    src_feats = features.tracklet_features(config, model, variables, [source.train[i] for i in src_idx], mesh)
     tgt_feats = feats[tgt_idx]
     both = np.concatenate([src_feats, tgt_feats], axis=0).astype(np.float64)
     if distance.metric == "cosine":
@@ -350,12 +350,9 @@ def write_visualizations(config, model, variables, source: DatasetSplits, target
 
 def run_visualize(config, workdir: str) -> dict[str, str]:
     """--mode=visualize: restore the checkpoint of workdir and write <workdir>/visualize/*.png."""
-    from svreid_jax import steps, train
-    from svreid_jax.evaluation import extract
-
-    mesh = steps.data_mesh()
-    model, variables, ckpt = extract.restore_variables(config, workdir, mesh)
-    source, target = train.load_datasets(config, workdir)
+    mesh = parallel.data_mesh()
+    model, variables, ckpt = builders.restore_variables(config, workdir, mesh)
+    source, target = builders.load_datasets(config, workdir)
     title = f"{config.data.source.name} → {config.data.target.name}, step {ckpt.step}"
     paths = write_visualizations(config, model, variables, source, target, os.path.join(workdir, "visualize"),
                                  mesh=mesh, title=title)

@@ -33,7 +33,7 @@ Two kinds of files:
   `DomainDiscriminator` trees {fc1, fc2}.
 
 What was checked and what was not (no released checkpoint could be downloaded here):
-  * The key names above were inferred from method-spec §3 and from reading the authors' model code
+  * The key names above were inferred from docs/METHOD.md §3 and from reading the authors' model code
     (models/resnet.py, inflate.py, integration_distribution_module.py, salient_to_broad_module.py,
     vidDA_model.py at HEAD e416d56), not from an actual file. The tests build PyTorch modules with
     exactly these names and check numerical parity.
@@ -177,7 +177,7 @@ def infer_arch(state_dict: Mapping[str, Any]) -> str:
     sd = unwrap_state_dict(state_dict)
     kinds = {kind for kind, _ in _layer_layout(sd).values()}
     has_idm, has_sbm = "idm" in kinds, "sbm" in kinds
-    return {(True, True): "sinet", (False, True): "sbnet", (True, False): "idnet"}.get((has_idm, has_sbm), "resnet50")
+    return {(True, True): "sinet", (False, True): "sbnet", (True, False): "idnet"}.get((has_idm, has_sbm), "resnet")
 
 
 def convert_baseline_checkpoint(state_dict: Mapping[str, Any]) -> dict[str, Any]:

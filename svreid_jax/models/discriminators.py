@@ -1,4 +1,4 @@
-"""Domain discriminators behind a gradient reversal layer (method-spec §3.4).
+"""Domain discriminators behind a gradient reversal layer (docs/METHOD.md §3.4).
 
 The reference uses GRL(β) → Linear → ReLU → Dropout(0.5) → Linear(·, 2), once per frame and once per
 sequence. The same module serves both here; it acts on the last axis, so frames [B, T, D] and

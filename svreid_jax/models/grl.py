@@ -1,4 +1,4 @@
-"""Gradient reversal layer and its DANN coefficient schedule (method-spec §3.4–3.5).
+"""Gradient reversal layer and its DANN coefficient schedule (docs/METHOD.md §3.4–§3.5).
 
 `gradient_reversal(x, beta)` is the identity going forward; going backward it multiplies the
 incoming gradient by −beta. `beta` is an ordinary (possibly traced) argument, so one compiled step
@@ -49,7 +49,7 @@ def gradient_reversal(x: jax.Array, beta: Any) -> jax.Array:
 def grl_beta(step: Any, max_steps: Any) -> Any:
     """DANN schedule β = 2 / (1 + exp(−10·step / max_steps)) − 1, rising from 0 towards 1.
 
-    With max_steps = 20000: step 1k → 0.245, 2k → 0.462, 5k → 0.848 (method-spec §3.5). Python
+    With max_steps = 20000: step 1k → 0.245, 2k → 0.462, 5k → 0.848 (docs/METHOD.md §3.5). Python
     numbers give a Python float; anything else (e.g. the train state's int32 step) a float32 array.
     """
     if isinstance(step, numbers.Real) and isinstance(max_steps, numbers.Real):

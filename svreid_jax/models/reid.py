@@ -1,14 +1,14 @@
 """The composed video re-ID model: per-frame ResNet → spatial pooling → temporal average → BN-neck →
 identity classifier, plus frame- and sequence-level domain discriminators behind the GRL.
 
-This is the `paper` variant's placement (DESIGN.md): the discriminators sit on the backbone's own
-per-frame and clip embeddings, so the reversed adversarial gradient reaches the deployed network
-(unlike the reference code, method-spec §10 D1, where they sit on a detached MS-TCN branch).
+This is the `paper` variant's placement (docs/METHOD.md §3): the discriminators sit on the backbone's
+own per-frame and clip embeddings, so the reversed adversarial gradient reaches the deployed network
+(unlike the authors' code, docs/METHOD.md §8 D1, where they sit on a detached MS-TCN branch).
 
-Backbones (`arch`): 'resnet50' is the plain per-frame ResNet of `backbone.depth` (historical name,
-any depth); 'sinet', 'sbnet', 'idnet' add the SINet plug-ins (IDM/SBM, svreid_jax.models.sinet) that
-mix the T frames of each clip, so the clip length T of the input is part of the model: SBM needs
-T = 4 (or 8), IDM keeps the T·h·w it was initialised with.
+Backbones (`arch`, the registry in svreid_jax.models.backbones): 'resnet' is the plain per-frame
+ResNet of `backbone['depth']`; 'sinet', 'sbnet', 'idnet' add the SINet plug-ins (IDM/SBM,
+svreid_jax.models.sinet) that mix the T frames of each clip, so the clip length T of the input is
+part of the model: SBM needs T = 4 (or 8), IDM keeps the T·h·w it was initialised with.
 
 Parameter tree ('params'; BN statistics mirror it in 'batch_stats'):
   backbone/...              ResNet with torchvision names (svreid_jax.models.resnet); with a SINet
@@ -28,8 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from svreid_jax.models import backbones
 from svreid_jax.models import resnet as resnet_lib
-from svreid_jax.models import sinet as sinet_lib
 from svreid_jax.models.discriminators import DomainDiscriminator
 from svreid_jax.models.temporal import temporal_average
 
@@ -39,35 +39,24 @@ OUTPUT_KEYS = ("frame_embeddings", "clip_embedding", "bn_embedding", "logits", "
                "clip_domain_logits")
 # Added to the outputs when ReIDNet.infonce_projection is set.
 PROJECTION_KEY = "projection"
-ARCHS = sinet_lib.ARCHS
 
 # The reference's projection: Conv1d(D→D, k=1) with kaiming_normal_(mode='fan_out'), bias 0.
 _projection_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-# Backbone config fields ReIDNet passes on to `resnet(...)`; `depth` selects the preset.
-BACKBONE_FIELDS = ("depth", "width", "last_stride", "stem_pool_padding", "conv_bias", "remat")
+
+def _as_dict(options: Any) -> dict[str, Any]:
+    """dict / FrozenDict / ml_collections.ConfigDict → plain dict."""
+    if hasattr(options, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
+        return dict(options.to_dict())
+    if isinstance(options, Mapping):
+        return dict(options)
+    raise TypeError(f"ReIDNet.backbone must be a mapping of backbone options, got {type(options).__name__}")
 
 
-def _backbone_kwargs(backbone: Any) -> dict[str, Any]:
-    """dict / FrozenDict / ml_collections.ConfigDict → plain dict, checked against BACKBONE_FIELDS."""
-    if hasattr(backbone, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
-        kw = dict(backbone.to_dict())
-    elif isinstance(backbone, Mapping):
-        kw = dict(backbone)
-    else:
-        raise TypeError(f"ReIDNet.backbone must be a mapping of resnet() arguments, got {type(backbone).__name__}")
-    unknown = sorted(set(kw) - set(BACKBONE_FIELDS))
-    if unknown:
-        raise ValueError(f"ReIDNet.backbone: unknown field(s) {unknown}; expected some of {list(BACKBONE_FIELDS)}")
-    if "depth" not in kw:
-        raise ValueError("ReIDNet.backbone needs a 'depth' (18, 34, 50, 101 or 'tiny')")
-    return kw
-
-
-def embedding_dim(backbone: Any) -> int:
-    """Embedding size D of a ReIDNet with this backbone config (2048 for ResNet-50)."""
-    kw = _backbone_kwargs(backbone)
-    return resnet_lib.feature_dim(kw["depth"], kw.get("width"))
+def embedding_dim(backbone: Any, arch: str = "resnet") -> int:
+    """Embedding size D of a ReIDNet with these backbone options (2048 for ResNet-50)."""
+    spec = backbones.get(arch)
+    return spec.feature_dim(spec.check(_as_dict(backbone)))
 
 
 def rms_normalise(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -85,14 +74,15 @@ class ReIDNet(nn.Module):
 
     Attributes:
       num_classes: source identities (classifier outputs).
-      backbone: `resnet(...)` arguments: `depth` (18/34/50/101/'tiny') and optionally `width`,
+      backbone: the backbone's options (models.backbones); for the ResNet family the `resnet(...)`
+        arguments: `depth` (18/34/50/101/'tiny') and optionally `width`,
         `last_stride`, `stem_pool_padding`, `conv_bias`, `remat`. A dict or ml_collections.ConfigDict.
       frame_pooling: per-frame spatial pooling over H×W: 'max' (reference) or 'avg'.
       disc_hidden: hidden units of both domain discriminators.
       disc_dropout: dropout rate inside the discriminators.
       dtype: backbone compute dtype (e.g. jnp.bfloat16). Pooled embeddings and everything after
         them (BN-neck, classifier, discriminators) are computed in float32; params are float32.
-      arch: 'resnet50' (default: the plain ResNet of `backbone.depth`, whatever the depth), or a
+      arch: a name of models.backbones.BACKBONES: 'resnet' (default: the plain ResNet of `backbone['depth']`), or a
         SINet backbone 'sinet' (IDM + SBM, the reference's default), 'sbnet' (SBM only), 'idnet'
         (IDM only). The SINet archs need depth 50 (34 and 101 also have the plug-in positions) and
         take T from the input; with SBM, T must be 4 or 8.
@@ -102,12 +92,12 @@ class ReIDNet(nn.Module):
       bn_axis_name: pmap/shard_map axis over which every BatchNorm (backbone, plug-ins, BN-neck and
         the projection's frame normalisation) averages its batch statistics: sync BN across
         devices. None (default) on one device or under jit, whose statistics are already global;
-        the parallel step builders set it (steps.parallel_model), init never needs it.
+        the parallel step builders set it (parallel.parallel_model), init never needs it.
 
     Projection input: the frame features normalised with the BN-neck's scale and bias, and with the
     *frames'* batch statistics in train mode (the running statistics in eval mode), as the
     reference's `bn(x)` on (B, D, T). Unlike the reference, this does not update the BN-neck's
-    running statistics (the reference updates them from frames too, method-spec §3.2), so turning
+    running statistics (the reference updates them from frames too, docs/METHOD.md §3.3), so turning
     the projection on leaves the BN-neck and the embeddings exactly as without it.
 
     Discriminator input: the discriminators see `rms_normalise(embedding)`, i.e. each frame/clip
@@ -120,7 +110,7 @@ class ReIDNet(nn.Module):
     target run as separate train-mode forwards, so batch statistics would normalise each domain
     with its own mean and hide exactly the mean shift that remains at test time (running stats);
     (3) it adds no extra BN-neck updates (the reference's triple BN call mixes frame and clip
-    statistics, method-spec §3.2).
+    statistics, docs/METHOD.md §3.3).
     """
 
     num_classes: int
@@ -129,18 +119,17 @@ class ReIDNet(nn.Module):
     disc_hidden: int = 256
     disc_dropout: float = 0.5
     dtype: Dtype = jnp.float32
-    arch: str = "resnet50"
+    arch: str = "resnet"
     infonce_projection: bool = False
     bn_axis_name: Optional[str] = None
 
     def __post_init__(self):
-        # Store the backbone config as a FrozenDict so the module stays hashable (Linen hashes
-        # modules in nn.jit/nn.remat and when they are static arguments); ConfigDicts are accepted.
-        object.__setattr__(self, "backbone", flax.core.FrozenDict(_backbone_kwargs(self.backbone)))
-        if self.arch not in ARCHS:
-            raise ValueError(f"ReIDNet.arch must be one of {list(ARCHS)}, got {self.arch!r}")
-        if self.arch != "resnet50":
-            sinet_lib.check_arch(self.arch, resnet_lib._preset(self.backbone["depth"])[0])
+        # The backbone options are stored checked and as a FrozenDict so the module stays hashable
+        # (Linen hashes modules in nn.jit/nn.remat and when they are static arguments).
+        arch = backbones.canonical_name(self.arch)
+        object.__setattr__(self, "arch", arch)
+        options = backbones.get(arch).check(_as_dict(self.backbone))
+        object.__setattr__(self, "backbone", flax.core.FrozenDict(options))
         super().__post_init__()
 
     @nn.compact
@@ -158,14 +147,8 @@ class ReIDNet(nn.Module):
         if self.frame_pooling not in ("max", "avg"):
             raise ValueError(f"ReIDNet.frame_pooling must be 'max' or 'avg', got {self.frame_pooling!r}")
         b, t = video.shape[:2]
-        kw = _backbone_kwargs(self.backbone)
-        depth = kw.pop("depth")
-        if self.arch == "resnet50":
-            net = resnet_lib.resnet(depth, include_fc=False, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
-                                    name="backbone", **kw)
-        else:
-            net = sinet_lib.video_resnet(self.arch, t, depth, include_fc=False, dtype=self.dtype,
-                                         bn_axis_name=self.bn_axis_name, name="backbone", **kw)
+        net = backbones.get(self.arch).build(dict(self.backbone), clip_len=t, dtype=self.dtype,
+                                             bn_axis_name=self.bn_axis_name, name="backbone")
 
         fmap = net(video.reshape((b * t,) + video.shape[2:]), train=train)  # [B·T, h, w, D]
         fmap = fmap.astype(jnp.float32)

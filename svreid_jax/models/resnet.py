@@ -1,7 +1,7 @@
 """ResNet backbones (Linen, NHWC) whose parameter tree mirrors torchvision's state_dict names.
 
 Module names follow torchvision one-to-one so that a converted `resnet50-*.pth` maps leaf by leaf
-(jax-ecosystem.md §3.1): `conv1`, `bn1`, `layer{1..4}_{i}/{conv1,bn1,conv2,bn2[,conv3,bn3]}`,
+(docs/METHOD.md §10.1): `conv1`, `bn1`, `layer{1..4}_{i}/{conv1,bn1,conv2,bn2[,conv3,bn3]}`,
 `layer{s}_0/downsample_0` (the 1×1 projection conv) and `downsample_1` (its BN), and `fc` when
 `include_fc`. Conv weights are `kernel` [kh, kw, in, out] (torch OIHW → `transpose(2, 3, 1, 0)`),
 BN `scale`/`bias` live in 'params' and `mean`/`var` in 'batch_stats'.
@@ -11,7 +11,7 @@ Conventions:
   * Every conv and pool has explicit symmetric padding. 'SAME' on a strided conv pads
     asymmetrically in XLA and would break parity with PyTorch.
   * BatchNorm: epsilon 1e-5, Flax momentum 0.9 (= PyTorch momentum 0.1). Flax keeps the *biased*
-    batch variance in its running statistics where PyTorch keeps the unbiased one (method-spec §12).
+    batch variance in its running statistics where PyTorch keeps the unbiased one (docs/METHOD.md §10.1).
   * `dtype` is the compute dtype (e.g. bfloat16); parameters are always float32.
   * Initialisation follows torchvision: convs Kaiming-normal (fan_out, ReLU gain), BN scale 1 and
     bias 0, the fc layer and the optional conv biases PyTorch's default U(±1/√fan_in).
@@ -267,3 +267,38 @@ def feature_dim(depth: int | str, width: int | None = None) -> int:
     stage_sizes, block, default_width = _preset(depth)
     w = default_width if width is None else width
     return w * 2 ** (len(stage_sizes) - 1) * _BLOCKS[block].expansion
+
+
+# ---------------------------------------------------------------------------------------------
+# As a backbone of the registry (svreid_jax.models.backbones)
+
+# The ResNet family's sub-config: these `config.model` fields, passed on to `resnet(...)`.
+BACKBONE_FIELDS = ("depth", "width", "last_stride", "stem_pool_padding", "conv_bias", "remat")
+
+
+def backbone_options(model_config: Any) -> dict[str, Any]:
+    """The ResNet fields of `config.model` (BACKBONE_FIELDS)."""
+    return {name: model_config[name] for name in BACKBONE_FIELDS}
+
+
+def check_backbone_options(options: Any) -> dict[str, Any]:
+    """A plain dict of `options`, checked against BACKBONE_FIELDS (unknown fields and a missing depth raise)."""
+    kw = dict(options)
+    unknown = sorted(set(kw) - set(BACKBONE_FIELDS))
+    if unknown:
+        raise ValueError(f"ResNet backbone: unknown field(s) {unknown}; expected some of {list(BACKBONE_FIELDS)}")
+    if "depth" not in kw:
+        raise ValueError("ResNet backbone needs a 'depth' (18, 34, 50, 101 or 'tiny')")
+    _preset(kw["depth"])
+    return kw
+
+
+def build_backbone(options: Any, *, clip_len: int, dtype: Dtype, bn_axis_name: Optional[str], name: str) -> ResNet:
+    """The plain per-frame ResNet of `options['depth']`: frames [B·T, H, W, 3] → feature maps [B·T, h, w, D]."""
+    del clip_len  # frames are independent
+    kw = dict(options)
+    return resnet(kw.pop("depth"), include_fc=False, dtype=dtype, bn_axis_name=bn_axis_name, name=name, **kw)
+
+
+def backbone_feature_dim(options: Any) -> int:
+    return feature_dim(options["depth"], options.get("width"))

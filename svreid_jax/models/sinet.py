@@ -1,4 +1,4 @@
-"""SINet plug-ins (method-spec §3.1) and the video ResNet that hosts them.
+"""SINet plug-ins (docs/METHOD.md §3.2) and the video ResNet that hosts them.
 
 The authors' default backbone (`-a sinet`, a copy of SINet, Bai et al. CVPR'22) is a per-frame
 ResNet-50 (temporal kernel 1 everywhere) with modules that mix information across the T frames of a
@@ -51,7 +51,7 @@ _IDM_POSITIONS = {(2, 1): ("idm", {}), (2, 3): ("idm", {})}
 _SBM_POSITIONS = {(3, 1): ("sbm", {"split_pos": 0}), (3, 3): ("sbm", {"split_pos": 1}),
                   (3, 5): ("sbm", {"split_pos": 2})}
 PLUGINS: dict[str, dict[tuple[int, int], tuple[str, dict[str, Any]]]] = {
-    "resnet50": {},
+    "resnet": {},
     "sinet": {**_IDM_POSITIONS, **_SBM_POSITIONS},
     "sbnet": dict(_SBM_POSITIONS),
     "idnet": dict(_IDM_POSITIONS),
@@ -147,7 +147,7 @@ def _l1_normalise(a: jax.Array, axis: int) -> jax.Array:
 
 
 class SBM(nn.Module):
-    """Salient-to-Broad Module (method-spec §3.1): the "former" frames 0..split_pos build a
+    """Salient-to-Broad Module (docs/METHOD.md §3.2): the "former" frames 0..split_pos build a
     sample-specific k×k kernel; its response on the "latter" frames marks their salient regions,
     which are damped (exp(β(r−1)) where the softmax attention is above uniform), and the two parts
     exchange a little pooled information (cpm_alpha). No residual wrapper.
@@ -257,10 +257,10 @@ class VideoResNet(resnet_lib.ResNet):
     """`ResNet` (torchvision names, all its fields) with the plug-ins of `arch` after their blocks.
 
     Attributes (besides ResNet's):
-      arch: 'resnet50' (no plug-ins), 'sinet', 'sbnet' or 'idnet'.
+      arch: 'resnet' (no plug-ins), 'sinet', 'sbnet' or 'idnet'.
       seq_len: frames per clip T of the [B·T, H, W, 3] input.
 
-    `arch='resnet50'` gives exactly `ResNet` (same tree, same outputs).
+    `arch='resnet'` gives exactly `ResNet` (same tree, same outputs).
     """
 
     arch: str = "sinet"
@@ -299,3 +299,23 @@ def video_resnet(arch: str, seq_len: int, depth: int | str = 50, **kw: Any) -> V
         raise ValueError(f"arch {arch!r} has SBM modules, which need seq_len 4 (or 8); got {seq_len}")
     kw.setdefault("width", width)
     return VideoResNet(stage_sizes=stage_sizes, block=block, arch=arch, seq_len=seq_len, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# As backbones of the registry (svreid_jax.models.backbones): the ResNet family's fields plus the arch
+
+
+def check_backbone_options(arch: str, options: Any) -> dict[str, Any]:
+    """The ResNet options (resnet.check_backbone_options), checked to have `arch`'s plug-in positions."""
+    kw = resnet_lib.check_backbone_options(options)
+    check_arch(arch, resnet_lib._preset(kw["depth"])[0])
+    return kw
+
+
+def build_backbone(arch: str, options: Any, *, clip_len: int, dtype: Dtype, bn_axis_name: Optional[str],
+                   name: str) -> VideoResNet:
+    """`video_resnet(arch, clip_len, ...)`: the plug-ins mix the T = clip_len frames of each clip."""
+    kw = dict(options)
+    return video_resnet(arch, clip_len, kw.pop("depth"), include_fc=False, dtype=dtype, bn_axis_name=bn_axis_name,
+                        name=name, **kw)
+

@@ -1,7 +1,7 @@
 """Temporal aggregation of per-frame embeddings.
 
-* `temporal_average` / `TemporalAverage`: the clip embedding (method-spec §3.2: v = mean_T x).
-* `MultiStageTCN`: the reference's MS-TCN `MultiStageModel` (method-spec §3.3), used by the
+* `temporal_average` / `TemporalAverage`: the clip embedding (docs/METHOD.md §3.3: v = mean_T x).
+* `MultiStageTCN`: the reference's MS-TCN `MultiStageModel` (docs/METHOD.md §3.6), used by the
   `reference` variant on detached per-frame features: S stages of L dilated residual layers,
   per-stage class logits, stage features and BN'd sequence features.
 """
@@ -40,7 +40,7 @@ class TemporalAverage(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# MS-TCN temporal stages (reference variant, method-spec §3.3)
+# MS-TCN temporal stages (reference variant, docs/METHOD.md §3.6)
 #
 # Parameter names follow the reference's state_dict with '.' → '_' before list indices:
 #   stage1/{conv_1x1, layers_{i}/{conv_dilated, conv_1x1}, conv_out}, stages_{j}/..., bn
@@ -155,7 +155,7 @@ class MultiStageTCN(nn.Module):
 
 
 class TemporalDomainHeads(nn.Module):
-    """The reference's temporal branch (method-spec §3.3–§3.4): MS-TCN stages plus ONE frame-level and
+    """The reference's temporal branch (docs/METHOD.md §3.6): MS-TCN stages plus ONE frame-level and
     ONE sequence-level domain discriminator shared by all stages (GRL inside each discriminator).
 
     Parameter tree: temporal/… (MultiStageTCN), frame_discriminator/{fc1,fc2},

@@ -92,3 +92,37 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+class BestCheckpoint:
+    """Model selection's pick: the state with the highest selection rank-1 so far, kept in one
+    checkpoint directory (<workdir>/best) with its score, so a resumed run keeps competing against it.
+
+    offer(step, state, rank1) saves the state when it beats the best so far (or, with `ties=True`, equals
+    it); restore(state) gives the kept state back.
+    """
+
+    def __init__(self, directory: str):
+        self._checkpointer = Checkpointer(directory, max_to_keep=1)
+        self.step: int | None = self._checkpointer.latest_step()
+        self.rank1 = -1.0
+        if self.step is not None:
+            self.rank1 = float(self._checkpointer.read_meta().get("select_rank1", -1.0))
+
+    @property
+    def directory(self) -> str:
+        return self._checkpointer.directory
+
+    def offer(self, step: int, state: Any, rank1: float, *, ties: bool = False) -> bool:
+        better = self.step is None or rank1 > self.rank1 or (ties and rank1 >= self.rank1)
+        if better:
+            self.rank1, self.step = float(rank1), int(step)
+            self._checkpointer.save(step, state, {}, {"step": int(step), "select_rank1": float(rank1)})
+        return better
+
+    def restore(self, state: Any) -> Any:
+        self._checkpointer.wait()
+        return self._checkpointer.restore_state_only(state)
+
+    def close(self) -> None:
+        self._checkpointer.close()

@@ -1,6 +1,7 @@
-"""The reference variant's train step: what the authors' PyTorch code does (method-spec §3–§6, §10).
+"""The `reference` variant's train step: what the authors' PyTorch code does (docs/METHOD.md §8,
+docs/REPRODUCIBILITY.md).
 
-One step, per source batch (method-spec §6.1):
+One step, per source batch (docs/METHOD.md §6.4):
   1. student forwards (train mode) on the source clips, then on the target clips; L_reid = CE + triplet
      (+ InfoNCE) on the source;
   2. the EMA teacher forwards (train mode, no gradient) on the same target clips;
@@ -16,7 +17,7 @@ One step, per source batch (method-spec §6.1):
 Each divergence is a flag in `config.reference` (docs/REPRODUCIBILITY.md); flipping one gives the
 paper-side behaviour of that piece while keeping the rest.
 
-Batch: as `steps.make_train_step` ({'source': {'video', 'pid'}, 'target': {'video'}}, uint8 clips).
+Batch: as the paper step's (svreid_jax.variants.paper) ({'source': {'video', 'pid'}, 'target': {'video'}}, uint8 clips).
 """
 from __future__ import annotations
 
@@ -27,13 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from svreid_jax import losses
-from svreid_jax.data import transforms
+from svreid_jax import losses, parallel
 from svreid_jax.models import grl
 from svreid_jax.models import resnet as resnet_lib
 from svreid_jax.models.temporal import TemporalDomainHeads
 from svreid_jax.state import TrainState, ema_decay, ema_update
-from svreid_jax.steps import cross_replica_mean, gather_batch, prepare_clips
+from svreid_jax.variants import common, terms as terms_lib
 
 NUM_WEIGHTS = 3  # a = (a_reid, a_stage, a_consistency)
 
@@ -53,7 +53,7 @@ def check_config(config) -> None:
 
 
 def build_temporal_model(config, num_classes: int) -> TemporalDomainHeads:
-    """The MS-TCN + shared discriminators of the reference (method-spec §3.3–§3.4)."""
+    """The MS-TCN + shared discriminators of the reference (docs/METHOD.md §3.6)."""
     r = config.reference
     return TemporalDomainHeads(num_classes=num_classes, num_stages=r.num_stages, num_layers=r.num_layers,
                                features=r.features, dropout_rate=r.dropout, disc_dropout=r.dropout)
@@ -110,7 +110,7 @@ def frame_batch_norm(frames: jax.Array, scale: jax.Array, bias: jax.Array) -> ja
 
 
 def stage_losses(source_out: dict, target_out: dict, labels: jax.Array, config) -> tuple[jax.Array, dict]:
-    """L_st of the reference (method-spec §4.4–§4.6) from TemporalDomainHeads outputs.
+    """L_st of the reference (docs/METHOD.md §4.6–§4.8) from TemporalDomainHeads outputs.
 
     source_out / target_out: dicts with logits [S, B, T, K], frame_domain_logits [S, B, T, 2],
     sequence_domain_logits [S, B, 2]; labels [B] source pids (every frame gets its clip's pid).
@@ -176,26 +176,23 @@ def make_reference_losses(model, temporal_model, config, axis_name: str | None =
     def gather(x):
         # DataParallel gathers every output on GPU 0 before the losses; under pmap the batch-coupled
         # terms (triplet mining, k-means) see the whole batch too.
-        return gather_batch(x, axis_name)
+        return parallel.gather_batch(x, axis_name)
+
+    # The supervised re-ID sum L_reid: the source-only terms of the shared table (CE, triplet, InfoNCE).
+    reid_terms = terms_lib.active(config, only=(terms_lib.SOURCE,))
 
     def loss_fn(params, temporal_params, weights, ctx):
         keys = ctx["keys"]
         labels = ctx["labels"]
-        out_s, new_vars = model.apply(
-            {"params": params, "batch_stats": ctx["batch_stats"]}, ctx["source"], train=True,
-            grl_beta=ctx["beta"], rngs={"dropout": keys["src_drop"]}, mutable=["batch_stats"])
-        terms = {"ce": losses.cross_entropy(out_s["logits"], labels, w.label_smoothing),
-                 "triplet": losses.batch_hard_triplet(gather(out_s["bn_embedding"]), gather(labels), w.triplet_margin,
-                                                      w.triplet_metric)}
-        l_reid = w.ce * terms["ce"] + w.triplet * terms["triplet"]
-        if w.infonce > 0:
-            terms["infonce"] = losses.temporal_infonce(out_s["projection"], config.batch.num_instances,
-                                                       w.infonce_temperature)
-            l_reid = l_reid + w.infonce * terms["infonce"]
-        # Source then target, separate train-mode forwards: BN statistics updated once per domain.
-        out_t, new_vars = model.apply(
-            {"params": params, "batch_stats": new_vars["batch_stats"]}, ctx["target"], train=True,
-            grl_beta=ctx["beta"], rngs={"dropout": keys["tgt_drop"]}, mutable=["batch_stats"])
+        out_s, batch_stats = common.student_forward(model, params, ctx["batch_stats"], ctx["source"], ctx["beta"],
+                                                    keys["src_drop"])
+        # InfoNCE is computed per device here (not on the gathered batch as in the paper step).
+        term_ctx = terms_lib.TermContext(config, source=out_s, labels=labels, gather=gather,
+                                         gather_infonce=lambda x: x)
+        terms, metrics = terms_lib.compute(reid_terms, term_ctx)
+        l_reid = terms_lib.weighted_sum(terms, terms_lib.weights(reid_terms, config))
+        out_t, batch_stats = common.student_forward(model, params, batch_stats, ctx["target"], ctx["beta"],
+                                                    keys["tgt_drop"])
 
         scale, bias = params["bnneck"]["scale"], params["bnneck"]["bias"]
         mid_s = frame_batch_norm(out_s["frame_embeddings"], scale, bias)
@@ -238,9 +235,8 @@ def make_reference_losses(model, temporal_model, config, axis_name: str | None =
         # were its input not detached, the backbone) receives ∇L_st once more. L_st does not depend on a.
         objective = total + (l_st if r.double_count_stage_loss else 0.0)
         terms.update(reid=l_reid, stage=l_st, consistency=l_cons)
-        metrics = {"accuracy": jnp.mean(jnp.argmax(out_s["logits"], -1) == labels),
-                   "stage4_accuracy": jnp.mean(jnp.argmax(ts["logits"][-1], -1) == labels[:, None])}
-        return objective, (total, terms, new_vars["batch_stats"], t_vars["batch_stats"], metrics)
+        metrics["stage4_accuracy"] = jnp.mean(jnp.argmax(ts["logits"][-1], -1) == labels[:, None])
+        return objective, (total, terms, batch_stats, t_vars["batch_stats"], metrics)
 
     return loss_fn
 
@@ -257,12 +253,12 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
     grad_fn = jax.grad(loss_fn, argnums=(0, 1, 2), has_aux=True)
 
     def mean(x):
-        return cross_replica_mean(x, axis_name)
+        return parallel.cross_replica_mean(x, axis_name)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
         ref = state.reference
         if ref is None:
-            raise ValueError("the reference step needs TrainState.reference (steps_reference.init_reference_state)")
+            raise ValueError("the reference step needs TrainState.reference (variants.reference.init_reference_state)")
         rng, k_src_aug, k_tgt_aug, k_teacher_aug, k_teacher, *k = jax.random.split(state.rng, 10)
         keys = dict(zip(("src_drop", "tgt_drop", "tmp_src", "tmp_tgt", "kmeans"), k))
         step_in_epoch = state.step % ref["steps_per_epoch"]
@@ -271,21 +267,15 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
         beta = grl.grl_beta(state.step, config.adaptation.grl_max_steps)
         sequence_beta = beta if r.shared_grl_beta else beta / 10.0
 
-        source = prepare_clips(batch["source"]["video"], k_src_aug, config)
-        target = prepare_clips(batch["target"]["video"], k_tgt_aug, config)
-        teacher_input = target
-        if config.adaptation.teacher_augment:
-            # D3 flipped: the teacher sees its own flip and erasing of the clip (the reference: the same clip).
-            k_flip, k_erase = jax.random.split(k_teacher_aug)
-            teacher_input = prepare_clips(transforms.random_flip(k_flip, batch["target"]["video"]), k_erase, config)
-        # The teacher runs in train mode under no_grad: its BN statistics come from its own forwards.
-        teacher_out, teacher_vars = model.apply(
-            {"params": state.ema_params, "batch_stats": state.ema_batch_stats}, teacher_input, train=True,
-            grl_beta=0.0, rngs={"dropout": k_teacher}, mutable=["batch_stats"])
+        source = common.prepare_clips(batch["source"]["video"], k_src_aug, config)
+        target = common.prepare_clips(batch["target"]["video"], k_tgt_aug, config)
+        # D3 flipped (teacher_augment): the teacher sees its own flip and erasing (the authors: the same clip).
+        teacher_out, teacher_stats = common.teacher_forward(model, state, batch["target"]["video"], target,
+                                                            k_teacher_aug, k_teacher, config)
 
         ctx = dict(batch_stats=state.batch_stats, temporal_batch_stats=ref["temporal_batch_stats"], source=source,
                    labels=batch["source"]["pid"], target=target,
-                   teacher_embedding=jax.lax.stop_gradient(teacher_out["bn_embedding"]), beta=beta,
+                   teacher_embedding=teacher_out["bn_embedding"], beta=beta,
                    sequence_beta=sequence_beta, keys=keys)
         (g_params, g_temporal, g_weights), (total, terms, batch_stats, t_batch_stats, aux) = grad_fn(
             state.params, ref["temporal_params"], ref["weights"], ctx)
@@ -293,7 +283,7 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
         terms, aux, total = mean((terms, aux, total))
         # Per-device BN (DataParallel) leaves each replica its own running statistics; they are averaged
         # so the replicas stay identical (the reference keeps GPU 0's: same expectation, more noise).
-        batch_stats, t_batch_stats, teacher_stats = mean((batch_stats, t_batch_stats, teacher_vars["batch_stats"]))
+        batch_stats, t_batch_stats, teacher_stats = mean((batch_stats, t_batch_stats, teacher_stats))
 
         # 1) temporal module + discriminators: Adam, re-created at every epoch start in the reference (D12).
         t_opt = ref["temporal_opt_state"]
@@ -319,15 +309,25 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
         new_state = new_state.replace(ema_params=ema_update(state.ema_params, new_state.params, decay),
                                       ema_batch_stats=teacher_stats, rng=rng, reference=new_reference)
 
-        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves((g_params, g_temporal))))
-        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-        # As in the paper step: a non-finite update is dropped, but the batch counts as consumed.
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
-                                 state.replace(rng=rng, step=state.step + 1))
-        metrics = {"loss": total, **terms, **aux, "grl_beta": beta, "grad_norm": grad_norm, "teacher_decay": decay,
-                   "skipped": 1.0 - finite.astype(jnp.float32)}
+        grad_norm = common.global_norm((g_params, g_temporal))
+        metrics = {"loss": total, **terms, **aux, "grl_beta": beta, "teacher_decay": decay}
+        new_state, metrics = common.guard_and_report(state, new_state, rng, total, grad_norm, metrics)
         for i, name in enumerate(("reid", "stage", "consistency")):
             metrics[f"a_{name}"] = ref["weights"][i]
         return new_state, metrics
 
     return train_step
+
+
+def make_train_step(model, config, axis_name: str | None = None):
+    """The variant registry's builder: the reference step with its MS-TCN built from the config."""
+    return make_reference_train_step(model, build_temporal_model(config, model.num_classes), config, axis_name)
+
+
+def init_state(config, model, params, rng: jax.Array, steps_per_epoch: int) -> dict[str, Any]:
+    """TrainState.reference for a fresh run: the MS-TCN and its optimiser, the loss weights (see
+    init_reference_state), sized from the student's BN-neck."""
+    temporal_model = build_temporal_model(config, model.num_classes)
+    feature_dim = int(params["bnneck"]["scale"].shape[-1])
+    return init_reference_state(config, temporal_model, jax.random.fold_in(rng, 1), steps_per_epoch, feature_dim)
+

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from svreid_jax.data import transforms
+from svreid_jax.data import augment, decode
 
 
 def _write(tmp_path, name, array):
@@ -17,8 +17,8 @@ def _write(tmp_path, name, array):
 def test_load_clip_resizes_and_flips_every_frame_alike(tmp_path):
     rng = np.random.default_rng(0)
     frames = [_write(tmp_path, f"{i}.png", rng.integers(0, 255, (20, 10, 3), dtype=np.uint8)) for i in range(3)]
-    plain = transforms.load_clip(frames, [0, 1, 2, 2], 16, 8, flip=False)
-    flipped = transforms.load_clip(frames, [0, 1, 2, 2], 16, 8, flip=True)
+    plain = decode.load_clip(frames, [0, 1, 2, 2], 16, 8, flip=False)
+    flipped = decode.load_clip(frames, [0, 1, 2, 2], 16, 8, flip=True)
     assert plain.shape == (4, 16, 8, 3) and plain.dtype == np.uint8
     np.testing.assert_array_equal(flipped, plain[:, :, ::-1])
     expected = np.asarray(Image.open(frames[1]).convert("RGB").resize((8, 16), Image.BICUBIC))
@@ -27,7 +27,7 @@ def test_load_clip_resizes_and_flips_every_frame_alike(tmp_path):
 
 def test_missing_frame_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing: .*nothere.jpg"):
-        transforms.load_frame(str(tmp_path / "nothere.jpg"), 8, 4)
+        decode.load_frame(str(tmp_path / "nothere.jpg"), 8, 4)
 
 
 def _jpeg(tmp_path, name, array, **save):
@@ -87,7 +87,7 @@ def test_every_decoder_gives_the_pil_pixels(tmp_path, decoder):
         pytest.skip("Pillow is not linked against libjpeg-turbo")
     for what, path in _frames(tmp_path).items():
         for flip in (False, True):
-            got = transforms.load_clip([path], [0, 0], 32, 16, flip, decoder=decoder)
+            got = decode.load_clip([path], [0, 0], 32, 16, flip, decoder=decoder)
             assert got.shape == (2, 32, 16, 3) and got.dtype == np.uint8 and got.flags.c_contiguous
             expected = _oracle(path, 32, 16, flip)
             for frame in got:
@@ -105,36 +105,36 @@ def test_draft_decode_matches_pil_draft(tmp_path, decoder):
     for what, (h, w) in cases.items():
         path = _jpeg(tmp_path, f"{h}.jpg", _photo(rng, h, w), quality=90)
         for flip in (False, True):
-            got = transforms.load_clip([path], [0], 16, 8, flip, decoder=decoder, draft=True)[0]
+            got = decode.load_clip([path], [0], 16, 8, flip, decoder=decoder, draft=True)[0]
             np.testing.assert_array_equal(got, _oracle(path, 16, 8, flip, draft=True), err_msg=what)
     # It is an approximation: a full decode + bicubic differs.
     big = _jpeg(tmp_path, "big.jpg", _photo(rng, 64, 32), quality=90)
-    assert not np.array_equal(transforms.load_frame(big, 16, 8, decoder=decoder, draft=True),
-                              transforms.load_frame(big, 16, 8, decoder=decoder))
+    assert not np.array_equal(decode.load_frame(big, 16, 8, decoder=decoder, draft=True),
+                              decode.load_frame(big, 16, 8, decoder=decoder))
 
 
 def test_unknown_decoder_and_corrupt_frame_are_reported(tmp_path):
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"\xff\xd8\xff" + b"\0" * 50)
     with pytest.raises(ValueError, match="decoder='turbo'"):
-        transforms.load_frame(str(path), 8, 4, decoder="turbo")
+        decode.load_frame(str(path), 8, 4, decoder="turbo")
     with pytest.raises(OSError, match="cannot decode frame .*broken.jpg"):
-        transforms.load_frame(str(path), 8, 4)
+        decode.load_frame(str(path), 8, 4)
 
 
 def test_normalize_matches_imagenet_formula():
     video = jnp.asarray(np.arange(12, dtype=np.uint8).reshape(1, 1, 2, 2, 3) * 20)
-    got = np.asarray(transforms.normalize(video))
-    expected = (np.asarray(video, np.float32) / 255 - np.array(transforms.IMAGENET_MEAN)) / np.array(
-        transforms.IMAGENET_STD)
+    got = np.asarray(augment.normalize(video))
+    expected = (np.asarray(video, np.float32) / 255 - np.array(augment.IMAGENET_MEAN)) / np.array(
+        augment.IMAGENET_STD)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_random_erasing_statistics_and_clip_semantics():
     b, t, h, w = 2000, 4, 32, 16
     video = jnp.full((b, t, h, w, 3), -5.0)
-    out = np.asarray(transforms.random_erasing(jax.random.PRNGKey(0), video))
-    erased = np.all(out == np.asarray(transforms.ERASE_FILL, np.float32), axis=-1)  # [B,T,H,W]
+    out = np.asarray(augment.random_erasing(jax.random.PRNGKey(0), video))
+    erased = np.all(out == np.asarray(augment.ERASE_FILL, np.float32), axis=-1)  # [B,T,H,W]
     clip_erased = erased.any(axis=(1, 2, 3))
     # Probability 0.5 per clip (a few attempts may all miss: slightly below 0.5).
     assert 0.45 < clip_erased.mean() < 0.53
@@ -155,5 +155,5 @@ def test_random_erasing_statistics_and_clip_semantics():
 
 def test_random_erasing_probability_zero_is_identity():
     video = jnp.ones((3, 2, 8, 4, 3))
-    np.testing.assert_array_equal(np.asarray(transforms.random_erasing(jax.random.PRNGKey(1), video, probability=0.0)),
+    np.testing.assert_array_equal(np.asarray(augment.random_erasing(jax.random.PRNGKey(1), video, probability=0.0)),
                                   np.asarray(video))

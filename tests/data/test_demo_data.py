@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from svreid_jax.data import toy
+from svreid_jax.data import demo as demo_data
 
 SMALL = dict(num_source_ids=4, num_source_test_ids=2, num_target_train_ids=3, num_target_test_ids=3,
              num_cameras=3, tracklets_per_id=(2, 3), frames_per_tracklet=(8, 12), num_distractors=2, num_junk=1,
@@ -27,12 +27,12 @@ def _tree_digest(root) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    return toy.generate(str(root), **SMALL)
+    return demo_data.generate(str(root), **SMALL)
 
 
 def test_same_seed_same_bytes(tmp_path):
-    a = toy.generate(str(tmp_path / "a"), seed=3, **SMALL)
-    b = toy.generate(str(tmp_path / "b"), seed=3, **SMALL)
+    a = demo_data.generate(str(tmp_path / "a"), seed=3, **SMALL)
+    b = demo_data.generate(str(tmp_path / "b"), seed=3, **SMALL)
     digest_a, digest_b = _tree_digest(tmp_path / "a"), _tree_digest(tmp_path / "b")
     assert len(digest_a) > 100 and digest_a == digest_b
     assert a.source_root == str(tmp_path / "a" / "source") and a.target_root == str(tmp_path / "a" / "target")
@@ -40,8 +40,8 @@ def test_same_seed_same_bytes(tmp_path):
 
 
 def test_other_seed_other_bytes(tmp_path):
-    toy.generate(str(tmp_path / "a"), seed=0, **SMALL)
-    toy.generate(str(tmp_path / "b"), seed=1, **SMALL)
+    demo_data.generate(str(tmp_path / "a"), seed=0, **SMALL)
+    demo_data.generate(str(tmp_path / "b"), seed=1, **SMALL)
     digest_a, digest_b = _tree_digest(tmp_path / "a"), _tree_digest(tmp_path / "b")
     common = set(digest_a) & set(digest_b) - {"toy_stamp.json"}
     jpgs = [k for k in common if k.endswith(".jpg")]
@@ -50,17 +50,17 @@ def test_other_seed_other_bytes(tmp_path):
 
 def test_ensure_generates_once_and_records_options(tmp_path):
     root = str(tmp_path / "demo")
-    paths = toy.ensure(root, **SMALL)
+    paths = demo_data.ensure(root, **SMALL)
     marker = os.path.join(paths.source_root, "marker")
     open(marker, "w").close()
-    assert toy.ensure(root, **SMALL) == paths
+    assert demo_data.ensure(root, **SMALL) == paths
     assert os.path.exists(marker)  # nothing was regenerated
     with open(os.path.join(root, "toy_stamp.json")) as f:
         stamp = json.load(f)
     assert stamp["options"]["num_source_ids"] == 4 and stamp["options"]["tracklets_per_id"] == [2, 3]
     # Other options (here a list instead of a tuple must not count as different, a new size must).
-    assert toy.ensure(root, **{**SMALL, "tracklets_per_id": [2, 3]}) == paths and os.path.exists(marker)
-    toy.ensure(root, **{**SMALL, "num_junk": 2})
+    assert demo_data.ensure(root, **{**SMALL, "tracklets_per_id": [2, 3]}) == paths and os.path.exists(marker)
+    demo_data.ensure(root, **{**SMALL, "num_junk": 2})
     assert not os.path.exists(marker)
 
 
@@ -70,19 +70,19 @@ def test_interrupted_generation_is_redone(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(toy, "_write_target", crash)
+    monkeypatch.setattr(demo_data, "_write_target", crash)
     with pytest.raises(KeyboardInterrupt):
-        toy.ensure(root, **SMALL)
+        demo_data.ensure(root, **SMALL)
     assert os.path.isdir(os.path.join(root, "source")) and not os.path.exists(os.path.join(root, "toy_stamp.json"))
     monkeypatch.undo()
-    toy.ensure(root, **SMALL)
-    toy.generate(str(tmp_path / "fresh"), **SMALL)
+    demo_data.ensure(root, **SMALL)
+    demo_data.generate(str(tmp_path / "fresh"), **SMALL)
     assert _tree_digest(root) == _tree_digest(tmp_path / "fresh")
 
 
 def test_unknown_option_rejected(tmp_path):
     with pytest.raises(TypeError):
-        toy.ensure(str(tmp_path), num_people=3)
+        demo_data.ensure(str(tmp_path), num_people=3)
 
 
 def test_sizes_in_range(small):
@@ -129,6 +129,6 @@ def test_domains_differ(small):
 
 def test_bad_options_rejected(tmp_path):
     with pytest.raises(ValueError, match="frames_per_tracklet"):
-        toy.generate(str(tmp_path), **{**SMALL, "frames_per_tracklet": (12, 8)})
+        demo_data.generate(str(tmp_path), **{**SMALL, "frames_per_tracklet": (12, 8)})
     with pytest.raises(ValueError, match="num_cameras"):
-        toy.generate(str(tmp_path), **{**SMALL, "num_cameras": 10})
+        demo_data.generate(str(tmp_path), **{**SMALL, "num_cameras": 10})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from svreid_jax.data import datasets, pack, pipeline
+from svreid_jax.data import datasets, decode, pack, pipeline
 from svreid_jax.data.records import DatasetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -109,7 +109,7 @@ def test_packed_split_pickles_for_worker_processes(packed):
     copy = pickle.loads(pickle.dumps(view))
     assert len(copy) == 2 and copy[1] == view[1]
     np.testing.assert_array_equal(copy.load_clip(0, [0, 0, 0, 0], 12, 6, True), clip)
-    assert clip.tobytes() == pipeline.transforms.load_clip(folders.gallery[1].frames, [0] * 4, 12, 6, True).tobytes()
+    assert clip.tobytes() == decode.load_clip(folders.gallery[1].frames, [0] * 4, 12, 6, True).tobytes()
 
 
 def test_empty_splits_and_reuse(tmp_path):

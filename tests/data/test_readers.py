@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from svreid_jax.data import datasets, toy
+from svreid_jax.data import datasets, demo as demo_data
 from svreid_jax.data.datasets import mars
 from svreid_jax.data.records import DatasetError
 
@@ -329,7 +329,7 @@ _TOY = dict(num_source_ids=5, num_source_test_ids=3, num_target_train_ids=4, num
 
 @pytest.fixture(scope="module")
 def toy_paths(tmp_path_factory):
-    return toy.generate(str(tmp_path_factory.mktemp("toy")), **_TOY)
+    return demo_data.generate(str(tmp_path_factory.mktemp("toy")), **_TOY)
 
 
 def _list(path):

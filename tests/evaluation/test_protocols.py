@@ -6,10 +6,9 @@ reader's own include_query / all galleries on the demo data.
 import numpy as np
 import pytest
 
-from svreid_jax import train
-from svreid_jax.data import datasets, toy
+from svreid_jax.data import datasets, demo as demo_data
 from svreid_jax.data.records import DatasetSplits, Tracklet
-from svreid_jax.evaluation import protocols, ranking
+from svreid_jax.evaluation import evaluate, evaluators, protocols, ranking
 
 
 def _t(name, pid, cam, clothes=None):
@@ -53,17 +52,18 @@ def test_clothes_protocols_only_with_clothes_ids():
         protocols.clothes_protocols(np.zeros((1, 1)), query, gallery, clothes=True)
 
 
-def test_evaluate_target_on_features_reranked_too():
+def test_standard_protocol_on_features_reranked_too():
     rng = np.random.default_rng(0)
     query = [_t(f"q{i}", i % 3, 0, i % 2) for i in range(6)]
     gallery = [_t(f"g{i}", i % 3, 1, (i // 3) % 2) for i in range(30)]
     q, g = rng.normal(size=(6, 8)), rng.normal(size=(30, 8))
     for spec in (protocols.DistanceSpec(), protocols.DistanceSpec(rerank=True, k1=5, k2=2)):
-        res = protocols.evaluate_target(q, g, query, gallery, distance=spec)
+        res = evaluators.get("standard")(evaluators.ProtocolInputs(q, g, query, gallery, distance=spec))
         assert list(res) == ["general", "same_clothes", "clothes_changing"]
         direct = ranking.evaluate_ranking(protocols.distances(q, g, spec), *_pids_cams(query, gallery))
         assert res["general"].mAP == direct.mAP
-    only = protocols.evaluate_target(q, g, query, gallery, distance=protocols.DistanceSpec(), all_protocols=False)
+    only = evaluators.standard(evaluators.ProtocolInputs(q, g, query, gallery, distance=protocols.DistanceSpec(),
+                                                         all_protocols=False))
     assert list(only) == ["general"]
 
 
@@ -127,7 +127,7 @@ def toy_target(tmp_path_factory):
     from configs import demo
 
     options = demo.get_config("paper,micro").data.demo_options.to_dict()
-    return toy.ensure(str(tmp_path_factory.mktemp("toy")), **options).target_root
+    return demo_data.ensure(str(tmp_path_factory.mktemp("toy")), **options).target_root
 
 
 def test_mars_helper_matches_the_readers_galleries(toy_target):
@@ -223,20 +223,20 @@ def test_tables_one_row_per_protocol():
     flat = {"rank1": 0.5, "rank5": 1.0, "rank10": 1.0, "rank20": 1.0, "mAP": 0.25, "extract_sec": 3.0,
             "include_query/rank1": 0.125, "include_query/rank5": 0.5, "include_query/rank10": 1.0,
             "include_query/rank20": 1.0, "include_query/mAP": 0.2}
-    assert train.results_table(flat, "s → t") == "\n".join([
+    assert evaluate.results_table(flat, "s → t") == "\n".join([
         "| s → t | R-1 | R-5 | R-10 | R-20 | mAP |",
         "|---|---|---|---|---|---|",
         "| exclude_query | 50.0 | 100.0 | 100.0 | 100.0 | 25.0 |",
         "| include_query | 12.5 | 50.0 | 100.0 | 100.0 | 20.0 |",
     ])
     plain = {k: v for k, v in flat.items() if "/" not in k}
-    assert train.results_table(plain, "x").splitlines()[2].startswith("| target | 50.0 |")
+    assert evaluate.results_table(plain, "x").splitlines()[2].startswith("| target | 50.0 |")
     assert protocols.primary_label({"rank1": 1, "same_clothes/rank1": 1}) == "general"
 
 
 def test_table_with_std():
     res = protocols.SplitsResult(split_ids=(0, 1), per_split=({"rank1": 1.0, "mAP": 1.0}, {"rank1": 0.0, "mAP": 0.5}),
                                  mean={"rank1": 0.5, "mAP": 0.75}, std={"rank1": 0.5, "mAP": 0.25})
-    lines = train.results_table(res.flat(), "t").splitlines()
+    lines = evaluate.results_table(res.flat(), "t").splitlines()
     assert lines[2] == "| mean ± std (2 splits) | 50.0 ± 50.0 | – | – | – | 75.0 ± 25.0 |"
     assert lines[3] == "| split_0 | 100.0 | – | – | – | 100.0 |"

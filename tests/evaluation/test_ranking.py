@@ -9,7 +9,7 @@ from svreid_jax.evaluation import ranking
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The oracle: one query at a time, a full stable argsort, the rules of method-spec §8.3 written out.
+# The oracle: one query at a time, a full stable argsort, the rules of docs/METHOD.md §7.3 written out.
 
 
 def oracle(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, q_clothes=None, g_clothes=None,

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from configs import demo
-from svreid_jax import train
+from svreid_jax import builders
 from svreid_jax.data.records import Tracklet
 from svreid_jax.evaluation import visualize
 from svreid_jax.models import reid
@@ -18,8 +18,8 @@ def setup(tmp_path_factory):
     config.data.demo_root = str(tmp_path_factory.mktemp("demo"))
     config.eval.visualize_queries = 3
     config.eval.visualize_points = 12
-    source, target = train.load_datasets(config, "/nonexistent")
-    model = train.create_model(config, source.num_train_pids)
+    source, target = builders.load_datasets(config, "/nonexistent")
+    model = builders.create_model(config, source.num_train_pids)
     params, batch_stats = reid.init_model(model, jax.random.PRNGKey(0),
                                           (1, config.eval.seq_len, config.data.height, config.data.width, 3))
     return config, model, {"params": params, "batch_stats": batch_stats}, source, target

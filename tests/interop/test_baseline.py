@@ -118,7 +118,7 @@ def test_load_into_model_strictly(sinet_case):
     baseline.load_baseline_checkpoint(state, zeros_plain["params"], zeros_plain["batch_stats"], drop=("projection",))
 
 
-@pytest.mark.parametrize("arch", ["idnet", "sbnet", "resnet50"])
+@pytest.mark.parametrize("arch", ["idnet", "sbnet", "resnet"])
 def test_arch_mismatch_is_caught(sinet_case, arch):
     _, shapes, state, _ = sinet_case
     _, other = _shapes(arch)

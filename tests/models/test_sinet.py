@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svreid_jax.models import reid, resnet, sinet
+from svreid_jax.models import backbones, reid, resnet, sinet
 
 # 96×48 frames: stem 48×24 → pool (padding 0) 23×11 → layer2 12×6 → layer3 6×3, so IDM sees
 # N = 4·12·6 = 288 positions (→ 18) and SBM a 6×3 map.
@@ -137,7 +137,7 @@ def _backbone_shapes(arch, seq_len=4, depth=50, shape=(8, 96, 48, 3)):
     ("sinet", {"layer2_1_idm", "layer2_3_idm", "layer3_1_sbm", "layer3_3_sbm", "layer3_5_sbm"}),
     ("sbnet", {"layer3_1_sbm", "layer3_3_sbm", "layer3_5_sbm"}),
     ("idnet", {"layer2_1_idm", "layer2_3_idm"}),
-    ("resnet50", set()),
+    ("resnet", set()),
 ])
 def test_video_resnet_trees(arch, plugins):
     variables = _backbone_shapes(arch)
@@ -230,9 +230,9 @@ def test_sinet_reidnet_rejects_other_clip_lengths(sinet_model):
 
 
 def test_default_arch_unchanged():
-    """arch='resnet50' and no projection: exactly the historical tree and outputs."""
+    """arch='resnet' and no projection: exactly the historical tree and outputs."""
     model = reid.ReIDNet(num_classes=3, backbone={"depth": "tiny"})
-    assert model.arch == "resnet50" and not model.infonce_projection
+    assert model.arch == "resnet" and not model.infonce_projection
     out, v = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 4, 32, 16, 3)),
                                                            train=False))
     assert set(out) == set(reid.OUTPUT_KEYS)
@@ -267,3 +267,13 @@ def test_imagenet_weights_load_into_sinet_backbone(tmp_path):
                                   state["layer2.0.downsample.1.running_var"])
     np.testing.assert_array_equal(params["backbone"]["layer3_5"]["conv2"]["bias"], 7.0)  # not in torchvision
     np.testing.assert_array_equal(params["backbone"]["layer2_1_idm"]["chl_reduction_0"]["kernel"], 7.0)
+
+
+def test_old_arch_name_still_builds_the_plain_resnet(caplog):
+    """'resnet50' (the old name of the plain ResNet of any depth) resolves to 'resnet' with a warning."""
+    backbones._warned.discard("resnet50")
+    with caplog.at_level("WARNING"):
+        model = reid.ReIDNet(num_classes=3, backbone={"depth": "tiny"}, arch="resnet50")
+    assert model.arch == "resnet"
+    assert "now called 'resnet'" in caplog.text
+

@@ -1,6 +1,6 @@
 """Numerical parity with PyTorch (optional: skipped without torch).
 
-The PyTorch modules below are written in this file from method-spec §3 (a torchvision-named
+The PyTorch modules below are written in this file from docs/METHOD.md §3 (a torchvision-named
 ResNet, the reference's inflated per-frame video ResNet with IDM/SBM, the MS-TCN), with the state_dict
 names the converters expect. Weights go torch → our converters → Flax, and we compare
 
@@ -83,7 +83,7 @@ class TorchBlock(tnn.Module):
 
 
 class TorchIDM(tnn.Module):
-    """IDM as method-spec §3.1 describes it, on (B, C, T, h, w) with N = T·h·w positions."""
+    """IDM as docs/METHOD.md §3.2 describes it, on (B, C, T, h, w) with N = T·h·w positions."""
 
     def __init__(self, c, n, factor=16):
         super().__init__()
@@ -102,7 +102,7 @@ class TorchIDM(tnn.Module):
 
 
 class TorchSBM(tnn.Module):
-    """SBM as method-spec §3.1 describes it (replicate padding + a grouped conv3d per sample)."""
+    """SBM as docs/METHOD.md §3.2 describes it (replicate padding + a grouped conv3d per sample)."""
 
     def __init__(self, c, split_pos, k=3, beta=5.0, alpha=0.1):
         super().__init__()
@@ -429,7 +429,7 @@ class TorchStage(tnn.Module):
 
 
 class TorchMSTCN(tnn.Module):
-    """The reference's MultiStageModel trunk (method-spec §3.3), on (B, D, T)."""
+    """The reference's MultiStageModel trunk (docs/METHOD.md §3.6), on (B, D, T)."""
 
     def __init__(self, din, k, stages=4, layers=10, f=64, p=0.5):
         super().__init__()

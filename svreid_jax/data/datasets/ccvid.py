@@ -1,4 +1,4 @@
-"""CCVID (Gu et al., CVPR'22 "Clothes-Changing ReID with RGB only"; method-spec §1.3, reid-ecosystem §2.1).
+"""CCVID (Gu et al., CVPR'22 "Clothes-Changing ReID with RGB only"; docs/DATASETS.md).
 
 On disk (`root` is the folder that holds the list files; `<root>/CCVID/` and `<root>/image/` are
 looked into too, for CAL's and the reference's layouts):

@@ -1,4 +1,4 @@
-"""iLIDS-VID (Wang et al., ECCV'14; method-spec §1.3, reid-ecosystem §1.1).
+"""iLIDS-VID (Wang et al., ECCV'14; docs/DATASETS.md).
 
 On disk (`root` is the folder holding `i-LIDS-VID/`, or a folder holding `ilids-vid/` with it):
 
@@ -23,7 +23,7 @@ Conventions:
     instead; only pid equality matters for evaluation, so the metrics are the same;
   * camid: 0 = cam1, 1 = cam2;
   * frames: the .png (or .jpg) files of the folder, ordered **numerically** by the last integer in
-    the name. The reference and torchreid keep glob's unsorted order (method-spec §1.4), so their
+    the name. The reference and torchreid keep glob's unsorted order (docs/DATASETS.md), so their
     "temporal" crops are effectively random frame subsets; ours are temporal.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LS-VID (Li et al., ICCV'19; method-spec §1.3, reid-ecosystem §3).
+"""LS-VID (Li et al., ICCV'19; docs/DATASETS.md).
 
 On disk (`root` is the LS-VID folder, or a folder holding `LS-VID/`):
 
@@ -25,7 +25,7 @@ Conventions (as the reference code, except where noted):
     cutting (it uses 48): a tracklet of n ≥ L frames becomes ⌊n/L⌋ consecutive pieces of L frames,
     the last piece also taking the remainder (L..2L−1 frames); shorter tracklets stay whole. It
     applies to **every** split, query and gallery included, and each piece is its own item
-    (method-spec §8.4). The reference's cached split_*.json files are never read.
+    (docs/METHOD.md §7.5). The reference's cached split_*.json files are never read.
 
 Speed: each frame folder is listed once (the first time a prefix needs it); nothing is stat-ed
 per frame.

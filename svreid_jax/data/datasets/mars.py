@@ -1,4 +1,4 @@
-"""MARS (method-spec §1.3, reid-ecosystem §1.1).
+"""MARS (docs/DATASETS.md).
 
 On disk:
 
@@ -14,8 +14,7 @@ On disk:
 
 Conventions: rows with pid −1 ("junk") are dropped everywhere and counted (`load_with_stats`);
 pid 0 (distractors) is kept in the test splits; camid = cam − 1; training pids are relabelled
-0..N-1 in sorted order; test pids stay raw. Three gallery conventions circulate (reid-ecosystem
-§1.4) and are the `gallery` option.
+0..N-1 in sorted order; test pids stay raw. Three gallery conventions circulate (docs/METHOD.md §7.4) and are the `gallery` option.
 
 Speed: real MARS lists ~1.2M frame names. Frames are never stat-ed one by one: with
 `check_frames=True` (default) each bbox sub-folder that a kept tracklet uses is listed once
@@ -164,7 +163,7 @@ def load_with_stats(root: str, gallery: str = "exclude_query",
 
     Args:
       root: the folder holding info/, bbox_train/ and bbox_test/.
-      gallery: which gallery convention (reid-ecosystem §1.4):
+      gallery: which gallery convention (docs/METHOD.md §7.4):
         'exclude_query' (reference code / torchreid): the test rows not in query_IDX, in row order;
         'include_query' (AP3D / CAL style): that gallery followed by the query tracklets;
         'all' (official MATLAB): every test row, in row order (the same set as 'include_query').

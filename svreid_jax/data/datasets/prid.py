@@ -1,4 +1,4 @@
-"""PRID2011, multi-shot (Hirzer et al., SCIA'11; method-spec §1.3, reid-ecosystem §1.1).
+"""PRID2011, multi-shot (Hirzer et al., SCIA'11; docs/DATASETS.md).
 
 On disk (`root` is the folder holding `prid_2011/`, or a folder holding `prid2011/` with it):
 
@@ -30,7 +30,7 @@ Conventions:
     are the same;
   * camid: 0 = cam_a, 1 = cam_b;
   * frames: ordered **numerically** by the last integer in the file name. The reference and
-    torchreid keep glob's unsorted order (method-spec §1.4); we do not.
+    torchreid keep glob's unsorted order (docs/DATASETS.md); we do not.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SVReID, SVReID-cc and SVReID+: the synthetic source sets (method-spec §1.2).
+"""SVReID, SVReID-cc and SVReID+: the synthetic source sets (docs/DATASETS.md).
 
 On disk (`root` is what the config names; the dataset folder is found under it):
 

@@ -1,0 +1,250 @@
+"""Config → objects: dataset splits (folder or packed), clip specs, the model, its variables, the train
+state, and the variables restored from a checkpoint. Training, `--mode=eval`, `--mode=visualize`,
+`--mode=extract` and the notebooks all build through here, so they read data and models the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from svreid_jax import interop, parallel, variants
+from svreid_jax.data import datasets, pack, pipeline
+from svreid_jax.data import demo as demo_data
+from svreid_jax.data.records import DatasetSplits
+from svreid_jax.interop import baseline
+from svreid_jax.models import backbones, reid
+from svreid_jax.state import TrainState, create_train_state
+
+CHECKPOINT_CHOICES = ("auto", "latest", "best")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def demo_roots(config, workdir: str) -> tuple[str, str]:
+    """(source root, target root) of the demo data (generated under data.demo_root or <workdir>/data
+    if missing); with data.demo_source_domain='target' the source is the target (the oracle)."""
+    root = config.data.demo_root or os.path.join(workdir, "data")
+    paths = demo_data.ensure(root, **config.data.demo_options.to_dict())
+    target_root = str(paths.target_root)
+    source_root = target_root if config.data.demo_source_domain == "target" else str(paths.source_root)
+    return source_root, target_root
+
+
+def load_split_set(dataset_config, root: str, **option_overrides) -> DatasetSplits:
+    """The splits of one `config.data.source` / `config.data.target` entry: its packed array_record
+    shards (`python -m svreid_jax.data.pack`: same tracklets, same batches) when `packed` is set, else the
+    reader `name` on `root` with `options` (`option_overrides` replace options, e.g. split_id)."""
+    if dataset_config.packed:
+        if option_overrides:
+            raise ValueError(f"data.{dataset_config.name}: reader options {sorted(option_overrides)} cannot change "
+                             f"packed shards ({dataset_config.packed}); pack each variant, or read the folder")
+        return pack.load_packed(dataset_config.packed)
+    options = {**dataset_config.options.to_dict(), **option_overrides}
+    return datasets.load(dataset_config.name, root, **options)
+
+
+def load_datasets(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits]:
+    """(source splits, target splits) as the config names them; generates the demo data if asked."""
+    source_root, target_root = config.data.source.root, config.data.target.root
+    if config.data.demo:
+        source_root, target_root = demo_roots(config, workdir)
+    return load_split_set(config.data.source, source_root), load_split_set(config.data.target, target_root)
+
+
+def load_target(config, workdir: str, **option_overrides) -> DatasetSplits:
+    """The target splits alone (evaluation modes); `option_overrides` replace reader options (e.g. split_id)."""
+    root = demo_roots(config, workdir)[1] if config.data.demo else config.data.target.root
+    return load_split_set(config.data.target, root, **option_overrides)
+
+
+def hold_out_source(splits: DatasetSplits, num_ids: int, seed: int) -> tuple[DatasetSplits, DatasetSplits]:
+    """Split source identities: (training splits, a held-out query/gallery for model selection).
+
+    `num_ids` source identities (drawn with the seed) leave training; each gives its first tracklet
+    as a query and the rest as gallery. Training pids are relabelled 0..N−1. Selecting on these
+    never looks at target labels.
+    """
+    if not isinstance(splits.train, tuple):
+        raise ValueError("train.select_holdout_ids needs the folder layout; packed shards cannot be re-split. "
+                         "Set data.source.packed='' or train.select_holdout_ids=0")
+    pids = sorted({t.pid for t in splits.train})
+    if num_ids >= len(pids) - 1:
+        raise ValueError(f"train.select_holdout_ids={num_ids} leaves too few of the {len(pids)} source identities")
+    held = set(np.random.default_rng(seed).choice(pids, size=num_ids, replace=False).tolist())
+    kept = [p for p in pids if p not in held]
+    relabel = {p: i for i, p in enumerate(kept)}
+    train_part = tuple(dataclasses.replace(t, pid=relabel[t.pid]) for t in splits.train if t.pid in relabel)
+    query, gallery, seen = [], [], set()
+    for t in splits.train:
+        if t.pid in held:
+            (gallery if t.pid in seen else query).append(t)
+            seen.add(t.pid)
+    return (DatasetSplits(train_part, splits.query, splits.gallery),
+            DatasetSplits((), tuple(query), tuple(gallery)))
+
+
+def prepare_data(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits, DatasetSplits | None]:
+    """(source, target, selection split or None) as the config asks, logging what was chosen."""
+    source, target = load_datasets(config, workdir)
+    selection = None
+    if config.train.select_holdout_ids > 0 and not config.train.select_on_target_test:
+        source, selection = hold_out_source(source, config.train.select_holdout_ids, config.seed)
+        logging.info("model selection on %d held-out source identities (%d query / %d gallery tracklets)",
+                     config.train.select_holdout_ids, len(selection.query), len(selection.gallery))
+    elif config.train.select_on_target_test:
+        logging.warning("train.select_on_target_test=True selects the checkpoint by target *test* rank-1 "
+                        "(the authors' behaviour, D10 in docs/REPRODUCIBILITY.md): the result is optimistically "
+                        "biased.")
+        selection = target
+    return source, target, selection
+
+
+def clip_spec(config, train: bool) -> pipeline.ClipSpec:
+    """How clips are cut and decoded: training clips (data.seq_len, data.train_temporal, flips) or
+    evaluation clips (eval.seq_len, eval.temporal, no flip), at data.height × data.width."""
+    decoding = dict(decoder=config.data.decoder, draft=config.data.draft_decode)
+    if train:
+        return pipeline.ClipSpec(seq_len=config.data.seq_len, height=config.data.height, width=config.data.width,
+                                 temporal=config.data.train_temporal, flip=config.augment.flip, **decoding)
+    return pipeline.ClipSpec(seq_len=config.eval.seq_len, height=config.data.height, width=config.data.width,
+                             temporal=config.eval.temporal, flip=False, **decoding)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and state
+
+
+def create_model(config, num_classes: int) -> reid.ReIDNet:
+    """The ReIDNet of `config.model` with the backbone `model.arch` names (models.backbones)."""
+    m = config.model
+    backbone = backbones.get(m.arch)
+    return reid.ReIDNet(num_classes=num_classes, backbone=backbone.options(m), frame_pooling=m.frame_pooling,
+                        disc_hidden=m.disc_hidden, disc_dropout=m.disc_dropout, dtype=jnp.dtype(m.dtype),
+                        arch=m.arch, infonce_projection=config.loss.infonce > 0)
+
+
+def init_variables(config, model, rng: jax.Array) -> tuple[Any, Any]:
+    """(params, batch_stats) of a fresh model, with the weights of `model.init_from` loaded if named."""
+    shape = (1, config.data.seq_len, config.data.height, config.data.width, 3)
+    params, batch_stats = reid.init_model(model, rng, shape)
+    if config.model.init_from:
+        params, batch_stats = interop.load_backbone_weights(config.model.init_from, params, batch_stats)
+    return params, batch_stats
+
+
+def create_state(config, model, num_steps_per_epoch: int, seed_key: jax.Array) -> TrainState:
+    """A fresh TrainState for `config.variant`: initial variables, optimiser, teacher, RNG and the
+    variant's own extra state (TrainState.reference)."""
+    init_rng, state_rng = jax.random.split(seed_key)
+    params, batch_stats = init_variables(config, model, init_rng)
+    extra = variants.init_state(config, model, params, state_rng, num_steps_per_epoch)
+    return create_train_state(config, model.apply, params, batch_stats, state_rng, num_steps_per_epoch,
+                              reference=extra)
+
+
+def eval_variables(config, state: TrainState) -> dict:
+    """{'params', 'batch_stats'} that evaluation uses: the student's, or the EMA teacher's with eval.use_teacher."""
+    if config.eval.use_teacher:
+        return {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+# ---------------------------------------------------------------------------------------------
+# Restored variables (evaluation modes)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    directory: str  # the orbax manager directory (<workdir>/checkpoints or <workdir>/best), or a baseline file
+    step: int  # -1 for an authors' checkpoint (model.init_from)
+    teacher: bool  # the EMA teacher's variables were taken
+
+
+def checkpoint_directory(workdir: str, which: str = "auto") -> str:
+    """<workdir>/best (model selection's pick) or <workdir>/checkpoints (the latest state).
+
+    which: 'auto' — best/ when it holds a checkpoint (what train_and_evaluate reports), else checkpoints/;
+    'latest' — checkpoints/; 'best' — best/.
+    """
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"eval.checkpoint={which!r}; expected one of {CHECKPOINT_CHOICES}")
+    best, latest = os.path.join(workdir, "best"), os.path.join(workdir, "checkpoints")
+    if which == "best" or (which == "auto" and _has_step(best)):
+        return best
+    return latest
+
+
+def _has_step(directory: str) -> bool:
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+def restore_variables(config, workdir: str, mesh=None) -> tuple[reid.ReIDNet, dict, CheckpointInfo]:
+    """(model, {'params', 'batch_stats'}, info) from the checkpoint `config.eval.checkpoint` picks.
+
+    The train state is restored as saved (no optimiser is built, no training data is read); the number of
+    classes comes from the saved classifier. If `config.model.init_from` names one of the authors' student
+    checkpoints (a `.pth(.tar)` with the BN-neck `bn.*` and `classifier.*`, or its `.npz`), that file is
+    converted on the fly (interop.baseline) and evaluated instead of the workdir's checkpoint. With
+    `config.eval.use_teacher` the EMA teacher is returned. Variables are replicated over `mesh`
+    (default: all devices).
+    """
+    if config.model.init_from:
+        state_dict = _baseline_student(config)
+        if state_dict is not None:
+            return _baseline_variables(config, state_dict, mesh)
+    directory = checkpoint_directory(workdir, config.eval.checkpoint)
+    if not _has_step(directory):
+        raise FileNotFoundError(f"no checkpoint under {directory}; train first (--mode=train) with this --workdir")
+    manager = ocp.CheckpointManager(os.path.abspath(directory))
+    step = manager.latest_step()
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    teacher = bool(config.eval.use_teacher)
+    params = state["ema_params"] if teacher else state["params"]
+    batch_stats = state["ema_batch_stats"] if teacher else state["batch_stats"]
+    num_classes = int(np.shape(params["classifier"]["kernel"])[-1])
+    model = create_model(config, num_classes)
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    variables = parallel.replicate({"params": params, "batch_stats": batch_stats}, mesh)
+    logging.info("restored %s step %d (%s, %d source classes)", directory, step,
+                 "EMA teacher" if teacher else "student", num_classes)
+    return model, variables, CheckpointInfo(directory=directory, step=int(step), teacher=teacher)
+
+
+def _baseline_student(config) -> dict | None:
+    """The authors' student state_dict named by model.init_from, or None if the file is not one (e.g.
+    ImageNet weights, which only initialise training)."""
+    state_dict = baseline.read_baseline_checkpoint(config.model.init_from,
+                                                   allow_pickle=config.model.init_from_allow_pickle)
+    if "classifier.weight" not in state_dict or "bn.weight" not in state_dict:
+        return None
+    return state_dict
+
+
+def _baseline_variables(config, state_dict: dict, mesh) -> tuple[reid.ReIDNet, dict, CheckpointInfo]:
+    """(model, variables, info) for an authors' student state_dict, on the model the config describes."""
+    path = config.model.init_from
+    arch = baseline.infer_arch(state_dict)
+    if arch != backbones.canonical_name(config.model.arch):
+        raise ValueError(f"{path} holds a {arch!r} network but config.model.arch={config.model.arch!r}; "
+                         f"use configs/<target>.py:reference (sinet) or --config.model.arch={arch}")
+    num_classes = int(np.shape(state_dict["classifier.weight"])[0])
+    model = create_model(config, num_classes)
+    params, batch_stats = reid.init_model(model, jax.random.PRNGKey(0),
+                                          (1, config.eval.seq_len, config.data.height, config.data.width, 3))
+    # The InfoNCE projection is a training head: drop it when this model has none.
+    drop = () if "projection" in params else ("projection",)
+    params, batch_stats = baseline.load_baseline_checkpoint(state_dict, params, batch_stats, drop=drop)
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    variables = parallel.replicate({"params": params, "batch_stats": batch_stats}, mesh)
+    logging.info("evaluating the authors' checkpoint %s (%s, %d source classes), converted", path, arch, num_classes)
+    return model, variables, CheckpointInfo(directory=os.path.abspath(path), step=-1, teacher=False)

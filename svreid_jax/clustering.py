@@ -1,0 +1,130 @@
+"""k-means, on device (jit-able, fixed iterations) for the paper variant's teacher and on the host
+(numpy, sklearn's defaults) for the reference variant's consistency constant.
+
+Shapes: N points of dimension D, K clusters.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def squared_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
+    """[N, D], [K, D] → [N, K] squared Euclidean distances, clamped at 0."""
+    return jnp.maximum(
+        jnp.sum(x * x, -1)[:, None] + jnp.sum(centroids * centroids, -1)[None, :] - 2.0 * x @ centroids.T, 0.0
+    )
+
+
+def kmeans_plus_plus_init(rng: jax.Array, points: jax.Array, num_clusters: int) -> jax.Array:
+    """k-means++ seeding: the first centroid uniformly, each next one ∝ squared distance to the nearest.
+
+    points [N, D] float32 → centroids [num_clusters, D], each a row of points.
+    """
+    n = points.shape[0]
+    first_key, seed_key = jax.random.split(rng)
+    first = jax.random.randint(first_key, (), 0, n)
+    centroids = jnp.zeros((num_clusters, points.shape[1]), points.dtype).at[0].set(points[first])
+
+    def seed_one(i, carry):
+        centroids, key = carry
+        key, sub = jax.random.split(key)
+        d2 = squared_distances(points, centroids)
+        d2 = jnp.where(jnp.arange(num_clusters)[None, :] < i, d2, jnp.inf)  # only centroids chosen so far
+        nearest = jnp.min(d2, axis=1)
+        logits = jnp.where(nearest > 0, jnp.log(jnp.maximum(nearest, 1e-30)), -jnp.inf)
+        # Every point already is a centroid (fewer distinct points than clusters): draw uniformly.
+        logits = jnp.where(jnp.all(jnp.isinf(logits)), jnp.zeros_like(logits), logits)
+        pick = jax.random.categorical(sub, logits)
+        return centroids.at[i].set(points[pick]), key
+
+    centroids, _ = jax.lax.fori_loop(1, num_clusters, seed_one, (centroids, seed_key))
+    return centroids
+
+
+def lloyd_iterations(points: jax.Array, centroids: jax.Array, num_iters: int) -> jax.Array:
+    """num_iters rounds of assign-to-nearest then move-to-mean. An empty cluster keeps its centroid."""
+    num_clusters = centroids.shape[0]
+
+    def lloyd(_, centroids):
+        assign = jnp.argmin(squared_distances(points, centroids), axis=1)
+        onehot = jax.nn.one_hot(assign, num_clusters, dtype=points.dtype)
+        counts = jnp.sum(onehot, axis=0)
+        sums = onehot.T @ points
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centroids)
+
+    return jax.lax.fori_loop(0, num_iters, lloyd, centroids)
+
+
+def kmeans(rng: jax.Array, points: jax.Array, num_clusters: int, num_iters: int = 10) -> tuple[jax.Array, jax.Array]:
+    """k-means with k-means++ seeding and a fixed number of Lloyd iterations (jit-able, on device).
+
+    points [N, D]. Returns (centroids [num_clusters, D] float32, assignment [N] int32). Deterministic
+    for a given rng. The reference runs sklearn on the host (n_init=10, up to 300 iterations); a
+    fixed small count keeps the step pure and cheap, and batches of 32 clips converge in a few.
+    """
+    points = points.astype(jnp.float32)
+    centroids = lloyd_iterations(points, kmeans_plus_plus_init(rng, points, num_clusters), num_iters)
+    assign = jnp.argmin(squared_distances(points, centroids), axis=1).astype(jnp.int32)
+    return centroids, assign
+
+
+def kmeans_numpy(points: np.ndarray, num_clusters: int, *, n_init: int = 10, max_iter: int = 300,
+                 tol: float = 1e-4, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Host k-means as the reference runs it (sklearn 1.0 KMeans defaults, re-written in numpy).
+
+    points [N, D] → (centroids [K, D] float64, labels [N] int64, inertia). Greedy k-means++ seeding
+    (2 + ⌊ln K⌋ candidates per centre, the best kept), Lloyd iterations until the squared centre shift
+    falls below tol · mean per-feature variance or max_iter, best inertia of n_init runs. The
+    labels are the final nearest-centre assignment. An empty cluster keeps its centre (sklearn
+    relocates it; with 2B = 64 points and 16 clusters this is rare and only moves L_dist slightly).
+    """
+    x = np.asarray(points, np.float64)
+    n = x.shape[0]
+    if n < num_clusters:
+        raise ValueError(f"kmeans_numpy: {n} points cannot make {num_clusters} clusters")
+    rng = np.random.default_rng() if rng is None else rng
+    threshold = tol * float(np.mean(np.var(x, axis=0)))
+    sq_norms = np.sum(x * x, axis=1)
+
+    def sq_dist(c):
+        return np.maximum(sq_norms[:, None] + np.sum(c * c, axis=1)[None, :] - 2.0 * x @ c.T, 0.0)
+
+    def seed():
+        trials = 2 + int(np.log(num_clusters))
+        centres = [x[rng.integers(n)]]
+        closest = sq_dist(np.asarray(centres))[:, 0]
+        for _ in range(1, num_clusters):
+            total = closest.sum()
+            if total <= 0:  # all points coincide with chosen centres
+                cand = rng.integers(n, size=trials)
+            else:
+                cand = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
+                cand = np.minimum(cand, n - 1)
+            pots = np.minimum(closest[:, None], sq_dist(x[cand]))  # [N, trials]
+            best = int(np.argmin(pots.sum(axis=0)))
+            centres.append(x[cand[best]])
+            closest = pots[:, best]
+        return np.asarray(centres)
+
+    best = None
+    for _ in range(n_init):
+        centres = seed()
+        for _ in range(max_iter):
+            labels = np.argmin(sq_dist(centres), axis=1)
+            new = centres.copy()
+            for k in range(num_clusters):
+                members = labels == k
+                if members.any():
+                    new[k] = x[members].mean(axis=0)
+            shift = float(np.sum((new - centres) ** 2))
+            centres = new
+            if shift <= threshold:
+                break
+        d2 = sq_dist(centres)
+        labels = np.argmin(d2, axis=1)
+        inertia = float(d2[np.arange(n), labels].sum())
+        if best is None or inertia < best[2]:
+            best = (centres, labels, inertia)
+    return best

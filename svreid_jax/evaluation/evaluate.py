@@ -1,0 +1,94 @@
+"""Query/gallery evaluation of a model (during training and `--mode=eval`) and the results tables."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+from absl import logging
+
+from svreid_jax import builders, parallel
+from svreid_jax.data import datasets
+from svreid_jax.data.records import DatasetSplits
+from svreid_jax.evaluation import evaluators, features, protocols
+
+
+def evaluate(config, model, variables, splits: DatasetSplits, mesh, *, all_protocols: bool = False) -> dict[str, float]:
+    """Query/gallery evaluation: {'rank1','rank5','rank10','rank20','mAP','num_valid_queries', 'extract_sec', ...}.
+
+    Distances follow eval.distance (and eval.rerank); the protocol is `data.target.protocol`
+    (evaluation/evaluators.py). With `all_protocols` its other results are added as
+    '<protocol>/<metric>' keys (e.g. the MARS include_query and all galleries, CCVID SC/CC); the
+    unprefixed keys are always the primary protocol (the authors').
+    """
+    start = time.perf_counter()
+    tracklets = tuple(splits.query) + tuple(splits.gallery)
+    feats = features.tracklet_features(config, model, variables, tracklets, mesh)
+    extract_sec = time.perf_counter() - start
+    nq = len(splits.query)
+    target = config.data.target
+    inputs = evaluators.ProtocolInputs(feats[:nq], feats[nq:], splits.query, splits.gallery,
+                                       distance=protocols.DistanceSpec.from_config(config),
+                                       max_rank=config.eval.max_rank, all_protocols=all_protocols,
+                                       options=target.options.to_dict())
+    metrics = protocols.flatten(evaluators.get(target.protocol)(inputs))
+    metrics["extract_sec"] = extract_sec
+    return metrics
+
+
+def results_table(metrics: dict[str, float], title: str, primary: str | None = None) -> str:
+    """A markdown table of R-1/5/10/20 and mAP in percent, one row per protocol of `metrics`.
+
+    The first row holds the unprefixed metrics, labelled `primary` (default: 'target', or the protocol
+    name when other protocols are present); '<protocol>/<metric>' keys make the other rows.
+    """
+    rows, std = protocols.unflatten(metrics, primary)
+    return protocols.markdown_table(rows, title, std)
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
+    """--mode=eval: evaluate the checkpoint of workdir (eval.checkpoint) on the target test split.
+
+    Prints the table and writes <workdir>/eval_results.json and eval_results.md: one row per protocol
+    (evaluate(..., all_protocols=eval.protocols)), or with eval.all_splits (targets whose reader takes a
+    `split_id`: iLIDS-VID, PRID) one row per split_id 0..9 under their mean ± std. Returns the flat
+    metrics (for all_splits: the means, 'std/<metric>' and 'split_<i>/<metric>').
+    """
+    parallel.log_devices()
+    mesh = parallel.data_mesh()
+    model, variables, ckpt = builders.restore_variables(config, workdir, mesh)
+    distance = protocols.DistanceSpec.from_config(config)
+    name = config.data.target.name
+    if config.eval.all_splits:
+        if "split_id" not in datasets.options(name):
+            raise ValueError(f"eval.all_splits averages the 10 train/test splits of a target whose reader takes a "
+                             f"split_id (iLIDS-VID, PRID); target {name!r} has none")
+        trained_on = config.data.target.options.get("split_id", 0)
+        logging.warning("eval.all_splits: one checkpoint, adapted on the training persons of split %d, is tested "
+                        "on every split; in the others part of the test persons were its unlabelled target "
+                        "training data. The usual protocol trains one model per split.", trained_on)
+        result = protocols.evaluate_splits(
+            lambda s: builders.load_target(config, workdir, split_id=s),
+            lambda tracklets: features.tracklet_features(config, model, variables, tracklets, mesh),
+            distance=distance, max_rank=config.eval.max_rank)
+        metrics = result.flat()
+    else:
+        target = builders.load_target(config, workdir)
+        metrics = evaluate(config, model, variables, target, mesh, all_protocols=config.eval.protocols)
+    title = f"{config.data.source.name} → {name}"
+    table = results_table(metrics, title)
+    rows, std = protocols.unflatten(metrics)
+    settings = (f"checkpoint {ckpt.directory} step {ckpt.step} ({'EMA teacher' if ckpt.teacher else 'student'}); "
+                f"distance: {distance.describe()}; clips: {config.eval.temporal}, {config.eval.seq_len} frames"
+                f"{', flip-averaged' if config.eval.flip_average else ''}")
+    report = {"title": title, "checkpoint": dataclasses.asdict(ckpt), "distance": distance.describe(),
+              "clips": {"temporal": config.eval.temporal, "seq_len": config.eval.seq_len,
+                        "flip_average": bool(config.eval.flip_average)},
+              "protocols": rows, "metrics": metrics}
+    if std is not None:
+        report["std"] = std
+    if jax.process_index() == 0:
+        protocols.write_results(workdir, "eval_results", report, f"{table}\n\n{settings}\n")
+    print(table, flush=True)
+    print(settings, flush=True)
+    return metrics

@@ -1,0 +1,60 @@
+"""Method variants as a registry: `config.variant` → how to build its train step and its extra state.
+
+  paper      the method as the paper describes it (variants/paper.py)
+  reference  what the authors' PyTorch code does (variants/reference.py, docs/REPRODUCIBILITY.md)
+
+Both are built from the shared pieces in variants/common.py and the loss-term table in
+variants/terms.py. Adding a variant: one file with `make_train_step(model, config, axis_name)` (and,
+if it keeps state beyond TrainState, `init_state(config, model, params, rng, steps_per_epoch)`), and
+one entry in VARIANTS below, or `register(...)` from your own code.
+
+A train step is `step(state, batch) -> (state, metrics)`; batch = {'source': {'video': uint8
+[B,T,H,W,3], 'pid': int32 [B]}, 'target': {'video': uint8 [B',T,H,W,3], 'camid': int32 [B']}}; metrics
+are scalars and include 'loss', 'grad_norm' and 'skipped' (common.guard_and_report).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from svreid_jax.utils.registry import Registry
+from svreid_jax.variants import paper, reference, terms
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """make_train_step(model, config, axis_name) -> step; axis_name is None (one device / jit) or the pmap axis.
+    init_state(config, model, params, rng, steps_per_epoch) -> TrainState.reference (None: the variant keeps none).
+    uses_target(config) -> whether the step reads the target clips (the loop then skips shipping them)."""
+
+    make_train_step: Callable[..., Callable]
+    init_state: Callable[..., Any] | None = None
+    uses_target: Callable[[Any], bool] = lambda config: True
+    description: str = ""
+
+
+VARIANTS = Registry("variant", "config.variant", {
+    "paper": Variant(paper.make_train_step, uses_target=terms.uses_target,
+                     description="the method as the paper describes it"),
+    "reference": Variant(reference.make_train_step, init_state=reference.init_state,
+                         description="what the authors' PyTorch code does"),
+})
+register, unregister, get = VARIANTS.register, VARIANTS.unregister, VARIANTS.get
+
+
+def make_train_step(model, config, axis_name: str | None = None):
+    """The pure train step of `config.variant` (see the module docstring)."""
+    return get(config.variant).make_train_step(model, config, axis_name=axis_name)
+
+
+def init_state(config, model, params, rng, steps_per_epoch: int) -> Any:
+    """The variant's extra state (TrainState.reference), or None."""
+    variant = get(config.variant)
+    if variant.init_state is None:
+        return None
+    return variant.init_state(config, model, params, rng, steps_per_epoch)
+
+
+def uses_target(config) -> bool:
+    return bool(get(config.variant).uses_target(config))

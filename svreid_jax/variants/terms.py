@@ -1,0 +1,211 @@
+"""The loss terms of the train objective, as an explicit table: name → weight field(s) → function → inputs.
+
+Each `LossTerm` says which `config.loss` field weighs each value it returns, which forwards it reads
+('source': the student on the labelled source clips; 'target': the student on the target clips;
+'teacher': the EMA teacher on the target clips) and how to compute it from a `TermContext`. A step
+computes the active terms in table order and sums `weight · value`; a term whose weights are all zero
+is skipped, and so is any forward that no active term reads (faster ablations). docs/METHOD.md §4
+gives the equations.
+
+Adding a term: write its function here (pure maths may live in svreid_jax/losses.py), add one
+`LossTerm` to TERMS (or call `register` from your own code) and its weight field, with a comment, to
+configs/default.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from svreid_jax import losses
+
+SOURCE, TARGET, TEACHER = "source", "target", "teacher"
+_INPUTS = (SOURCE, TARGET, TEACHER)
+
+
+class TermContext:
+    """What a term may read. Arrays of the whole batch under pmap go through `gather`.
+
+    source: student outputs on the source clips (ReIDNet output dict); labels: int32 [B] source pids;
+    target: student outputs on the target clips, computed on first access (`target_forward`);
+    teacher: teacher outputs on the target clips (no gradient) or None; target_camid: int32 [B'] or None;
+    kmeans_key: the PRNG key shared by all devices for clustering; gather: this device's items → the
+    global batch (identity without pmap); gather_infonce: the gather InfoNCE uses (the reference
+    variant computes it per device).
+    """
+
+    def __init__(self, config, *, source: dict, labels: jax.Array, gather: Callable = lambda x: x,
+                 target_forward: Callable[[], dict] | None = None, teacher: dict | None = None,
+                 target_camid: jax.Array | None = None, kmeans_key: jax.Array | None = None,
+                 gather_infonce: Callable | None = None):
+        self.config = config
+        self.source = source
+        self.labels = labels
+        self.gather = gather
+        self.gather_infonce = gather if gather_infonce is None else gather_infonce
+        self.teacher = teacher
+        self.target_camid = target_camid
+        self.kmeans_key = kmeans_key
+        self._target_forward = target_forward
+        self._target = None
+
+    @property
+    def target(self) -> dict:
+        if self._target is None:
+            if self._target_forward is None:
+                raise ValueError("this loss term reads the target forward, which the step did not provide")
+            self._target = self._target_forward()
+        return self._target
+
+
+# A term's function: context → (values keyed like `weights`, extra metrics to log).
+TermFn = Callable[[TermContext], tuple[dict[str, jax.Array], dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+    """One entry of the objective.
+
+    name: the term's name (for errors and docs).
+    weights: value key → `config.loss` field holding its weight; the keys are also the metric names.
+    needs: which forwards it reads (subset of 'source', 'target', 'teacher').
+    fn: context → (values, metrics); values must carry exactly the keys of `weights`.
+    always: computed and logged even at weight 0 (the source re-ID terms: their forward runs anyway).
+    ramped: its weights follow the consistency ramp-up (adaptation.consistency_rampup_steps).
+    """
+
+    name: str
+    weights: Mapping[str, str]
+    needs: frozenset[str]
+    fn: TermFn
+    always: bool = False
+    ramped: bool = False
+
+    def __post_init__(self):
+        unknown = set(self.needs) - set(_INPUTS)
+        if unknown:
+            raise ValueError(f"loss term {self.name!r}: needs {sorted(unknown)}; expected some of {_INPUTS}")
+
+    def weight_values(self, config) -> dict[str, float]:
+        out = {}
+        for key, field in self.weights.items():
+            if field not in config.loss:
+                raise ValueError(f"loss term {self.name!r} is weighted by config.loss.{field}, which the config "
+                                 "does not have; add it (with a comment) to configs/default.py")
+            out[key] = config.loss[field]
+        return out
+
+    def active(self, config) -> bool:
+        return self.always or any(w > 0 for w in self.weight_values(config).values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The terms of the method (docs/METHOD.md §4)
+
+
+def _cross_entropy(ctx: TermContext):
+    out = ctx.source
+    ce = losses.cross_entropy(out["logits"], ctx.labels, ctx.config.loss.label_smoothing)
+    # A per-item mean: under pmap the pmean of the gradients makes it the global mean.
+    return {"ce": ce}, {"accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == ctx.labels)}
+
+
+def _triplet(ctx: TermContext):
+    w = ctx.config.loss
+    value = losses.batch_hard_triplet(ctx.gather(ctx.source["bn_embedding"]), ctx.gather(ctx.labels),
+                                      w.triplet_margin, w.triplet_metric)
+    return {"triplet": value}, {}
+
+
+def _infonce(ctx: TermContext):
+    # Groups are the K clips of one identity, contiguous in P×K batches (and across devices).
+    value = losses.temporal_infonce(ctx.gather_infonce(ctx.source["projection"]), ctx.config.batch.num_instances,
+                                    ctx.config.loss.infonce_temperature)
+    return {"infonce": value}, {}
+
+
+def _domain(level: str) -> TermFn:
+    def fn(ctx: TermContext):
+        s = ctx.gather(ctx.source[f"{level}_domain_logits"])
+        t = ctx.gather(ctx.target[f"{level}_domain_logits"])
+        return ({f"{level}_domain": losses.domain_cross_entropy(s, t)},
+                {f"{level}_domain_accuracy": losses.domain_accuracy(s, t)})
+
+    return fn
+
+
+def _teacher_consistency(ctx: TermContext):
+    a = ctx.config.adaptation
+    groups = ctx.gather(ctx.target_camid) if a.camera_centred else None
+    values = losses.teacher_consistency(
+        ctx.kmeans_key, ctx.gather(ctx.target["bn_embedding"]), ctx.gather(ctx.teacher["bn_embedding"]),
+        num_clusters=a.kmeans_clusters, num_iters=a.kmeans_iters, temperature=a.consistency_temperature,
+        groups=groups)
+    return values, {}
+
+
+TERMS: list[LossTerm] = [
+    LossTerm("ce", {"ce": "ce"}, frozenset({SOURCE}), _cross_entropy, always=True),
+    LossTerm("triplet", {"triplet": "triplet"}, frozenset({SOURCE}), _triplet, always=True),
+    LossTerm("infonce", {"infonce": "infonce"}, frozenset({SOURCE}), _infonce),
+    LossTerm("frame_domain", {"frame_domain": "frame_domain"}, frozenset({SOURCE, TARGET}), _domain("frame")),
+    LossTerm("clip_domain", {"clip_domain": "clip_domain"}, frozenset({SOURCE, TARGET}), _domain("clip")),
+    LossTerm("teacher_consistency", {"consistency_ce": "consistency_ce", "consistency_dist": "consistency_dist"},
+             frozenset({TARGET, TEACHER}), _teacher_consistency, ramped=True),
+]
+
+
+def register(term: LossTerm) -> None:
+    """Append `term` to the table (after the method's own terms); a name may be registered once."""
+    if any(t.name == term.name for t in TERMS):
+        raise ValueError(f"loss term {term.name!r} is already registered")
+    TERMS.append(term)
+
+
+def unregister(name: str) -> None:
+    """Remove a term added with `register` (tests and notebooks that try one out)."""
+    TERMS[:] = [t for t in TERMS if t.name != name]
+
+
+def active(config, *, only: Sequence[str] | None = None) -> list[LossTerm]:
+    """The terms this config computes, in table order; `only` restricts them to terms whose inputs are
+    all in it (e.g. only=('source',): the supervised re-ID terms)."""
+    allowed = set(_INPUTS if only is None else only)
+    return [t for t in TERMS if t.needs <= allowed and t.active(config)]
+
+
+def inputs_needed(terms: Sequence[LossTerm]) -> frozenset[str]:
+    return frozenset().union(*(t.needs for t in terms))
+
+
+def compute(terms: Sequence[LossTerm], ctx: TermContext) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """(values of every term, keyed as their `weights`; their extra metrics), in table order."""
+    values, metrics = {}, {}
+    for term in terms:
+        v, m = term.fn(ctx)
+        if set(v) != set(term.weights):
+            raise ValueError(f"loss term {term.name!r} returned {sorted(v)}; its weights name {sorted(term.weights)}")
+        values.update(v)
+        metrics.update(m)
+    return values, metrics
+
+
+def weights(terms: Sequence[LossTerm], config, ramp: jax.Array | None = None) -> dict[str, jax.Array | float]:
+    """Weight of every value of `terms`; ramped terms are multiplied by `ramp` when it is given."""
+    out = {}
+    for term in terms:
+        for key, w in term.weight_values(config).items():
+            out[key] = w * ramp if (ramp is not None and term.ramped) else w
+    return out
+
+
+def weighted_sum(values: Mapping[str, jax.Array], weights: Mapping[str, jax.Array | float]) -> jax.Array:
+    """Σ weight · value in the values' order."""
+    return sum(weights[name] * value for name, value in values.items())
+
+
+def uses_target(config) -> bool:
+    """Whether any active term reads the target clips."""
+    return bool(inputs_needed(active(config)) & {TARGET, TEACHER})

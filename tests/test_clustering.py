@@ -1,0 +1,63 @@
+"""k-means: on device (jit-able, the paper teacher's) against numpy, and on the host (the reference's)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from svreid_jax import clustering
+
+
+def _numpy_lloyd(points, centroids, iters):
+    centroids = centroids.copy()
+    for _ in range(iters):
+        assign = np.argmin(((points[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+        for k in range(len(centroids)):
+            if np.any(assign == k):
+                centroids[k] = points[assign == k].mean(0)
+    return centroids
+
+
+def test_lloyd_iterations_match_numpy_on_fixed_points():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(40, 3)).astype(np.float32)
+    init = points[[0, 5, 10, 20]].copy()
+    got = np.asarray(clustering.lloyd_iterations(jnp.asarray(points), jnp.asarray(init), 7))
+    np.testing.assert_allclose(got, _numpy_lloyd(points.astype(np.float64), init.astype(np.float64), 7), atol=1e-5)
+
+
+def test_kmeans_recovers_separated_blobs():
+    centers = np.array([[0, 0], [10, 0], [0, 10]], np.float32)
+    points = np.concatenate([c + 0.1 * np.random.default_rng(i).normal(size=(10, 2)) for i, c in enumerate(centers)])
+    centroids, assign = jax.jit(clustering.kmeans, static_argnums=(2, 3))(jax.random.PRNGKey(0), jnp.asarray(points), 3, 5)
+    assign = np.asarray(assign)
+    # Each blob is one cluster, and the three clusters differ.
+    assert all(len(set(assign[i * 10:(i + 1) * 10])) == 1 for i in range(3))
+    assert len(set(assign)) == 3
+    np.testing.assert_allclose(np.sort(np.asarray(centroids), axis=0), np.sort(
+        np.stack([points[i * 10:(i + 1) * 10].mean(0) for i in range(3)]), axis=0), atol=1e-5)
+
+
+def test_kmeans_plus_plus_init_picks_distinct_points():
+    points = jnp.asarray(np.random.default_rng(2).normal(size=(16, 4)), jnp.float32)
+    init = np.asarray(clustering.kmeans_plus_plus_init(jax.random.PRNGKey(3), points, 6))
+    rows = {tuple(np.round(r, 6)) for r in init}
+    assert len(rows) == 6
+    assert all(any(np.allclose(r, p) for p in np.asarray(points)) for r in init)
+
+
+def test_host_kmeans_recovers_separable_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], np.float64) * 5
+    truth = np.repeat(np.arange(4), 10)
+    points = centres[truth] + rng.normal(scale=0.3, size=(40, 2))
+    got_centres, labels, inertia = clustering.kmeans_numpy(points, 4, n_init=10, max_iter=300,
+                                                       rng=np.random.default_rng(1))
+    # Oracle: on well-separated blobs the clustering is the true partition, centres are the blob means.
+    mapping = {t: labels[truth == t][0] for t in range(4)}
+    assert len(set(mapping.values())) == 4
+    np.testing.assert_array_equal(labels, np.vectorize(mapping.get)(truth))
+    oracle = np.stack([points[truth == t].mean(0) for t in range(4)])
+    np.testing.assert_allclose(got_centres[[mapping[t] for t in range(4)]], oracle, atol=1e-9)
+    assert inertia == pytest.approx(sum(((points[truth == t] - oracle[t]) ** 2).sum() for t in range(4)))
+    with pytest.raises(ValueError, match="cannot make"):
+        clustering.kmeans_numpy(points[:3], 4)

@@ -1,0 +1,215 @@
+"""Static import-graph checks for svreid_jax: no import cycles, and imports point down the layers.
+
+Why static: importing the package needs jax/grain/flags and hides function-level imports, which are
+exactly where the cycles live. So every .py under svreid_jax/ is parsed with `ast` and EVERY import
+(module level, inside functions, classes, try/if blocks) becomes an edge; only `if TYPE_CHECKING:`
+bodies are skipped, since they never run. Importing a.b does not count as importing a.
+"""
+import ast
+import collections
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "svreid_jax"
+
+# Layer name -> module prefixes (a prefix matches itself and its submodules; absent modules are fine).
+LAYERS = {
+    "base": ("svreid_jax.data", "svreid_jax.models", "svreid_jax.losses", "svreid_jax.clustering",
+             "svreid_jax.interop"),
+    "utils": ("svreid_jax.utils", "svreid_jax.state"),
+    "variants": ("svreid_jax.variants",),
+    "parallel": ("svreid_jax.parallel",),
+    "builders": ("svreid_jax.builders",),
+    "evaluation": ("svreid_jax.evaluation",),
+    "train": ("svreid_jax.train",),
+    "main": ("svreid_jax.main",),
+}
+# Layer -> layers it may not import. Layers not listed here are unrestricted.
+MAY_NOT_IMPORT = {
+    "base": ("variants", "parallel", "builders", "train", "evaluation", "main"),
+    "utils": ("train", "main", "evaluation", "variants", "builders"),
+    "builders": ("train", "main", "evaluation"),
+    "evaluation": ("train", "main"),
+    "variants": ("train", "main", "evaluation", "builders"),
+    "parallel": ("train", "main", "evaluation", "builders", "variants"),
+}
+
+
+def _module_files(root, package):
+    """Module name -> file path for every .py under root/package."""
+    out = {}
+    for path in sorted((Path(root) / package).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _name(expr):
+    return getattr(expr, "id", getattr(expr, "attr", None))  # Name.id or Attribute.attr
+
+
+def _imports(node):
+    """Yield every Import/ImportFrom under node, skipping `if [typing.]TYPE_CHECKING:` bodies (their
+    else/elif branches do run, so those are kept)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            yield child
+        elif isinstance(child, ast.If) and _name(child.test) == "TYPE_CHECKING":
+            yield from _imports(ast.Module(body=child.orelse, type_ignores=[]))
+        else:
+            yield from _imports(child)
+
+
+def build_graph(root, package):
+    """Return {(importer, imported): [(relpath, lineno), ...]} for imports of `package` inside it."""
+    modules = _module_files(root, package)
+    edges = collections.defaultdict(list)
+    for mod, path in modules.items():
+        is_pkg = path.name == "__init__.py"
+        rel = path.relative_to(root).as_posix()
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            targets = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolve against this file's package
+                    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                    base = base[:len(base) - (node.level - 1)]
+                    prefix = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    prefix = node.module
+                for alias in node.names:
+                    sub = f"{prefix}.{alias.name}"
+                    targets.append(sub if sub in modules else prefix)
+            for target in dict.fromkeys(targets):  # one site per statement, even for `import a, b`
+                if target == package or target.startswith(package + "."):
+                    edges[(mod, target)].append((rel, node.lineno))
+    return dict(edges)
+
+
+def find_cycles(edges):
+    """One shortest cycle through each edge that lies in a cycle (SCC >1 node or self-loop), deduped."""
+    graph = collections.defaultdict(set)
+    for src, dst in edges:
+        graph[src].add(dst)
+    cycles = set()
+    for src, dst in sorted(edges):
+        if src == dst:
+            cycles.add((src,))
+            continue
+        prev, queue = {dst: None}, collections.deque([dst])  # BFS for a shortest path dst -> src
+        while queue and src not in prev:
+            node = queue.popleft()
+            for nxt in sorted(graph[node]):
+                if nxt not in prev:
+                    prev[nxt] = node
+                    queue.append(nxt)
+        if src not in prev:  # edge is not on any cycle
+            continue
+        path, node = [], src
+        while node is not None:
+            path.append(node)
+            node = prev[node]
+        cycle = [src] + path[::-1][:-1]  # src, dst, ..., (back to src)
+        i = cycle.index(min(cycle))
+        cycles.add(tuple(cycle[i:] + cycle[:i]))
+    return sorted(cycles)
+
+
+def cycle_report(root, package):
+    """Readable lines, one block per cycle: the chain, then file:line of each edge's import(s)."""
+    edges = build_graph(root, package)
+    lines = []
+    for cycle in find_cycles(edges):
+        chain = list(cycle) + [cycle[0]]
+        lines.append(" -> ".join(chain))
+        for a, b in zip(chain, chain[1:]):
+            where = ", ".join(f"{f}:{n}" for f, n in edges[(a, b)])
+            lines.append(f"    {a} -> {b}  ({where})")
+    return lines
+
+
+def _layer(module):
+    hits = [(len(p), name) for name, prefixes in LAYERS.items() for p in prefixes
+            if module == p or module.startswith(p + ".")]
+    return max(hits)[1] if hits else None
+
+
+def layer_violations(root, package):
+    """`file:line: importer -> imported (layer -> layer)` for every import a rule forbids."""
+    out = []
+    for (src, dst), sites in sorted(build_graph(root, package).items()):
+        src_layer, dst_layer = _layer(src), _layer(dst)
+        if dst_layer in MAY_NOT_IMPORT.get(src_layer, ()):
+            out += [f"{f}:{n}: {src} -> {dst}  ({src_layer} may not import {dst_layer})"
+                    for f, n in sites]
+    return out
+
+
+def _sanity(root):
+    """Guard against a vacuous pass: the walker must see the package and some imports."""
+    assert PACKAGE in _module_files(root, PACKAGE) and build_graph(root, PACKAGE), "nothing found"
+
+
+def test_no_import_cycles():
+    _sanity(ROOT)
+    report = cycle_report(ROOT, PACKAGE)
+    if report:
+        pytest.fail("import cycles in svreid_jax:\n" + "\n".join(report), pytrace=False)
+
+
+def test_imports_point_downward():
+    _sanity(ROOT)
+    bad = layer_violations(ROOT, PACKAGE)
+    if bad:
+        pytest.fail("upward imports in svreid_jax:\n" + "\n".join(bad), pytrace=False)
+
+
+# --- self-tests on synthetic trees: the checks above must be able to fail -------------------------
+
+def _write(root, files):
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def test_synthetic_cycle_is_reported(tmp_path):
+    _write(tmp_path, {"pkg/__init__.py": "", "pkg/a.py": "import pkg.b\n",
+                      "pkg/b.py": "def f():\n    import pkg.a\n", "pkg/c.py": "from pkg import a\n"})
+    report = "\n".join(cycle_report(tmp_path, "pkg"))
+    assert report.splitlines()[0] == "pkg.a -> pkg.b -> pkg.a", report
+    assert "pkg.a -> pkg.b  (pkg/a.py:1)" in report and "pkg.b -> pkg.a  (pkg/b.py:2)" in report
+    assert "pkg.c" not in report
+    _write(tmp_path, {"pkg/c.py": "from . import c\n"})  # self-loop
+    assert "pkg.c -> pkg.c" in cycle_report(tmp_path, "pkg")
+
+
+def test_synthetic_upward_import_is_reported(tmp_path):
+    _write(tmp_path, {"svreid_jax/__init__.py": "", "svreid_jax/train.py": "from svreid_jax.data import x\n",
+                      "svreid_jax/data/__init__.py": "",
+                      "svreid_jax/data/x.py":
+                          "try:\n    pass\nexcept ImportError:\n    from svreid_jax import train\n"})
+    assert layer_violations(tmp_path, "svreid_jax") == [
+        "svreid_jax/data/x.py:4: svreid_jax.data.x -> svreid_jax.train  (base may not import train)"]
+
+
+def test_synthetic_relative_imports_resolve(tmp_path):
+    _write(tmp_path, {"pkg/__init__.py": "", "pkg/top.py": "", "pkg/sub/__init__.py": "from . import a\n",
+                      "pkg/sub/b.py": "x = 1\n", "pkg/sub/c.py": "",
+                      "pkg/sub/a.py":
+                          "from .b import x\nfrom . import c\nfrom .. import top\nfrom ..sub.c import y\n"})
+    edges = build_graph(tmp_path, "pkg")
+    assert edges[("pkg.sub.a", "pkg.sub.b")] == [("pkg/sub/a.py", 1)]
+    assert edges[("pkg.sub.a", "pkg.sub.c")] == [("pkg/sub/a.py", 2), ("pkg/sub/a.py", 4)]
+    assert edges[("pkg.sub.a", "pkg.top")] == [("pkg/sub/a.py", 3)]
+    assert ("pkg.sub", "pkg.sub.a") in edges
+
+
+def test_synthetic_type_checking_imports_ignored(tmp_path):
+    _write(tmp_path, {"pkg/__init__.py": "", "pkg/b.py": "", "pkg/c.py": "", "pkg/d.py": "",
+                      "pkg/a.py": "import typing\nfrom typing import TYPE_CHECKING\n"
+                                  "if TYPE_CHECKING:\n    from pkg import b\nelse:\n    from pkg import c\n"
+                                  "if typing.TYPE_CHECKING:\n    import pkg.d\n"})
+    assert set(build_graph(tmp_path, "pkg")) == {("pkg.a", "pkg.c")}

@@ -7,6 +7,8 @@ Modes:
   visualize  PNGs in <workdir>/visualize/: ranked lists of eval.visualize_queries queries, and a PCA
              scatter of source vs target embeddings
   extract    features of your own tracklets under --data (the `folder` layout) into <workdir>/extract/
+  diagnose   <workdir>/diagnostics/: domain and camera probes on the embeddings, the teacher's cluster
+             quality against the target identities, rank-1 per camera pair (target labels for the report only)
 
 Most logic lives in svreid_jax.train, svreid_jax.builders and svreid_jax.evaluation so that notebooks
 can import it. The console shows our own progress lines and every warning; the INFO lines of the
@@ -21,15 +23,16 @@ from ml_collections import config_flags
 
 from svreid_jax import train
 from svreid_jax.data.records import DatasetError
-from svreid_jax.evaluation import evaluate, extract, visualize
+from svreid_jax.evaluation import diagnostics, evaluate, extract, visualize
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for logs, checkpoints and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "visualize", "extract"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "visualize", "extract", "diagnose"],
                   "train: train (resuming if a checkpoint exists) then evaluate; eval: evaluate the checkpoint; "
-                  "visualize: ranked-list and embedding PNGs; extract: features of the tracklets under --data.")
+                  "visualize: ranked-list and embedding PNGs; extract: features of the tracklets under --data; "
+                  "diagnose: domain/camera probes, teacher cluster quality, rank-1 per camera pair.")
 flags.DEFINE_string("data", None, "--mode=extract: root of your tracklets, <root>/<pid>/<camid>/<tracklet>/*.jpg "
                     "(or with train/query/gallery sub-folders).")
 
@@ -73,6 +76,8 @@ def _run_mode(config):
         evaluate.evaluate_checkpoint(config, FLAGS.workdir)
     elif FLAGS.mode == "visualize":
         visualize.run_visualize(config, FLAGS.workdir)
+    elif FLAGS.mode == "diagnose":
+        diagnostics.run_diagnostics(config, FLAGS.workdir)
     else:
         if not FLAGS.data:
             raise app.UsageError("--mode=extract needs --data=<folder of <pid>/<camid>/<tracklet>/ frames>")

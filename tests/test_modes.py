@@ -158,3 +158,18 @@ def _with_split_ids(fn, split_ids):
         kwargs["split_ids"] = split_ids
         return fn(*args, **kwargs)
     return wrapped
+
+
+def test_diagnose_mode_writes_the_report(workdir):
+    done = _run(workdir, "--mode=diagnose")
+    report = json.load(open(workdir / "diagnostics" / "diagnostics.json", encoding="utf-8"))
+    assert (workdir / "diagnostics" / "diagnostics.png").stat().st_size > 0
+    assert 0.0 <= report["domain_probe"]["accuracy"] <= 1.0
+    assert 0.0 <= report["teacher_clusters"]["nmi"] <= 1.0 and 0.0 < report["teacher_clusters"]["purity"] <= 1.0
+    cams = len(report["camera_pairs"]["rank1"])
+    assert cams >= 2 and all(report["camera_pairs"]["rank1"][c][c] is None for c in range(cams))
+    # The run's own evaluation and the report's 'as evaluated' row are the same ranking.
+    evaluated = json.load(open(workdir / "results.json", encoding="utf-8"))
+    assert report["ranking"]["as_evaluated"]["rank1"] == pytest.approx(evaluated["rank1"])
+    assert "domain probe accuracy" in done.stdout
+

@@ -206,6 +206,7 @@ def test_acceptance_verdicts_and_figures_of_a_made_up_run():
     table = gpu_run.render(report)
     assert "| step_f32 | skipped | — | needs about 150 s" in table and "| smoke | failed | 5.0 | exited 1 |" in table
     assert "failed: OutOfMemoryError" in table and "NVIDIA H100 80GB HBM3" in table
+    assert "- step_bf16: JAX ÷ PyTorch training frames/s 1.50×" in table
     assert "MARS test (11310 one-clip tracklets): about 14.7 s end to end" in table
 
 
@@ -213,7 +214,8 @@ def test_a_framework_that_ran_out_of_memory_or_a_dead_process_gets_a_rerun_alone
     both = next(p for p in gpu_run.PARTS if p.name == "step_bf16")
     report = _made_up_report()
     [alone] = gpu_run.reruns(both, "ok", report["parts"]["step_bf16"])
-    assert alone.name == "step_bf16_torch_alone" and alone.options == {"dtype": "bfloat16", "frameworks": ["torch"]}
+    assert alone.name == "step_bf16_torch_alone"
+    assert alone.options == {"dtype": "bfloat16", "frameworks": ["torch"], "devices": 1}  # the twin's setting
     assert [p.name for p in gpu_run.reruns(both, "failed", {})] == ["step_bf16_jax_alone", "step_bf16_torch_alone"]
     assert gpu_run.reruns(both, "killed", {}) == []  # out of time: nothing more to run
     jax_only = next(p for p in gpu_run.PARTS if p.name == "step_bf16_remat")

@@ -239,13 +239,19 @@ def part_step(opts: dict, dry: bool) -> dict:
     import jax
 
     import train_step
+    from configs import mars
     from svreid_jax import parallel
 
     args = _step_args(opts, dry)
     frameworks = opts.get("frameworks", ["jax", "torch"])
-    global_batch = args.batch * jax.device_count()
+    jax_side = "jax" in frameworks
+    # A PyTorch-only rerun leaves JAX's backend alone (its CUDA stack is what it is kept apart from) and takes the
+    # device count of the run it repeats, so both time the same global batch.
+    devices = jax.device_count() if jax_side else int(opts.get("devices", 1))
+    global_batch = args.batch * devices
     host_batch = train_step.make_batch(global_batch, args.frames, args.height, args.width)
-    config = train_step.make_config(args)
+    paper = mars.get_config().adaptation
+    kmeans_clusters = min(paper.kmeans_clusters, global_batch)  # as train_step.make_config sets it
     factories, notes = [], []
     if "jax" in frameworks:
         factories.append(("JAX", lambda: train_step.JaxRunner(args, host_batch)))
@@ -258,29 +264,34 @@ def part_step(opts: dict, dry: bool) -> dict:
         else:
             factories.append(("PyTorch", lambda: torch_baseline.Runner(
                 host_batch, num_classes=args.num_classes, depth=args.depth, width=args.model_width or None,
-                dtype=args.dtype, kmeans_clusters=config.adaptation.kmeans_clusters,
-                kmeans_iters=config.adaptation.kmeans_iters, tf32=True if args.dtype == "float32" else None)))
+                dtype=args.dtype, kmeans_clusters=kmeans_clusters, kmeans_iters=paper.kmeans_iters,
+                tf32=True if args.dtype == "float32" else None)))
     say(f"R{args.depth} {args.dtype}{' remat' if args.remat else ''}, {global_batch}+{global_batch} clips × "
-        f"{args.frames} × {args.height}×{args.width} on {jax.device_count()} device(s): "
+        f"{args.frames} × {args.height}×{args.width} on {devices} device(s): "
         f"{', '.join(label for label, _ in factories)}; {args.warmup} warm-up + {args.steps} timed steps")
     results = train_step.benchmark(factories, args.warmup, args.steps, tolerate_errors=True)
     for r in results:
         say(f"{r['framework']}: " + (r["error"][:300] if "error" in r else
                                      f"step {1e3 * r['step_s']:.1f} ms median, first {r['first_step_s']:.2f} s, "
-                                     f"compile {r.get('compile_s') or 0:.1f} s, peak {r['peak_bytes']} bytes"))
+                                     + (f"compile {r['compile_s']:.1f} s" if r.get("compile_s") else "eager")
+                                     + f", peak {r['peak_bytes']} bytes"))
     out = {"setting": {"dtype": args.dtype, "remat": args.remat, "depth": args.depth, "height": args.height,
                        "width": args.width, "frames": args.frames, "clips_per_domain": global_batch,
-                       "devices": jax.device_count(), "steps": args.steps, "warmup": args.warmup,
-                       "kmeans_clusters": config.adaptation.kmeans_clusters},
+                       "devices": devices, "steps": args.steps, "warmup": args.warmup,
+                       "kmeans_clusters": kmeans_clusters},
            "training_frames_per_step": 2 * global_batch * args.frames,
            "all_frames_per_step": 3 * global_batch * args.frames, "results": results, "notes": notes}
-    if "jax" in frameworks:
+    if jax_side:
         # What the host→device copy of one batch costs (uint8 source + target clips), next to the step.
         mesh = parallel.data_mesh()
         med, best = _median_time(lambda: parallel.shard_batch(host_batch, mesh), 5, jax.block_until_ready)
         out["host_to_device_s"] = {"median": med, "min": best,
                                    "bytes": int(sum(x.nbytes for x in jax.tree.leaves(host_batch)))}
-    peak, source = train_step.peak_flops(args)
+        peak, source = train_step.peak_flops(args)
+    elif "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        peak, source = train_step.spec_peak(sys.modules["torch"].cuda.get_device_name(0), args.dtype)
+    else:
+        peak, source = train_step.peak_flops(args)  # a CPU: measured
     out["peak_flops"], out["peak_source"] = peak, source
     return out
 
@@ -559,8 +570,10 @@ def reruns(part: Part, status: str, data: dict) -> list[Part]:
                  if "error" in r and ("out of memory" in r["error"].lower() or "resource_exhausted" in r["error"].lower())]
     else:
         alone = []
+    devices = data.get("setting", {}).get("devices", 1)
     return [Part(f"{part.name}_{fw}_alone", "step", part.estimate_s, part.dry_estimate_s,
-                 {**part.options, "frameworks": [fw]}, f"{part.about} ({fw} alone)") for fw in alone if fw]
+                 {**part.options, "frameworks": [fw], "devices": devices}, f"{part.about} ({fw} alone)")
+            for fw in alone if fw]
 
 
 def orchestrate(args) -> int:
@@ -749,9 +762,16 @@ def render(report: dict) -> str:
         lines.append(f"| {label} | {r['framework']} | {1e3 * r['step_s']:.1f} ms ({1e3 * r['min_s']:.1f}) | "
                      f"{r['training_fps']:.0f} | {r['all_fps']:.0f} | {compile_txt} | {r['first_step_s']:.2f} s | "
                      f"{mfu} | {_fmt_bytes(r['peak_bytes'])} |")
+    by_base: dict[str, dict] = {}
+    for r in step_rows(report):
+        if r.get("step_s"):
+            by_base.setdefault(base_part(r["part"]), {})["JAX" if _is_jax(r["framework"]) else "PyTorch"] = r
     for name, entry in parts.items():
         if name.startswith("step_") and entry.get("status") == "ok":
             extra = [f"peak {_fmt_rate(entry.get('peak_flops'))} ({entry.get('peak_source')})"]
+            pair = by_base.get(name, {})
+            if "JAX" in pair and "PyTorch" in pair:
+                extra.insert(0, f"JAX ÷ PyTorch training frames/s {pair['JAX']['training_fps'] / pair['PyTorch']['training_fps']:.2f}×")
             if "host_to_device_s" in entry:
                 h = entry["host_to_device_s"]
                 extra.append(f"host→device copy of one batch ({h['bytes'] / 2**20:.0f} MiB) {1e3 * h['median']:.1f} ms")

@@ -76,7 +76,8 @@ def test_dry_run_step_part_times_the_paper_step_over_both_devices(dry_run):
     assert len(jax_result["step_times_s"]) == setting["steps"] and jax_result["compile_s"] > 0
     assert jax_result["flops"] > 0 and math.isfinite(jax_result["metrics"]["loss"])
     assert jax_result["metrics"]["skipped"] == 0.0
-    assert step["host_to_device_s"]["bytes"] == 2 * 4 * setting["frames"] * setting["height"] * setting["width"] * 3 + 4 * 4
+    clip_bytes = setting["frames"] * setting["height"] * setting["width"] * 3
+    assert step["host_to_device_s"]["bytes"] == 2 * 4 * clip_bytes + 4 * 4  # uint8 source + target, int32 pids
     row = next(r for r in gpu_run.step_rows(report) if r["framework"].startswith("JAX"))
     assert row["training_fps"] == pytest.approx(step["training_frames_per_step"] / jax_result["step_s"])
     assert row["mfu"] == pytest.approx(jax_result["flops"] / jax_result["step_s"] / step["peak_flops"])

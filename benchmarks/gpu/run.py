@@ -5,7 +5,7 @@ On the GPU machine, from the repository root, with the `.whl/` folder of benchma
 
     bash benchmarks/gpu/run.sh            # installs the wheels and the project, then runs this script
 
-Here, on CPU (tiny model, 2 fake devices, every part; tests/test_gpu_benchmark.py runs this):
+Here, on CPU (tiny model, 2 fake devices, every part; tests/test_gpu_benchmark.py runs one part of each kind):
 
     python benchmarks/gpu/run.py --dry-run --out /tmp/gpu_dry
 
@@ -107,8 +107,8 @@ def sizes(dry: bool) -> dict:
                     input_threads=(1,), input_batches=3, input_pk=(2, 2), input_target=4, matmul_n=256,
                     copy_mib=16, eval_end_to_end_batch=4)
     return dict(depth="50", model_width=0, height=256, width=128, frames=4, batch=32, steps=20, warmup=3,
-                num_classes=150, eval_batches=(32, 128), eval_timed=10, ranking=(MARS_QUERY, MARS_GALLERY, 625, 6, 2300),
-                ranking_repeats=15,
+                num_classes=150, eval_batches=(32, 128), eval_timed=10,
+                ranking=(MARS_QUERY, MARS_GALLERY, 625, 6, 2300), ranking_repeats=15,
                 data=dict(num_identities=48, tracklets_per_identity=4, frames_per_tracklet=16, height=256, width=128),
                 input_threads=(2, 8), input_batches=15, input_pk=(8, 4), input_target=32, matmul_n=8192,
                 copy_mib=2048, eval_end_to_end_batch=32)
@@ -532,7 +532,7 @@ def launch(part: Part, args, timeout: float, log, workdir: str) -> tuple[str, di
         cmd.append("--dry-run")
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=part_environment(args.dry_run), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
     reader = threading.Thread(target=_stream, args=(proc.stdout, f"[{part.name}] ", log, not args.quiet), daemon=True)
     reader.start()
     try:
@@ -547,11 +547,11 @@ def launch(part: Part, args, timeout: float, log, workdir: str) -> tuple[str, di
     if rc == 0 and os.path.exists(result):
         with open(result) as f:
             return "ok", json.load(f), took
-    error = {"error": f"exited {rc}"}
-    if os.path.exists(result):
+    error = f"exited {rc}"
+    if os.path.exists(result):  # the part's own account of what went wrong
         with open(result) as f:
-            error.update(json.load(f))
-    return "failed", error, took
+            error += ": " + str(json.load(f).get("error", ""))
+    return "failed", {"error": error}, took
 
 
 FRAMEWORK_KEYS = {"JAX": "jax", "PyTorch": "torch"}  # runner labels of part_step → --options frameworks
@@ -566,8 +566,8 @@ def reruns(part: Part, status: str, data: dict) -> list[Part]:
     if status == "failed":
         alone = list(frameworks)
     elif status == "ok":
-        alone = [FRAMEWORK_KEYS.get(r["framework"]) for r in data.get("results", [])
-                 if "error" in r and ("out of memory" in r["error"].lower() or "resource_exhausted" in r["error"].lower())]
+        alone = [FRAMEWORK_KEYS.get(r["framework"]) for r in data.get("results", []) if "error" in r
+                 and any(word in r["error"].lower() for word in ("out of memory", "resource_exhausted"))]
     else:
         alone = []
     devices = data.get("setting", {}).get("devices", 1)
@@ -599,7 +599,8 @@ def orchestrate(args) -> int:
             need = estimate(part, args.dry_run, durations, args.estimates)
             entry = {"about": part.about, "options": part.options, "estimate_s": need}
             if left < need:
-                entry.update(status="skipped", note=f"needs about {need:.0f} s, {max(left, 0):.0f} s left in the budget")
+                entry.update(status="skipped",
+                             note=f"needs about {need:.0f} s, {max(left, 0):.0f} s left in the budget")
                 print(f"== {part.name}: skipped ({entry['note']})", flush=True)
             else:
                 print(f"== {part.name}: {part.about} (estimate {need:.0f} s, {left:.0f} s left)", flush=True)
@@ -693,7 +694,8 @@ def acceptance(report: dict) -> list[tuple[str, str, str]]:
         checks.append((f"JAX ≥ {TARGET_SPEEDUP}× PyTorch training frames/s, bf16, paper batch", f"{ratio:.2f}×",
                        ok(ratio >= TARGET_SPEEDUP)))
     else:
-        checks.append((f"JAX ≥ {TARGET_SPEEDUP}× PyTorch training frames/s, bf16, paper batch", "—", "not measured"))
+        checks.append((f"JAX ≥ {TARGET_SPEEDUP}× PyTorch training frames/s, bf16, paper batch", "—",
+                       "not measured"))
     if "JAX" in bf16 and bf16["JAX"].get("mfu") is not None:
         mfu = bf16["JAX"]["mfu"]
         checks.append((f"MFU ≥ {100 * TARGET_MFU:.0f} % in bf16 (JAX)", f"{100 * mfu:.1f} %", ok(mfu >= TARGET_MFU)))
@@ -744,7 +746,8 @@ def render(report: dict) -> str:
         lines.append(f"- measured ceilings ({env['matmul_n']}³ matmul, median of 10): JAX bf16 "
                      f"{_fmt_rate(m.get('jax_matmul_bfloat16'))}, f32 {_fmt_rate(m.get('jax_matmul_float32'))}; "
                      f"PyTorch bf16 {_fmt_rate(m.get('torch_matmul_bfloat16'))}, f32 "
-                     f"{_fmt_rate(m.get('torch_matmul_float32'))}; copy {_fmt_rate(m.get('jax_copy_bytes_per_s'), 'GB/s', 1e9)} "
+                     f"{_fmt_rate(m.get('torch_matmul_float32'))} (PyTorch's default: no TF32 in matmuls; JAX's f32 is "
+                     f"TF32 on recent GPUs); copy {_fmt_rate(m.get('jax_copy_bytes_per_s'), 'GB/s', 1e9)} "
                      "(read + write)")
     lines += ["", "## Train step (paper variant, same batch, same process)", "",
               "| setting | framework | step median (min) | training frames/s | all frames/s | compile | first step "
@@ -753,7 +756,8 @@ def render(report: dict) -> str:
     for r in step_rows(report):
         s = r["setting"]
         label = (f"{r['part'][5:]}: R{s['depth']} {s['dtype']}{' remat' if s['remat'] else ''}, "
-                 f"{s['clips_per_domain']}+{s['clips_per_domain']} clips × {s['frames']} × {s['height']}×{s['width']}")
+                 f"{s['clips_per_domain']}+{s['clips_per_domain']} clips × {s['frames']} × "
+                 f"{s['height']}×{s['width']}")
         if r.get("error"):
             lines.append(f"| {label} | {r['framework']} | failed: {r['error'][:160]} | | | | | | |")
             continue
@@ -771,10 +775,12 @@ def render(report: dict) -> str:
             extra = [f"peak {_fmt_rate(entry.get('peak_flops'))} ({entry.get('peak_source')})"]
             pair = by_base.get(name, {})
             if "JAX" in pair and "PyTorch" in pair:
-                extra.insert(0, f"JAX ÷ PyTorch training frames/s {pair['JAX']['training_fps'] / pair['PyTorch']['training_fps']:.2f}×")
+                ratio = pair["JAX"]["training_fps"] / pair["PyTorch"]["training_fps"]
+                extra.insert(0, f"JAX ÷ PyTorch training frames/s {ratio:.2f}×")
             if "host_to_device_s" in entry:
                 h = entry["host_to_device_s"]
-                extra.append(f"host→device copy of one batch ({h['bytes'] / 2**20:.0f} MiB) {1e3 * h['median']:.1f} ms")
+                extra.append(f"host→device copy of one batch ({h['bytes'] / 2**20:.0f} MiB) "
+                             f"{1e3 * h['median']:.1f} ms")
             extra += entry.get("notes", [])
             lines.append(f"- {name}: " + "; ".join(extra))
     ev = parts.get("eval", {})
@@ -797,7 +803,8 @@ def render(report: dict) -> str:
         lines += ["", "## Ranking", "",
                   f"- {pr['queries']} × {pr['gallery']}: evaluate_ranking {1e3 * t['median']:.1f} ms median "
                   f"(min {1e3 * t['min']:.1f}, first call {t['first_call']:.2f} s); cosine distances "
-                  f"{1e3 * rk['distance_s']['median']:.1f} ms; R-1 {100 * rk['rank1']:.2f} %, mAP {100 * rk['mAP']:.2f} %; "
+                  f"{1e3 * rk['distance_s']['median']:.1f} ms; R-1 {100 * rk['rank1']:.2f} %, "
+                  f"mAP {100 * rk['mAP']:.2f} %; "
                   f"vs numpy |ΔmAP| {rk['max_abs_diff_vs_numpy']['mAP']:.1e}, max |ΔCMC| "
                   f"{rk['max_abs_diff_vs_numpy']['cmc']:.1e}"]
     inp = parts.get("input", {})
@@ -808,7 +815,8 @@ def render(report: dict) -> str:
                   f"(mean {d['mean_jpeg_bytes'] / 1024:.1f} KiB, in the page cache), decoder {inp['decoder']}, "
                   f"source {inp['batch']['source']} + target {inp['batch']['target']} clips per step "
                   f"({inp['frames_per_step']} frames)", "",
-                  "| threads (source + target) | frames/s | frames per CPU-second | steps/s it can feed |", "|---|---|---|---|"]
+                  "| threads (source + target) | frames/s | frames per CPU-second | steps/s it can feed |",
+                  "|---|---|---|---|"]
         for r in inp["rows"]:
             lines.append(f"| {r['threads_per_stream']} + {r['threads_per_stream']} | {r['frames_per_s']:.0f} | "
                          f"{r['frames_per_cpu_s']:.0f} | {r['frames_per_s'] / inp['frames_per_step']:.1f} |")

@@ -54,24 +54,29 @@ FLAGS = flags.FLAGS
 P, K, T = 8, 4, 4
 
 
-def photo(rng, height, width):
+def photo(rng, height, width, noise=4.0):
     """Smooth colour regions plus sensor-like grain: JPEG sizes like real crops, unlike flat colour."""
     coarse = rng.integers(0, 255, (16, 8, 3), dtype=np.uint8)
     img = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR), np.float32)
-    return np.clip(img + rng.normal(0, FLAGS.noise, img.shape), 0, 255).astype(np.uint8)
+    return np.clip(img + rng.normal(0, noise, img.shape), 0, 255).astype(np.uint8)
 
 
-def make_dataset(root):
-    rng = np.random.default_rng(0)
+def make_dataset(root, *, num_identities, tracklets_per_identity, frames_per_tracklet, height, width, noise=4.0,
+                 seed=0):
+    """Photo-like JPEG tracklets (quality 90) under `root`, camera k % 6 for the k-th of an identity.
+
+    Returns (tracklets, mean JPEG size in bytes). benchmarks/gpu/run.py makes its data with this too.
+    """
+    rng = np.random.default_rng(seed)
     tracklets, sizes = [], []
-    for pid in range(FLAGS.num_identities):
-        for k in range(FLAGS.tracklets_per_identity):
+    for pid in range(num_identities):
+        for k in range(tracklets_per_identity):
             folder = os.path.join(root, f"{pid:04d}_{k}")
             os.makedirs(folder)
             frames = []
-            for f in range(FLAGS.frames_per_tracklet):
+            for f in range(frames_per_tracklet):
                 path = os.path.join(folder, f"{f:04d}.jpg")
-                Image.fromarray(photo(rng, FLAGS.source_height, FLAGS.source_width)).save(path, quality=90)
+                Image.fromarray(photo(rng, height, width, noise)).save(path, quality=90)
                 sizes.append(os.path.getsize(path))
                 frames.append(path)
             tracklets.append(Tracklet(tuple(frames), pid, k % 6))
@@ -233,7 +238,10 @@ def main(argv):
         have_torch = False
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as root:
-        tracklets, mean_bytes = make_dataset(root)
+        tracklets, mean_bytes = make_dataset(
+            root, num_identities=FLAGS.num_identities, tracklets_per_identity=FLAGS.tracklets_per_identity,
+            frames_per_tracklet=FLAGS.frames_per_tracklet, height=FLAGS.source_height, width=FLAGS.source_width,
+            noise=FLAGS.noise)
         prof = profile(tracklets[0].frames[0]) if FLAGS.profile else []
         rows = []
         for n in map(int, FLAGS.threads):

@@ -378,10 +378,22 @@ class Runner:
     """
 
     def __init__(self, batch: dict, *, num_classes: int, depth="50", width=None, dtype="float32", device=None,
-                 kmeans_clusters=8, kmeans_iters=10, channels_last=True, seed=0, num_threads=None):
+                 kmeans_clusters=8, kmeans_iters=10, channels_last=True, seed=0, num_threads=None,
+                 cudnn_benchmark=True, tf32=None):
+        """cudnn_benchmark: let cuDNN time its convolution algorithms on the first steps (what re-ID training code
+        sets; the warm-up absorbs it). tf32: None keeps PyTorch's defaults (TF32 for cuDNN convolutions, not for
+        matmuls); True/False sets both, True being what XLA does for float32 on Ampere and later GPUs."""
         torch.set_num_threads(num_threads or os.cpu_count())
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.cuda = self.device.startswith("cuda")
+        if self.cuda:
+            torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+            if tf32 is not None:
+                torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+                torch.backends.cudnn.allow_tf32 = bool(tf32)
+        self.backend_flags = {"cudnn_benchmark": torch.backends.cudnn.benchmark,
+                              "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                              "tf32_cudnn": torch.backends.cudnn.allow_tf32} if self.cuda else {}
         self.rss_reset = reset_peak_rss()
         self.start_rss = proc_status("VmRSS")
         if self.cuda:
@@ -394,7 +406,8 @@ class Runner:
         self.sp = torch.from_numpy(np.asarray(batch["source"]["pid"]).astype(np.int64)).to(self.device)
         self.tv = torch.from_numpy(np.asarray(batch["target"]["video"])).to(self.device)
         self.name = (f"PyTorch {torch.__version__} (eager{', channels_last' if channels_last else ''}"
-                     f"{', autocast bf16' if dtype == 'bfloat16' else ''})")
+                     f"{', autocast bf16' if dtype == 'bfloat16' else ''}"
+                     f"{', TF32' if self.cuda and dtype == 'float32' and torch.backends.cudnn.allow_tf32 else ''})")
         self.metrics = None
 
     def step(self) -> tuple[float, float]:
@@ -414,7 +427,7 @@ class Runner:
 
     def info(self) -> dict:
         return {"framework": self.name, "device": self.device, "compile_s": None, "build_s": self.build_s,
-                "start_rss_bytes": self.start_rss, "metrics": self.metrics,
+                "start_rss_bytes": self.start_rss, "metrics": self.metrics, "backend_flags": self.backend_flags,
                 "num_params": sum(p.numel() for p in self.trainer.student.parameters())}
 
 

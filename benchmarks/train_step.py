@@ -24,9 +24,10 @@ Order: JAX init + compile + warm-up, then PyTorch build + warm-up, then the time
 interleaved (alternating which goes first), so that on a shared machine both see the same load.
 `--threads 1` pins the whole process to one CPU, which makes the comparison far less sensitive to other jobs.
 
-Peak flops: `--peak-flops`, or a default per device kind (H100/H200 dense: bf16 989e12, f32 67e12, the
-non-tensor-core rate; XLA's default f32 matmul precision on those GPUs is TF32, so f32 "MFU" against 67e12
-can exceed 100 %, and PyTorch does not use TF32 for matmuls by default). On a CPU there is no spec value to
+Peak flops: `--peak-flops`, or the dense spec peak of the device kind (PEAK_FLOPS below, with its sources; H100/H200
+SXM bf16 989.5e12; float32 work against the TF32 tensor-core rate, 494.5e12, because XLA's default f32 precision
+and cuDNN use TF32 on those GPUs; PyTorch does so for convolutions by default, for matmuls only when asked:
+benchmarks/gpu/run.py asks). On a CPU there is no spec value to
 trust: a 2048×2048 matmul in the run's dtype is timed (XLA, and PyTorch with --torch; at the start and at the
 end of the run) and the best rate is used as the "achieved peak" (the notes say which).
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -59,16 +61,41 @@ from svreid_jax.state import create_train_state  # noqa: E402
 from svreid_jax.builders import create_model, init_variables  # noqa: E402
 from memory import peak_rss_bytes, proc_status, reset_peak_rss  # noqa: E402
 
-# device-kind substring → {dtype: dense peak flops/s per device}
+# Dense peak flops/s per device (no structured sparsity), keyed by a substring of jax's device_kind and matched in
+# this order, so the PCIe/NVL parts come before the plain names (SXM: "NVIDIA H100 80GB HBM3", "NVIDIA H200").
+# NVIDIA's datasheets quote the tensor-core rates "with sparsity"; the dense rate is half of that figure.
+# Sources: the NVIDIA H100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h100/: SXM, PCIe and NVL
+# columns; BF16 1,979 / 1,513 / 1,671 TFLOPS and TF32 989 / 756 / 835 with sparsity, FP32 67 / 51 / 60), the
+# H200 specification table (nvidia.com/en-us/data-center/h200/: SXM as the H100 SXM, NVL as the H100 NVL), the
+# A100 datasheet (BF16 312, TF32 156 dense, FP32 19.5). 'float32' is the CUDA cores' FP32 rate; 'tf32' the tensor
+# cores' TF32 rate, which XLA (default precision) and cuDNN use for float32 matmuls and convolutions on these GPUs,
+# so an f32 step's MFU is taken against it.
 PEAK_FLOPS = {
-    "H100": {"bfloat16": 989e12, "float32": 67e12},
-    "H200": {"bfloat16": 989e12, "float32": 67e12},
-    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+    "H100 PCIe": {"bfloat16": 756.5e12, "tf32": 378e12, "float32": 51e12},
+    "H100 NVL": {"bfloat16": 835.5e12, "tf32": 417.5e12, "float32": 60e12},
+    "H200 NVL": {"bfloat16": 835.5e12, "tf32": 417.5e12, "float32": 60e12},
+    "H100": {"bfloat16": 989.5e12, "tf32": 494.5e12, "float32": 67e12},
+    "H200": {"bfloat16": 989.5e12, "tf32": 494.5e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "tf32": 156e12, "float32": 19.5e12},
     # TPUs: bf16 only (f32 matmuls run as several bf16 passes; pass --peak-flops for an f32 MFU).
     "TPU v4": {"bfloat16": 275e12},
     "TPU v5 lite": {"bfloat16": 197e12},
     "TPU v5p": {"bfloat16": 459e12},
 }
+
+
+def spec_peak(device_kind: str, dtype: str) -> tuple[float | None, str]:
+    """(dense peak flops/s, what it is) of `dtype` work on a device named `device_kind`, from PEAK_FLOPS.
+
+    float32 work is measured against the TF32 rate where the table has one (see PEAK_FLOPS)."""
+    for key, table in PEAK_FLOPS.items():
+        if key.lower() in device_kind.lower():
+            column = "tf32" if dtype == "float32" and "tf32" in table else dtype
+            if column not in table:
+                return None, f"no {dtype} peak for {key} in PEAK_FLOPS; pass --peak-flops"
+            what = "TF32 tensor cores, XLA's default f32 precision" if column == "tf32" else column
+            return table[column], f"spec sheet, {key} dense {what}"
+    return None, f"{device_kind!r} is not in PEAK_FLOPS; pass --peak-flops"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,11 +135,8 @@ def peak_flops(args) -> tuple[float | None, str]:
     if args.peak_flops:
         return args.peak_flops, "--peak-flops"
     dev = jax.devices()[0]
-    for key, table in PEAK_FLOPS.items():
-        if key.lower() in dev.device_kind.lower():
-            if args.dtype not in table:
-                return None, f"no default {args.dtype} peak for {key}; pass --peak-flops"
-            return table[args.dtype], f"spec sheet, {key} {args.dtype} dense"
+    if dev.platform != "cpu":
+        return spec_peak(dev.device_kind, args.dtype)
     if dev.platform == "cpu":
         rate, how = measured_matmul_peak(args.dtype), "XLA"
         if args.torch:
@@ -122,7 +146,6 @@ def peak_flops(args) -> tuple[float | None, str]:
             if torch_rate > rate:
                 rate, how = torch_rate, "PyTorch (faster than XLA's here)"
         return rate, f"measured on this CPU: best of 5 2048² {args.dtype} matmuls, {how}"
-    return None, f"unknown device kind {dev.device_kind!r}; pass --peak-flops"
 
 
 def load_average() -> str:
@@ -227,16 +250,42 @@ class JaxRunner:
                 "xla_argument_bytes": getattr(m, "argument_size_in_bytes", None) if m else None}
 
 
-def benchmark(factories: list, warmup: int, num_steps: int) -> list[dict]:
+def release_device_memory() -> None:
+    """Return what a failed runner left behind (its objects are garbage once its exception is handled) to the
+    device, so the runners that go on are not starved: PyTorch keeps freed blocks cached until asked."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def benchmark(factories: list, warmup: int, num_steps: int, tolerate_errors: bool = False) -> list[dict]:
     """Build and warm up each runner in turn (reading its peak memory right after its warm-up, before the
     next one is built), then time `num_steps` steps of each, interleaved and alternating which goes first,
-    so that all see the same machine load."""
-    runners, warm, peaks = [], [], []
-    for make in factories:
-        r = make()
+    so that all see the same machine load.
+
+    factories: callables returning a runner, or (label, callable) pairs. With tolerate_errors, a runner that
+    raises while building or warming up (out of device memory, say) becomes {'framework': label, 'error': text}
+    in the returned list, in its place, and the others are timed without it.
+    """
+    runners, warm, peaks, slots = [], [], [], []
+    for i, entry in enumerate(factories):
+        label, make = entry if isinstance(entry, tuple) else (f"runner {i}", entry)
+        try:
+            r = make()
+            w = [r.step()[0] for _ in range(max(warmup, 1))]
+            peak = r.peak_memory()
+        except Exception as e:  # noqa: BLE001  (any failure of one framework is reported, not fatal)
+            if not tolerate_errors:
+                raise
+            r = None
+            slots.append({"framework": label, "error": f"{type(e).__name__}: {e}"[:3000]})
+            release_device_memory()
+            continue
+        slots.append(len(runners))
         runners.append(r)
-        warm.append([r.step()[0] for _ in range(max(warmup, 1))])
-        peaks.append(r.peak_memory())
+        warm.append(w)
+        peaks.append(peak)
     timed = [[] for _ in runners]
     for i in range(num_steps):
         order = list(range(len(runners)))
@@ -250,7 +299,7 @@ def benchmark(factories: list, warmup: int, num_steps: int) -> list[dict]:
         results.append({**r.info(), "first_step_s": w[0], "warmup_s": w, "step_times_s": times,
                         "cpu_times_s": [c for _, c in t], "step_s": statistics.median(times), "peak_bytes": peak,
                         "mem_source": source})
-    return results
+    return [results[s] if isinstance(s, int) else s for s in slots]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +321,10 @@ def report(args, results: list[dict], peak: float | None, peak_source: str) -> s
     b = args.batch * ndev  # global source clips (= target clips)
     all_frames = 3 * b * args.frames  # source + target + teacher
     train_frames = 2 * b * args.frames
+    errors = [r for r in results if "error" in r]
+    results = [r for r in results if "error" not in r]
+    if not results:
+        return "\n".join(f"- {r['framework']} failed: {r['error']}" for r in errors)
     flops = results[0].get("flops")
     lines = [
         "| framework | step: median (min) | frames/s (src+tgt+teacher) | training frames/s (src+tgt) | ratio vs JAX "
@@ -321,6 +374,7 @@ def report(args, results: list[dict], peak: float | None, peak_source: str) -> s
                      "loss " + ", ".join(f"{k} {r['metrics'][k]:.4f}" for k in
                                         ("loss", "ce", "triplet", "frame_domain", "clip_domain", "consistency_ce",
                                          "consistency_dist") if k in r["metrics"]))
+    notes += [f"- {r['framework']} failed: {r['error']}" for r in errors]
     return "\n".join(lines + notes)
 
 
@@ -359,16 +413,16 @@ def main(argv=None):
 
     host_batch = make_batch(args.batch * jax.device_count(), args.frames, args.height, args.width)
     peak_rates = [peak_flops(args)]  # on a CPU: measured now and again at the end, the best is kept
-    factories = [lambda: JaxRunner(args, host_batch)]
+    factories = [("JAX", lambda: JaxRunner(args, host_batch))]
     if args.torch:
         import torch_baseline  # noqa: E402  (imports torch only when asked)
 
-        factories.append(lambda: torch_baseline.Runner(
+        factories.append(("PyTorch", lambda: torch_baseline.Runner(
             host_batch, num_classes=args.num_classes, depth=args.depth, width=args.model_width or None,
             dtype=args.dtype, device=args.torch_device,
             kmeans_clusters=make_config(args).adaptation.kmeans_clusters,
             kmeans_iters=make_config(args).adaptation.kmeans_iters, channels_last=not args.torch_contiguous,
-            num_threads=args.threads or None))
+            num_threads=args.threads or None)))
     results = benchmark(factories, args.warmup, args.steps)
     peak_rates.append(peak_flops(args))
     peak, peak_source = max(peak_rates, key=lambda x: x[0] or 0.0)

@@ -26,12 +26,21 @@ class MetricWriter:
         self._log = log_to_console
         self._jsonl = None
         self._tb = None
+        self._tb_dir = os.path.join(workdir, "tensorboard")
         if enabled:
             os.makedirs(workdir, exist_ok=True)
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    @property
+    def _events(self):
+        """The TensorBoard writer, opened at the first write. A run that fails before it logs anything (a data
+        error) then leaves no tensorboardX writer for the interpreter to close at exit, which Python 3.12 cannot
+        do (its worker thread may not start during shutdown: a traceback after the real error)."""
+        if self._tb is None:
             from tensorboardX import SummaryWriter  # imported lazily: heavy, and unused in workers
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(self._tb_dir)
+        return self._tb
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any], *, prefix: str = "") -> None:
         values = {f"{prefix}{k}": _scalar(v) for k, v in scalars.items()}
@@ -43,26 +52,28 @@ class MetricWriter:
         self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
         self._jsonl.flush()  # so `tail -f metrics.jsonl` and a crash both see every logged step
         for key, value in values.items():
-            self._tb.add_scalar(key, value, int(step))
+            self._events.add_scalar(key, value, int(step))
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """images: name → uint8 [H, W, 3]."""
         if self._enabled:
             for key, image in images.items():
-                self._tb.add_image(key, np.asarray(image), int(step), dataformats="HWC")
+                self._events.add_image(key, np.asarray(image), int(step), dataformats="HWC")
 
     def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
         if self._enabled:
             for key, text in texts.items():
-                self._tb.add_text(key, text, int(step))
+                self._events.add_text(key, text, int(step))
 
     def flush(self) -> None:
         if self._enabled:
             self._jsonl.flush()
-            self._tb.flush()
+            if self._tb is not None:
+                self._tb.flush()
 
     def close(self) -> None:
         if self._enabled:
             self._jsonl.close()
-            self._tb.close()
+            if self._tb is not None:
+                self._tb.close()
             self._enabled = False

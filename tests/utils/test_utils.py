@@ -1,6 +1,8 @@
 """Writers, progress and checkpoint round trips."""
 import json
 import os
+import subprocess
+import sys
 
 import grain
 import jax
@@ -23,6 +25,19 @@ def test_writer_jsonl_and_tensorboard(tmp_path):
     assert lines[0]["train/acc"] == 0.25
     events = os.listdir(tmp_path / "tensorboard")
     assert any(e.startswith("events.out.tfevents") for e in events)
+
+
+def test_writer_that_logged_nothing_leaves_nothing_to_close_at_exit(tmp_path):
+    # A run that fails on its data (before any step is logged) exits without closing its writer. The TensorBoard
+    # writer must not have been opened then: tensorboardX closes it from an exit hook, which on Python 3.12 adds
+    # a traceback after the real error (its worker thread cannot start during interpreter shutdown).
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = f"from svreid_jax.utils import writers; w = writers.MetricWriter({str(tmp_path)!r})"
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (tmp_path / "metrics.jsonl").exists()
+    events = os.listdir(tmp_path / "tensorboard") if (tmp_path / "tensorboard").exists() else []
+    assert not any(e.startswith("events.out.tfevents") for e in events)
 
 
 def test_disabled_writer_writes_nothing(tmp_path):

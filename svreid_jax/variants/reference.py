@@ -231,9 +231,10 @@ def make_reference_losses(model, temporal_model, config, axis_name: str | None =
             l_cons = cons[0]
             terms["cons_mismatch"], terms["cons_dist"] = cons[1], cons[2]
         else:
-            # D2 flipped: the paper variant's differentiable teacher consistency (L^C_1 + L^C_2).
+            # D2 flipped: the paper variant's differentiable teacher consistency (L^C_1 + L^C_2), on the
+            # gathered batch like the paper step's (the shared k-means key: every device clusters alike).
             paper = losses.teacher_consistency(
-                keys["kmeans"], out_t["bn_embedding"], ctx["teacher_embedding"],
+                keys["kmeans"], gather(out_t["bn_embedding"]), gather(ctx["teacher_embedding"]),
                 num_clusters=r.consistency_clusters, num_iters=config.adaptation.kmeans_iters,
                 temperature=config.adaptation.consistency_temperature)
             terms.update(paper)

@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.augment = ml_collections.ConfigDict()
     c.augment.flip = True  # random horizontal flip, one decision per clip
     c.augment.erasing_probability = 0.5  # Random Erasing probability per clip (0 disables)
+    c.augment.erasing_sampler = "log_aspect"  # box draws: 'log_aspect' (log-uniform aspect, 10 tries) or 'authors' (uniform aspect, rounded corner, 100 tries; D16)
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "resnet"  # backbone (svreid_jax.models.backbones): 'resnet' (plain ResNet of `depth`), 'sinet', 'sbnet', 'idnet'
@@ -57,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.last_stride = 1  # stride of the last stage (1 keeps 16×8 maps at 256×128, re-ID custom)
     c.model.stem_pool_padding = 1  # stem max-pool padding (torchvision 1; the reference 0)
     c.model.conv_bias = False  # biases on convolutions (the reference's inflated convs have them)
+    c.model.bnneck_torch_stats = False  # BN-neck running statistics as the authors' forward leaves them: frame, clip (, frame) updates, unbiased variance (D15)
     c.model.frame_pooling = "max"  # per-frame spatial pooling: 'max' (reference) or 'avg'
     c.model.disc_hidden = 256  # hidden units of the domain discriminators
     c.model.disc_dropout = 0.5  # dropout inside the discriminators
@@ -126,7 +128,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.rerank_k2 = 6  # re-ranking: neighbours averaged by the local query expansion (1 = none)
     c.eval.rerank_lambda = 0.3  # re-ranking: weight of the original distance next to the Jaccard distance
     c.eval.protocols = True  # final and --mode=eval results add MARS include_query/all galleries, CCVID SC/CC
-    c.eval.all_splits = False  # --mode=eval on iLIDS-VID/PRID: split_id 0..9, reported as mean ± std
+    c.eval.one_checkpoint_all_splits = False  # --mode=eval on iLIDS-VID/PRID: ONE checkpoint tested on split_id 0..9, transductive (the standard protocol: python -m svreid_jax.splits)
     c.eval.checkpoint = "auto"  # modes eval/visualize/extract: 'auto' (best/ if selection saved one), 'latest', 'best'
     c.eval.visualize_queries = 8  # --mode=visualize: queries drawn, each with its top-10 gallery tracklets
     c.eval.visualize_points = 400  # --mode=visualize: at most this many tracklets per domain in the PCA scatter
@@ -164,4 +166,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.reference.shared_grl_beta = False  # D6: the sequence discriminator uses the frame β; False = β/10 (β_video)
     c.reference.backbone_clip_discriminator = True  # D8: a domain discriminator on the backbone clip embeddings (dead in the code)
     c.reference.reset_temporal_optimizer_every_epoch = False  # D12: re-create the temporal Adam each epoch
+    c.reference.infonce_sum_groups = False  # D14: InfoNCE = Σ over the G identity groups / one group's pairs (G × the mean), as the authors' code
     return c

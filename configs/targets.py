@@ -71,6 +71,8 @@ def apply_reference(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optimizer.name = "adam_l2"
     c.optimizer.decay_bn_and_bias = True
     c.optimizer.warmup_epochs = 0.0
+    c.augment.erasing_sampler = "authors"  # D16: aspect uniform in [0.3, 1/0.3], corner round(u·(H − h)), 100 tries
+    c.model.bnneck_torch_stats = True  # D15: BN-neck running statistics from frame, clip, frame calls, unbiased
     c.data.target_sampling = "identity"  # D7: target P×K batches by target ground-truth pids
     c.eval.temporal = "restricted_begin"  # D9: one 4-frame clip per tracklet
     c.eval.seq_len = 4
@@ -87,4 +89,5 @@ def apply_reference(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     r.shared_grl_beta = True  # D6
     r.backbone_clip_discriminator = False  # D8
     r.reset_temporal_optimizer_every_epoch = True  # D12
+    r.infonce_sum_groups = True  # D14
     return c

@@ -129,7 +129,8 @@ def create_model(config, num_classes: int) -> reid.ReIDNet:
     backbone = backbones.get(m.arch)
     return reid.ReIDNet(num_classes=num_classes, backbone=backbone.options(m), frame_pooling=m.frame_pooling,
                         disc_hidden=m.disc_hidden, disc_dropout=m.disc_dropout, dtype=jnp.dtype(m.dtype),
-                        arch=m.arch, infonce_projection=config.loss.infonce > 0)
+                        arch=m.arch, infonce_projection=config.loss.infonce > 0,
+                        bnneck_torch_stats=m.bnneck_torch_stats)
 
 
 def init_variables(config, model, rng: jax.Array) -> tuple[Any, Any]:

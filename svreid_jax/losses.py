@@ -92,10 +92,12 @@ def teacher_consistency(rng: jax.Array, student: jax.Array, teacher: jax.Array, 
 
     student, teacher: [B, D] clip embeddings of the same target clips; both are L2-normalised here,
     after subtracting their group's batch mean when `groups` (int [B], e.g. camera ids) is given.
-    The teacher's embeddings are clustered (k-means, no gradient); then
+    The teacher's embeddings are clustered (k-means, no gradient); each teacher vector's cluster is the
+    centroid of largest cosine, a_i = argmax_j cos(t_i, c_j), the geometry the student is scored in; then
       L^C_1 = cross-entropy of the student's soft assignment softmax(cos(s, c_j) / temperature)
-              against the teacher's hard cluster of the same clip;
-      L^C_2 = mean Euclidean distance of each student embedding to its teacher-assigned centroid.
+              against the teacher's cluster a_i of the same clip;
+      L^C_2 = mean Euclidean distance of each student embedding to the centroid c_{a_i}.
+    With student = teacher the student's most likely cluster is the teacher's for every clip.
     Returns {'consistency_ce': L^C_1, 'consistency_dist': L^C_2}.
     """
     student, teacher = student.astype(jnp.float32), jax.lax.stop_gradient(teacher.astype(jnp.float32))
@@ -105,24 +107,35 @@ def teacher_consistency(rng: jax.Array, student: jax.Array, teacher: jax.Array, 
         # Camera-centred clustering: whatever a camera adds to everyone it films (scene, colour cast)
         # is removed first, so clusters cannot form around cameras instead of people.
         s, t = centre_by_group(student, groups), centre_by_group(teacher, groups)
-    centroids, assign = clustering.kmeans(rng, t, num_clusters, num_iters)
+    centroids, _ = clustering.kmeans(rng, t, num_clusters, num_iters)
     centroids = jax.lax.stop_gradient(centroids)
-    logits = (s @ _l2_normalize(centroids).T) / temperature
+    directions = _l2_normalize(centroids)
+    # k-means' own labels (nearest un-normalised centroid) differ from the cosine ranking for a few
+    # clips (their centroids have unequal norms); labelling by cosine makes the teacher's label the
+    # student's argmax when they agree (docs/METHOD.md §4.5).
+    assign = jnp.argmax(t @ directions.T, axis=-1)
+    logits = (s @ directions.T) / temperature
     ce = cross_entropy(logits, assign)
     dist = jnp.mean(jnp.sqrt(jnp.sum((s - centroids[assign]) ** 2, axis=-1) + 1e-12))
     return {"consistency_ce": ce, "consistency_dist": dist}
 
 
-def temporal_infonce(projection: jax.Array, num_instances: int, temperature: float = 0.07) -> jax.Array:
+def temporal_infonce(projection: jax.Array, num_instances: int, temperature: float = 0.07, *,
+                     sum_groups: bool = False) -> jax.Array:
     """SINet's temporal InfoNCE over groups of K same-identity clips (docs/METHOD.md §4.3).
 
     projection: [B, T, D] projected frame features; consecutive runs of `num_instances` clips share a
     pid (the P×K sampler guarantees it). Within a group, frame (t, k) has as positives the same time
     step t of the other K−1 clips, and as negatives every entry at another time step (its own
     clip's other frames included). Per (anchor, positive): s_pos − log(Σ_neg e^s + e^s_pos), with
-    s = cosine / temperature; the loss is minus the mean over all such pairs.
+    s = cosine / temperature. Returns a scalar in nats:
+      sum_groups=False: minus the mean over all G·K·T·(K−1) pairs of the batch (G = B/K groups);
+      sum_groups=True: minus the sum over all pairs divided by one group's pair count K·T·(K−1), i.e.
+        G × the mean, as the authors' code normalises it (docs/METHOD.md §4.3).
     """
     b, t, d = projection.shape
+    if num_instances < 2:
+        raise ValueError(f"temporal InfoNCE needs at least 2 clips per identity for positives, got {num_instances}")
     if b % num_instances:
         raise ValueError(f"batch {b} is not made of whole groups of {num_instances} clips")
     z = _l2_normalize(projection.astype(jnp.float32)).reshape(b // num_instances, num_instances * t, d)
@@ -133,7 +146,8 @@ def temporal_infonce(projection: jax.Array, num_instances: int, temperature: flo
     negative = time[:, None] != time[None, :]
     neg_lse = jax.nn.logsumexp(jnp.where(negative, sim, -jnp.inf), axis=-1, keepdims=True)  # [G, N, 1]
     per_pair = sim - jnp.logaddexp(neg_lse, sim)
-    return -jnp.sum(jnp.where(positive, per_pair, 0.0)) / (positive.sum() * sim.shape[0])
+    pairs = positive.sum() if sum_groups else positive.sum() * sim.shape[0]
+    return -jnp.sum(jnp.where(positive, per_pair, 0.0)) / pairs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Modes:
   train      train (resuming if a checkpoint exists), then evaluate; results.json / results.md
   eval       evaluate the checkpoint (eval.checkpoint) on the target test split, every protocol that
-             applies (eval.all_splits: iLIDS-VID/PRID mean ± std over 10 splits); eval_results.json / .md
+             applies; eval_results.json / .md
+  splits     iLIDS-VID/PRID: train and evaluate one model per split (--splits, default 0-9) in
+             <workdir>/split_<k>, then mean ± std in splits_results.json / .md (resumable)
   visualize  PNGs in <workdir>/visualize/: ranked lists of eval.visualize_queries queries, and a PCA
              scatter of source vs target embeddings
   extract    features of your own tracklets under --data (the `folder` layout) into <workdir>/extract/
@@ -21,7 +23,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from svreid_jax import train
+from svreid_jax import splits, train
 from svreid_jax.data.records import DatasetError
 from svreid_jax.evaluation import diagnostics, evaluate, extract, visualize
 
@@ -29,10 +31,12 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for logs, checkpoints and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "visualize", "extract", "diagnose"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "visualize", "extract", "diagnose", "splits"],
                   "train: train (resuming if a checkpoint exists) then evaluate; eval: evaluate the checkpoint; "
                   "visualize: ranked-list and embedding PNGs; extract: features of the tracklets under --data; "
-                  "diagnose: domain/camera probes, teacher cluster quality, rank-1 per camera pair.")
+                  "diagnose: domain/camera probes, teacher cluster quality, rank-1 per camera pair; "
+                  "splits: one model per iLIDS-VID/PRID split in <workdir>/split_<k>, then mean ± std.")
+flags.DEFINE_string("splits", "0-9", "--mode=splits: the split ids to run, e.g. '0-9' or '0,3,5'.")
 flags.DEFINE_string("data", None, "--mode=extract: root of your tracklets, <root>/<pid>/<camid>/<tracklet>/*.jpg "
                     "(or with train/query/gallery sub-folders).")
 
@@ -72,6 +76,8 @@ def _run_mode(config):
     logging.info("config:\n%s", config)
     if FLAGS.mode == "train":
         train.train_and_evaluate(config, FLAGS.workdir)
+    elif FLAGS.mode == "splits":
+        splits.run(config, FLAGS.workdir, FLAGS.splits)
     elif FLAGS.mode == "eval":
         evaluate.evaluate_checkpoint(config, FLAGS.workdir)
     elif FLAGS.mode == "visualize":

@@ -63,6 +63,28 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     return lambda step: jnp.where(step < warmup_steps, warm(step), decay(step))
 
 
+def _is_schedule_state(x: Any) -> bool:
+    return isinstance(x, optax.ScaleByScheduleState)
+
+
+def schedule_count(opt_state: Any) -> jax.Array:
+    """The step count the learning-rate schedule reads from an optimiser state of `make_optimizer`."""
+    counts = [s.count for s in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state) if _is_schedule_state(s)]
+    if len(counts) != 1:
+        raise ValueError(f"expected one learning-rate schedule in the optimiser state, found {len(counts)}")
+    return counts[0]
+
+
+def with_schedule_count_of(kept: Any, advanced: Any) -> Any:
+    """`kept` (an optimiser state) with the learning-rate schedule's count taken from `advanced`.
+
+    A skipped update keeps the optimiser's moments and Adam's bias-correction count (no update was
+    made) but its batch was consumed, so the schedule moves on with the step counter: the learning
+    rate then stays lr(state.step), in step with the epochs the loop counts (docs/METHOD.md §6.5).
+    """
+    return jax.tree.map(lambda k, a: a if _is_schedule_state(k) else k, kept, advanced, is_leaf=_is_schedule_state)
+
+
 def make_optimizer(config, params: Any, steps_per_epoch: int) -> optax.GradientTransformation:
     """Adam with L2 added to the gradient (the reference's torch Adam) or AdamW (decoupled decay)."""
     opt = config.optimizer

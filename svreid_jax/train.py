@@ -34,6 +34,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     Writes under workdir: metrics.jsonl, tensorboard/, checkpoints/, parameters.txt, results.json, results.md.
     Resumes automatically from the latest checkpoint in workdir.
     """
+    variants.check_config(config)  # bad settings fail here, before any data is read
     if config.parallel.multihost:
         jax.distributed.initialize()
     parallel.log_devices()

@@ -24,16 +24,19 @@ LAYERS = {
     "builders": ("svreid_jax.builders",),
     "evaluation": ("svreid_jax.evaluation",),
     "train": ("svreid_jax.train",),
+    "splits": ("svreid_jax.splits",),
     "main": ("svreid_jax.main",),
 }
 # Layer -> layers it may not import. Layers not listed here are unrestricted.
 MAY_NOT_IMPORT = {
-    "base": ("variants", "parallel", "builders", "train", "evaluation", "main"),
-    "utils": ("train", "main", "evaluation", "variants", "builders"),
-    "builders": ("train", "main", "evaluation"),
-    "evaluation": ("train", "main"),
-    "variants": ("train", "main", "evaluation", "builders"),
-    "parallel": ("train", "main", "evaluation", "builders", "variants"),
+    "base": ("variants", "parallel", "builders", "train", "evaluation", "splits", "main"),
+    "utils": ("train", "splits", "main", "evaluation", "variants", "builders"),
+    "builders": ("train", "splits", "main", "evaluation"),
+    "evaluation": ("train", "main", "splits"),
+    "train": ("splits", "main"),
+    "splits": ("main",),
+    "variants": ("train", "splits", "main", "evaluation", "builders"),
+    "parallel": ("train", "splits", "main", "evaluation", "builders", "variants"),
 }
 
 

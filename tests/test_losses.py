@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import authors_numpy
 from svreid_jax import losses
 
 
@@ -76,6 +77,28 @@ def test_teacher_consistency_terms():
     assert float(out["consistency_ce"]) == pytest.approx(expected_ce, rel=1e-4)
 
 
+def test_teacher_consistency_labels_by_cosine_so_the_student_agrees_with_itself():
+    # 32 unit vectors in 3-D, 6 clusters: with this seed k-means' own Euclidean labels (nearest
+    # un-normalised centroid) disagree with the cosine ranking for 2 clips, so a teacher labelled by
+    # Euclidean distance would ask student = teacher to move.
+    from svreid_jax import clustering
+    t = np.random.default_rng(22).normal(size=(32, 3))
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    key = jax.random.PRNGKey(22)
+    centroids, euclidean_labels = jax.device_get(clustering.kmeans(key, jnp.asarray(t, jnp.float32), 6, 10))
+    directions = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+    logits = t @ directions.T / 0.1
+    cosine_labels = np.argmax(logits, axis=1)
+    assert np.sum(cosine_labels != euclidean_labels) == 2
+    out = losses.teacher_consistency(key, jnp.asarray(t, jnp.float32), jnp.asarray(t, jnp.float32), num_clusters=6,
+                                     num_iters=10, temperature=0.1)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    # L^C_1 is the cross-entropy against the student's own most likely cluster: its minimum over labels.
+    assert float(out["consistency_ce"]) == pytest.approx(-np.mean(logp.max(axis=1)), rel=1e-5)
+    want_dist = np.mean(np.linalg.norm(t - centroids[cosine_labels], axis=1))
+    assert float(out["consistency_dist"]) == pytest.approx(want_dist, rel=1e-5)
+
+
 def test_teacher_consistency_gradient_reaches_student_only():
     s = jnp.asarray(np.random.default_rng(5).normal(size=(8, 4)), jnp.float32)
     t = s + 0.1
@@ -123,6 +146,19 @@ def test_temporal_infonce_hand_value_two_clips_two_frames():
 def test_temporal_infonce_rejects_partial_groups():
     with pytest.raises(ValueError, match="whole groups of 4"):
         losses.temporal_infonce(jnp.ones((6, 4, 3)), 4)
+    with pytest.raises(ValueError, match="at least 2 clips per identity"):
+        losses.temporal_infonce(jnp.ones((4, 4, 3)), 1)
+
+
+def test_temporal_infonce_summed_over_groups_matches_the_authors_code_at_b32_k4():
+    z = np.random.default_rng(11).normal(size=(32, 4, 16))  # [B, T, D], P×K = 8×4
+    want = authors_numpy.infonce(z.transpose(0, 2, 1), 4, 0.07)
+    got = float(losses.temporal_infonce(jnp.asarray(z, jnp.float32), 4, 0.07, sum_groups=True))
+    assert got == pytest.approx(want, rel=1e-5)
+    mean = float(losses.temporal_infonce(jnp.asarray(z, jnp.float32), 4, 0.07))
+    assert mean == pytest.approx(_numpy_infonce(z, 4, 0.07), rel=1e-5)
+    # Their value is G = 32/4 = 8 times the mean over pairs.
+    assert got / mean == pytest.approx(8.0, rel=1e-6)
 
 
 def test_centre_by_group_hand_values():

@@ -1,7 +1,8 @@
 """The evaluation modes of the command line (eval, visualize, extract), after ONE micro training run.
 
 Also in-process: --mode=extract's features equal a fresh extraction from the restored checkpoint, and
-eval.all_splits on an iLIDS-VID-layout fixture reports mean ± std over its splits.
+eval.one_checkpoint_all_splits on an iLIDS-VID-layout fixture reports mean ± std over its splits,
+labelled transductive.
 """
 import csv
 import json
@@ -23,9 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "--config=configs/demo.py:paper,micro"
 
 
-def _run(workdir, *extra):
+def _run(workdir, *extra, env=None):
     cmd = [sys.executable, "-m", "svreid_jax.main", CONFIG, f"--workdir={workdir}", *extra]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -127,7 +128,7 @@ def _ilidsvid_fixture(root, workdir, num_splits=3):
     scipy.io.savemat(str(root / "train-test people splits" / "train_test_splits_ilidsvid.mat"), {"ls_set": rows})
 
 
-def test_eval_all_splits_reports_mean_and_std(workdir, tmp_path, monkeypatch):
+def test_eval_one_checkpoint_all_splits_reports_mean_and_std_as_transductive(workdir, tmp_path, monkeypatch):
     _ilidsvid_fixture(tmp_path / "ilids", workdir)
     run = tmp_path / "run"
     shutil.copytree(workdir / "checkpoints", run / "checkpoints")
@@ -135,7 +136,7 @@ def test_eval_all_splits_reports_mean_and_std(workdir, tmp_path, monkeypatch):
     config.data.demo = False
     config.data.target.name = "ilidsvid"
     config.data.target.root = str(tmp_path / "ilids")
-    config.eval.all_splits = True
+    config.eval.one_checkpoint_all_splits = True
     # The fixture holds 3 splits, not the real 10.
     monkeypatch.setattr(protocols, "evaluate_splits",
                         _with_split_ids(protocols.evaluate_splits, range(3)))
@@ -145,7 +146,7 @@ def test_eval_all_splits_reports_mean_and_std(workdir, tmp_path, monkeypatch):
     assert metrics["rank1"] == pytest.approx(np.mean(per_split))
     assert metrics["std/rank1"] == pytest.approx(np.std(per_split, ddof=1))
     md = open(run / "eval_results.md", encoding="utf-8").read()
-    assert "| mean ± std (3 splits) |" in md and "| split_2 |" in md
+    assert "| one checkpoint on 3 splits, transductive: mean ± std |" in md and "| split_2 |" in md
     report = json.load(open(run / "eval_results.json", encoding="utf-8"))
     assert set(report["std"]) >= {"rank1", "mAP"}
     config.data.target.name = "mars"
@@ -173,3 +174,35 @@ def test_diagnose_mode_writes_the_report(workdir):
     assert report["ranking"]["as_evaluated"]["rank1"] == pytest.approx(evaluated["rank1"])
     assert "domain probe accuracy" in done.stdout
 
+@pytest.mark.skipif(not os.environ.get("SVREID_SLOW_TESTS"),
+                    reason="ten micro trainings (minutes on CPU); CI's torch stage sets SVREID_SLOW_TESTS=1")
+def test_splits_mode_trains_ten_models_and_aggregates(workdir, tmp_path):
+    """The standard protocol's command on the micro demo source and a 10-split iLIDS-VID-layout target:
+    ten runs, each in its own workdir, and their mean ± std; run again, it only reads them back."""
+    _ilidsvid_fixture(tmp_path / "ilids", workdir, num_splits=10)
+    run = tmp_path / "splits"
+    args = ["--mode=splits", "--config.data.demo=False", f"--config.data.source.root={workdir / 'data' / 'source'}",
+            "--config.data.target.name=ilidsvid", f"--config.data.target.root={tmp_path / 'ilids'}",
+            "--config.data.target.protocol=standard", "--config.train.num_epochs=1"]
+    # The ten runs compile the same programs: XLA's persistent cache makes splits 1–9 cheap.
+    cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    done = _run(run, *args, env=cache)
+    per_split = []
+    for k in range(10):
+        final = json.load(open(run / f"split_{k}" / "results.json", encoding="utf-8"))
+        assert final["num_valid_queries"] == 2  # the two test persons of split k, queried in camera 1
+        assert os.listdir(run / f"split_{k}" / "checkpoints")
+        per_split.append(final)
+    report = json.load(open(run / "splits_results.json", encoding="utf-8"))
+    assert report["split_ids"] == list(range(10))
+    for key in ("rank1", "mAP"):
+        values = [m[key] for m in per_split]
+        assert report["mean"][key] == pytest.approx(np.mean(values))
+        assert report["std"][key] == pytest.approx(np.std(values, ddof=1))
+    md = open(run / "splits_results.md", encoding="utf-8").read()
+    assert "| mean ± std (10 splits, one model each) |" in md and "| split_9 |" in md
+    assert "| mean ± std (10 splits, one model each) |" in done.stdout
+    again = _run(run, *args, env=cache)
+    assert again.stderr.count("already done") == 10
+    assert json.load(open(run / "splits_results.json", encoding="utf-8")) == report

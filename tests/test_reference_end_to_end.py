@@ -35,6 +35,10 @@ def test_reference_configs_set_every_divergence_to_the_code(target):
     assert (c.parallel.mode, c.parallel.sync_bn) == ("pmap", False)
     assert (c.adaptation.ema_decay, c.adaptation.teacher_augment) == (0.99, False)
     assert c.adaptation.grl_max_steps == 20000 and c.loss.infonce == 0.001
+    # D14–D16: InfoNCE normalised as their code, their BN-neck running statistics, their erasing draws.
+    assert r.infonce_sum_groups and c.model.bnneck_torch_stats and c.augment.erasing_sampler == "authors"
+    assert not (paper.reference.infonce_sum_groups or paper.model.bnneck_torch_stats)
+    assert paper.augment.erasing_sampler == "log_aspect"
     if target == "lsvid":
         assert c.data.target.options.cut_length == 48
     # The paper variant keeps every D# flag on the paper's side.

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from configs import demo
-from svreid_jax import parallel, variants
+from svreid_jax import parallel, train, variants
 from svreid_jax.variants import terms
 from svreid_jax.models import reid
-from svreid_jax.state import create_train_state, ema_decay
+from svreid_jax.state import create_train_state, ema_decay, schedule_count, with_schedule_count_of
 
 B, T, H, W = 8, 4, 32, 16
 
@@ -83,7 +83,11 @@ def test_nonfinite_update_is_skipped(compiled):
     assert float(metrics["skipped"]) == 1.0
     assert int(new.step) == int(poisoned.step) + 1  # the batch was consumed
     assert not np.array_equal(np.asarray(new.rng), np.asarray(poisoned.rng))
-    for kept, old in zip(jax.tree.leaves((new.params, new.opt_state, new.ema_params)),
+    # The learning-rate schedule moves on with the step (lr(state.step) stays in step with the epochs);
+    # everything else of the optimiser (moments, Adam's bias-correction count) stays as it was.
+    assert int(schedule_count(new.opt_state)) == int(new.step) == int(schedule_count(poisoned.opt_state)) + 1
+    rest = with_schedule_count_of(new.opt_state, poisoned.opt_state)
+    for kept, old in zip(jax.tree.leaves((new.params, rest, new.ema_params)),
                          jax.tree.leaves((poisoned.params, poisoned.opt_state, poisoned.ema_params))):
         np.testing.assert_array_equal(np.asarray(kept), np.asarray(old))
 
@@ -107,3 +111,19 @@ def test_infonce_term_runs_in_the_step():
     state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), steps_per_epoch=10)
     _, metrics = jax.jit(variants.make_train_step(model, config))(state, _batch(0))
     assert np.isfinite(float(metrics["infonce"])) and float(metrics["infonce"]) > 0
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_settings_a_step_cannot_run_are_refused_before_training(tmp_path, variant):
+    config = demo.get_config(f"{variant},micro")
+    config.loss.infonce, config.batch.num_instances = 0.001, 1
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match="^config.loss.infonce=0.001 needs config.batch.num_instances ≥ 2 "
+                                         r"\(InfoNCE's positives are the other clips of an identity\); got 1$"):
+        train.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()  # refused before any data was generated or read
+    config = demo.get_config(f"{variant},micro")
+    config.augment.erasing_sampler = "linear"
+    with pytest.raises(ValueError, match=r"^config.augment.erasing_sampler='linear'; expected one of "
+                                         r"\('log_aspect', 'authors'\)$"):
+        variants.check_config(config)

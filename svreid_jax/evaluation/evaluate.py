@@ -50,34 +50,40 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     """--mode=eval: evaluate the checkpoint of workdir (eval.checkpoint) on the target test split.
 
     Prints the table and writes <workdir>/eval_results.json and eval_results.md: one row per protocol
-    (evaluate(..., all_protocols=eval.protocols)), or with eval.all_splits (targets whose reader takes a
-    `split_id`: iLIDS-VID, PRID) one row per split_id 0..9 under their mean ± std. Returns the flat
-    metrics (for all_splits: the means, 'std/<metric>' and 'split_<i>/<metric>').
+    (evaluate(..., all_protocols=eval.protocols)), or with eval.one_checkpoint_all_splits (targets whose
+    reader takes a `split_id`: iLIDS-VID, PRID) this one checkpoint tested on split_id 0..9, one row per
+    split under their mean ± std, labelled transductive: the checkpoint adapted to one split's training
+    persons, many of whom are test persons of the other splits (the standard protocol, one model per
+    split, is --mode=splits). Returns the flat metrics (for the splits: the means, 'std/<metric>' and
+    'split_<i>/<metric>').
     """
     parallel.log_devices()
     mesh = parallel.data_mesh()
     model, variables, ckpt = builders.restore_variables(config, workdir, mesh)
     distance = protocols.DistanceSpec.from_config(config)
     name = config.data.target.name
-    if config.eval.all_splits:
+    primary = None
+    if config.eval.one_checkpoint_all_splits:
         if "split_id" not in datasets.options(name):
-            raise ValueError(f"eval.all_splits averages the 10 train/test splits of a target whose reader takes a "
-                             f"split_id (iLIDS-VID, PRID); target {name!r} has none")
+            raise ValueError(f"eval.one_checkpoint_all_splits tests one checkpoint on the 10 train/test splits of a "
+                             f"target whose reader takes a split_id (iLIDS-VID, PRID); target {name!r} has none")
         trained_on = config.data.target.options.get("split_id", 0)
-        logging.warning("eval.all_splits: one checkpoint, adapted on the training persons of split %d, is tested "
-                        "on every split; in the others part of the test persons were its unlabelled target "
-                        "training data. The usual protocol trains one model per split.", trained_on)
+        logging.warning("eval.one_checkpoint_all_splits: one checkpoint, adapted on the training persons of split "
+                        "%d, is tested on every split; in the others part of the test persons were its unlabelled "
+                        "target training data (transductive). The standard protocol trains one model per split: "
+                        "--mode=splits.", trained_on)
         result = protocols.evaluate_splits(
             lambda s: builders.load_target(config, workdir, split_id=s),
             lambda tracklets: features.tracklet_features(config, model, variables, tracklets, mesh),
             distance=distance, max_rank=config.eval.max_rank)
         metrics = result.flat()
+        primary = f"one checkpoint on {len(result.split_ids)} splits, transductive: mean ± std"
     else:
         target = builders.load_target(config, workdir)
         metrics = evaluate(config, model, variables, target, mesh, all_protocols=config.eval.protocols)
     title = f"{config.data.source.name} → {name}"
-    table = results_table(metrics, title)
-    rows, std = protocols.unflatten(metrics)
+    table = results_table(metrics, title, primary)
+    rows, std = protocols.unflatten(metrics, primary)
     settings = (f"checkpoint {ckpt.directory} step {ckpt.step} ({'EMA teacher' if ckpt.teacher else 'student'}); "
                 f"distance: {distance.describe()}; clips: {config.eval.temporal}, {config.eval.seq_len} frames"
                 f"{', flip-averaged' if config.eval.flip_average else ''}")

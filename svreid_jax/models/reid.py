@@ -69,6 +69,58 @@ def _bnneck_scale_init(key, shape, dtype=jnp.float32):
     return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
+def _moments(x: jax.Array, axis_name: Optional[str]) -> tuple[jax.Array, jax.Array, int]:
+    """(mean [D], biased variance [D], count) over every row of x [..., D], two-pass like PyTorch; with
+    `axis_name` over the rows of every device on it (each device holds as many)."""
+    x = x.reshape(-1, x.shape[-1])
+    count = x.shape[0]
+    mean = jnp.mean(x, axis=0)
+    if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name)
+    var = jnp.mean(jnp.square(x - mean), axis=0)
+    if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name)
+        count *= jax.lax.axis_size(axis_name)
+    return mean, var, count
+
+
+class BNNeck(nn.BatchNorm):
+    """The BN-neck: BatchNorm on the clip embeddings [B, D], whose running statistics can follow the
+    authors' PyTorch forward instead of Flax's single update (docs/METHOD.md §3.3).
+
+    torch_stats=False: one update per train-mode call, from the clip batch, biased variance (Flax).
+    torch_stats=True: the authors' forward calls its BN-neck on the frames (`mid`), on the clips, and
+    with InfoNCE on the frames again (`frame_calls=2`); each call moves the running statistics by
+    PyTorch's rule, r ← 0.9·r + 0.1·s with the *unbiased* batch variance n/(n − 1)·σ². The clips are
+    normalised the same way in both modes (biased batch variance, as PyTorch normalises).
+    """
+
+    torch_stats: bool = False
+
+    def __call__(self, x, use_running_average: Optional[bool] = None, *, frames: Optional[jax.Array] = None,
+                 frame_calls: int = 1):
+        """x: clip embeddings [B, D]; frames: the frame embeddings [B, T, D] they average (torch_stats only)."""
+        running = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+        track = (self.torch_stats and not running and not self.is_initializing()
+                 and self.has_variable("batch_stats", "mean"))
+        if track:
+            old_mean = self.get_variable("batch_stats", "mean")
+            old_var = self.get_variable("batch_stats", "var")
+        y = super().__call__(x, use_running_average)
+        if track:
+            if frames is None or frame_calls not in (1, 2):
+                raise ValueError("BNNeck(torch_stats=True) needs the frames and frame_calls 1 or 2")
+            mean, var = old_mean, old_var
+            # Call order of the authors' forward: mid = bn(frames), f = bn(clips), [bn(frames) for InfoNCE].
+            for batch in (frames, x, frames)[:1 + frame_calls]:
+                mu, sigma2, n = _moments(batch, self.axis_name)
+                mean = self.momentum * mean + (1 - self.momentum) * mu
+                var = self.momentum * var + (1 - self.momentum) * sigma2 * (n / max(n - 1, 1))
+            self.put_variable("batch_stats", "mean", mean)
+            self.put_variable("batch_stats", "var", var)
+        return y
+
+
 class ReIDNet(nn.Module):
     """Video re-ID network with domain discriminators.
 
@@ -93,10 +145,13 @@ class ReIDNet(nn.Module):
         the projection's frame normalisation) averages its batch statistics: sync BN across
         devices. None (default) on one device or under jit, whose statistics are already global;
         the parallel step builders set it (parallel.parallel_model), init never needs it.
+      bnneck_torch_stats: the BN-neck's running statistics as the authors' training forward leaves
+        them (BNNeck: frame, clip and, with the projection, frame updates; unbiased variance). Only
+        the running statistics change, so train-mode outputs are the same either way.
 
     Projection input: the frame features normalised with the BN-neck's scale and bias, and with the
     *frames'* batch statistics in train mode (the running statistics in eval mode), as the
-    reference's `bn(x)` on (B, D, T). Unlike the reference, this does not update the BN-neck's
+    reference's `bn(x)` on (B, D, T). Unless `bnneck_torch_stats`, this does not update the BN-neck's
     running statistics (the reference updates them from frames too, docs/METHOD.md §3.3), so turning
     the projection on leaves the BN-neck and the embeddings exactly as without it.
 
@@ -122,6 +177,7 @@ class ReIDNet(nn.Module):
     arch: str = "resnet"
     infonce_projection: bool = False
     bn_axis_name: Optional[str] = None
+    bnneck_torch_stats: bool = False
 
     def __post_init__(self):
         # The backbone options are stored checked and as a FrozenDict so the module stays hashable
@@ -156,7 +212,8 @@ class ReIDNet(nn.Module):
         frame_embeddings = pooled.reshape(b, t, -1)  # [B, T, D]
         clip_embedding = temporal_average(frame_embeddings)  # [B, D]
 
-        bnneck = nn.BatchNorm(
+        bnneck = BNNeck(
+            torch_stats=self.bnneck_torch_stats,
             use_running_average=not train,
             momentum=resnet_lib.BN_MOMENTUM,
             epsilon=resnet_lib.BN_EPSILON,
@@ -169,7 +226,7 @@ class ReIDNet(nn.Module):
             axis_name=self.bn_axis_name,
             name="bnneck",
         )
-        bn_embedding = bnneck(clip_embedding)
+        bn_embedding = bnneck(clip_embedding, frames=frame_embeddings, frame_calls=2 if self.infonce_projection else 1)
         logits = nn.Dense(
             self.num_classes,
             kernel_init=nn.initializers.normal(0.001),

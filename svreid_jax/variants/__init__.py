@@ -19,28 +19,35 @@ from collections.abc import Callable
 from typing import Any
 
 from svreid_jax.utils.registry import Registry
-from svreid_jax.variants import paper, reference, terms
+from svreid_jax.variants import common, paper, reference, terms
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """make_train_step(model, config, axis_name) -> step; axis_name is None (one device / jit) or the pmap axis.
     init_state(config, model, params, rng, steps_per_epoch) -> TrainState.reference (None: the variant keeps none).
-    uses_target(config) -> whether the step reads the target clips (the loop then skips shipping them)."""
+    uses_target(config) -> whether the step reads the target clips (the loop then skips shipping them).
+    check_config(config) -> None, or ValueError naming the field that cannot work (before any data is read)."""
 
     make_train_step: Callable[..., Callable]
     init_state: Callable[..., Any] | None = None
     uses_target: Callable[[Any], bool] = lambda config: True
     description: str = ""
+    check_config: Callable[[Any], None] = common.check_config
 
 
 VARIANTS = Registry("variant", "config.variant", {
     "paper": Variant(paper.make_train_step, uses_target=terms.uses_target,
                      description="the method as the paper describes it"),
     "reference": Variant(reference.make_train_step, init_state=reference.init_state,
-                         description="what the authors' PyTorch code does"),
+                         description="what the authors' PyTorch code does", check_config=reference.check_config),
 })
 register, unregister, get = VARIANTS.register, VARIANTS.unregister, VARIANTS.get
+
+
+def check_config(config) -> None:
+    """Refuse settings the step of `config.variant` cannot run, with one line naming the field."""
+    get(config.variant).check_config(config)
 
 
 def make_train_step(model, config, axis_name: str | None = None):

@@ -9,14 +9,24 @@ import jax
 import jax.numpy as jnp
 
 from svreid_jax.data import augment
-from svreid_jax.state import TrainState
+from svreid_jax.state import TrainState, with_schedule_count_of
+from svreid_jax.variants import terms as terms_lib
+
+
+def check_config(config) -> None:
+    """The settings every variant's step reads, checked before training (one line naming the field)."""
+    if config.augment.erasing_sampler not in augment.ERASING_SAMPLERS:
+        raise ValueError(f"config.augment.erasing_sampler={config.augment.erasing_sampler!r}; expected one of "
+                         f"{augment.ERASING_SAMPLERS}")
+    terms_lib.check_config(config)
 
 
 def prepare_clips(video: jax.Array, rng: jax.Array, config) -> jax.Array:
     """uint8 clips [B,T,H,W,3] → normalised float32, then Random Erasing (train only)."""
     x = augment.normalize(video)
     if config.augment.erasing_probability > 0:
-        x = augment.random_erasing(rng, x, probability=config.augment.erasing_probability)
+        x = augment.random_erasing(rng, x, probability=config.augment.erasing_probability,
+                                   sampler=config.augment.erasing_sampler)
     return x
 
 
@@ -67,10 +77,12 @@ def guard_and_report(state: TrainState, new_state: TrainState, rng: jax.Array, t
     A NaN/inf loss or gradient keeps the old parameters, optimiser and teacher so one bad batch cannot
     poison the run; the loop counts these and stops after too many in a row. The RNG and the step
     still advance: the step counts consumed batches, which the loop, the data position and the
-    checkpoint labels all follow (a lagging step would resume one batch early).
+    checkpoint labels all follow (a lagging step would resume one batch early); so does the
+    learning-rate schedule's count, so the rate stays lr(state.step).
     Returns (the state to keep, metrics with 'grad_norm' and 'skipped' (1.0 when the update was dropped)).
     """
     finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
-                        state.replace(rng=rng, step=state.step + 1))
+    skipped = state.replace(rng=rng, step=state.step + 1,
+                            opt_state=with_schedule_count_of(state.opt_state, new_state.opt_state))
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, skipped)
     return kept, {**metrics, "grad_norm": grad_norm, "skipped": 1.0 - finite.astype(jnp.float32)}

@@ -23,6 +23,7 @@ from svreid_jax.variants import common, terms as terms_lib
 def make_train_step(model, config, axis_name: str | None = None):
     """Build the pure train step. axis_name: None for one device or jit (the batch is the global batch);
     the pmap axis (parallel.PMAP_AXIS) when each call sees one device's share; gradients are averaged over it."""
+    common.check_config(config)
     active = terms_lib.active(config)
     needs = terms_lib.inputs_needed(active)
     uses_target = bool(needs & {terms_lib.TARGET, terms_lib.TEACHER})

@@ -50,6 +50,7 @@ def check_config(config) -> None:
     if r.consistency_clusters > 2 * config.batch.target_size:
         raise ValueError(f"config.reference.consistency_clusters={r.consistency_clusters} is more than the "
                          f"2·{config.batch.target_size} target embeddings it clusters")
+    common.check_config(config)
 
 
 def build_temporal_model(config, num_classes: int) -> TemporalDomainHeads:
@@ -100,12 +101,18 @@ def init_reference_state(config, temporal_model: TemporalDomainHeads, rng: jax.A
     }
 
 
-def frame_batch_norm(frames: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+def frame_batch_norm(frames: jax.Array, scale: jax.Array, bias: jax.Array, axis_name: str | None = None) -> jax.Array:
     """The reference's `mid = bn(x)` on per-frame features in train mode: frames [B, T, D] normalised
     with the batch statistics of the B·T frames (biased variance, eps 1e-5) and the BN-neck's scale and
-    bias [D]. Running statistics are not touched here (ReIDNet docstring, projection input)."""
+    bias [D]; with `axis_name` (sync BN under pmap) the statistics cover every device's frames. Running
+    statistics are not touched here: ReIDNet accounts for this call (`model.bnneck_torch_stats`)."""
     mean = jnp.mean(frames, axis=(0, 1))
+    if axis_name is not None:
+        # pmean of per-device means is the global mean because every device holds as many frames.
+        mean = jax.lax.pmean(mean, axis_name)
     var = jnp.mean(jnp.square(frames - mean), axis=(0, 1))
+    if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name)
     return (frames - mean) * jax.lax.rsqrt(var + resnet_lib.BN_EPSILON) * scale + bias
 
 
@@ -172,6 +179,9 @@ def make_reference_losses(model, temporal_model, config, axis_name: str | None =
     """
     r = config.reference
     w = config.loss
+    model = parallel.parallel_model(model, config, axis_name)
+    # With sync BN under pmap, `mid` is normalised with every device's frames, like the BN-neck.
+    bn_axis = axis_name if config.parallel.sync_bn else None
 
     def gather(x):
         # DataParallel gathers every output on GPU 0 before the losses; under pmap the batch-coupled
@@ -186,17 +196,18 @@ def make_reference_losses(model, temporal_model, config, axis_name: str | None =
         labels = ctx["labels"]
         out_s, batch_stats = common.student_forward(model, params, ctx["batch_stats"], ctx["source"], ctx["beta"],
                                                     keys["src_drop"])
-        # InfoNCE is computed per device here (not on the gathered batch as in the paper step).
+        # InfoNCE on the gathered batch (the authors' DataParallel gathers the projections before its
+        # criterion), normalised as their code does with reference.infonce_sum_groups (D14).
         term_ctx = terms_lib.TermContext(config, source=out_s, labels=labels, gather=gather,
-                                         gather_infonce=lambda x: x)
+                                         infonce_sum_groups=r.infonce_sum_groups)
         terms, metrics = terms_lib.compute(reid_terms, term_ctx)
         l_reid = terms_lib.weighted_sum(terms, terms_lib.weights(reid_terms, config))
         out_t, batch_stats = common.student_forward(model, params, batch_stats, ctx["target"], ctx["beta"],
                                                     keys["tgt_drop"])
 
         scale, bias = params["bnneck"]["scale"], params["bnneck"]["bias"]
-        mid_s = frame_batch_norm(out_s["frame_embeddings"], scale, bias)
-        mid_t = frame_batch_norm(out_t["frame_embeddings"], scale, bias)
+        mid_s = frame_batch_norm(out_s["frame_embeddings"], scale, bias, bn_axis)
+        mid_t = frame_batch_norm(out_t["frame_embeddings"], scale, bias, bn_axis)
         if r.detach_temporal_input:
             # D1: the reference feeds mid.detach(): nothing of L_st reaches the backbone.
             mid_s, mid_t = jax.lax.stop_gradient(mid_s), jax.lax.stop_gradient(mid_t)
@@ -220,9 +231,10 @@ def make_reference_losses(model, temporal_model, config, axis_name: str | None =
             l_cons = cons[0]
             terms["cons_mismatch"], terms["cons_dist"] = cons[1], cons[2]
         else:
-            # D2 flipped: the paper variant's differentiable teacher consistency (L^C_1 + L^C_2).
+            # D2 flipped: the paper variant's differentiable teacher consistency (L^C_1 + L^C_2), on the
+            # gathered batch like the paper step's (the shared k-means key: every device clusters alike).
             paper = losses.teacher_consistency(
-                keys["kmeans"], out_t["bn_embedding"], ctx["teacher_embedding"],
+                keys["kmeans"], gather(out_t["bn_embedding"]), gather(ctx["teacher_embedding"]),
                 num_clusters=r.consistency_clusters, num_iters=config.adaptation.kmeans_iters,
                 temperature=config.adaptation.consistency_temperature)
             terms.update(paper)
@@ -250,6 +262,7 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
     r = config.reference
     temporal_tx, weight_tx = optimizers(config)
     loss_fn = make_reference_losses(model, temporal_model, config, axis_name)
+    model = parallel.parallel_model(model, config, axis_name)
     grad_fn = jax.grad(loss_fn, argnums=(0, 1, 2), has_aux=True)
 
     def mean(x):
@@ -260,7 +273,13 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
         if ref is None:
             raise ValueError("the reference step needs TrainState.reference (variants.reference.init_reference_state)")
         rng, k_src_aug, k_tgt_aug, k_teacher_aug, k_teacher, *k = jax.random.split(state.rng, 10)
-        keys = dict(zip(("src_drop", "tgt_drop", "tmp_src", "tmp_tgt", "kmeans"), k))
+        # Erasing, flips and dropout draw per item: each device folds in its index so that its share of
+        # the batch gets its own draws (as the authors' per-clip CPU transforms and per-GPU dropout do).
+        # The k-means key stays shared: every device clusters the same gathered embeddings.
+        k_src_aug, k_tgt_aug, k_teacher_aug, k_teacher = (parallel.device_key(x, axis_name)
+                                                          for x in (k_src_aug, k_tgt_aug, k_teacher_aug, k_teacher))
+        keys = dict(zip(("src_drop", "tgt_drop", "tmp_src", "tmp_tgt"), (parallel.device_key(x, axis_name)
+                                                                         for x in k[:4])), kmeans=k[4])
         step_in_epoch = state.step % ref["steps_per_epoch"]
         epoch_start = step_in_epoch == 0
         # D6: one β (the frame schedule) for both discriminators; β_video = β/10 is the unused alternative.
@@ -283,7 +302,10 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
         terms, aux, total = mean((terms, aux, total))
         # Per-device BN (DataParallel) leaves each replica its own running statistics; they are averaged
         # so the replicas stay identical (the reference keeps GPU 0's: same expectation, more noise).
-        batch_stats, t_batch_stats, teacher_stats = mean((batch_stats, t_batch_stats, teacher_stats))
+        # The MS-TCN's BN is per device in either case (it is not part of the synchronised ReIDNet).
+        if not config.parallel.sync_bn:
+            batch_stats, teacher_stats = mean((batch_stats, teacher_stats))
+        t_batch_stats = mean(t_batch_stats)
 
         # 1) temporal module + discriminators: Adam, re-created at every epoch start in the reference (D12).
         t_opt = ref["temporal_opt_state"]

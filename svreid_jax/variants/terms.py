@@ -32,19 +32,19 @@ class TermContext:
     target: student outputs on the target clips, computed on first access (`target_forward`);
     teacher: teacher outputs on the target clips (no gradient) or None; target_camid: int32 [B'] or None;
     kmeans_key: the PRNG key shared by all devices for clustering; gather: this device's items → the
-    global batch (identity without pmap); gather_infonce: the gather InfoNCE uses (the reference
-    variant computes it per device).
+    global batch (identity without pmap); infonce_sum_groups: InfoNCE normalised as the authors' code
+    does, G × the mean over pairs (the reference variant's `reference.infonce_sum_groups`, docs/METHOD.md §4.3).
     """
 
     def __init__(self, config, *, source: dict, labels: jax.Array, gather: Callable = lambda x: x,
                  target_forward: Callable[[], dict] | None = None, teacher: dict | None = None,
                  target_camid: jax.Array | None = None, kmeans_key: jax.Array | None = None,
-                 gather_infonce: Callable | None = None):
+                 infonce_sum_groups: bool = False):
         self.config = config
         self.source = source
         self.labels = labels
         self.gather = gather
-        self.gather_infonce = gather if gather_infonce is None else gather_infonce
+        self.infonce_sum_groups = infonce_sum_groups
         self.teacher = teacher
         self.target_camid = target_camid
         self.kmeans_key = kmeans_key
@@ -120,9 +120,10 @@ def _triplet(ctx: TermContext):
 
 
 def _infonce(ctx: TermContext):
-    # Groups are the K clips of one identity, contiguous in P×K batches (and across devices).
-    value = losses.temporal_infonce(ctx.gather_infonce(ctx.source["projection"]), ctx.config.batch.num_instances,
-                                    ctx.config.loss.infonce_temperature)
+    # Groups are the K clips of one identity, contiguous in P×K batches (and across devices); the
+    # gathered batch holds all of them, as the authors' DataParallel gathers before its criterion.
+    value = losses.temporal_infonce(ctx.gather(ctx.source["projection"]), ctx.config.batch.num_instances,
+                                    ctx.config.loss.infonce_temperature, sum_groups=ctx.infonce_sum_groups)
     return {"infonce": value}, {}
 
 
@@ -155,6 +156,15 @@ TERMS: list[LossTerm] = [
     LossTerm("teacher_consistency", {"consistency_ce": "consistency_ce", "consistency_dist": "consistency_dist"},
              frozenset({TARGET, TEACHER}), _teacher_consistency, ramped=True),
 ]
+
+
+def check_config(config) -> None:
+    """One clear line for term settings that cannot work, raised when a step is built (before training)."""
+    if config.loss.infonce > 0 and config.batch.num_instances < 2:
+        # Its positives are the other clips of the anchor's identity: with one clip per identity there
+        # are none and the loss is 0/0, which the non-finite guard would only notice step after step.
+        raise ValueError(f"config.loss.infonce={config.loss.infonce} needs config.batch.num_instances ≥ 2 "
+                         f"(InfoNCE's positives are the other clips of an identity); got {config.batch.num_instances}")
 
 
 def register(term: LossTerm) -> None:

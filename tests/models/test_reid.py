@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import authors_numpy
 from svreid_jax.models import reid
 
 SHAPE = (2, 4, 32, 16, 3)  # [B, T, H, W, 3]
@@ -153,3 +154,39 @@ def test_temporal_average_with_and_without_mask():
     np.testing.assert_allclose(TemporalAverage().apply({}, frames), np.asarray(frames).mean(1))
     with pytest.raises(ValueError):
         temporal_average(frames[0])
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_bnneck_torch_stats_follow_the_authors_three_calls(setup, projection):
+    _, params, batch_stats, video = setup
+    model = reid.ReIDNet(num_classes=NUM_CLASSES, backbone={"depth": "tiny"}, disc_hidden=16,
+                         infonce_projection=projection, bnneck_torch_stats=True)
+    plain = reid.ReIDNet(num_classes=NUM_CLASSES, backbone={"depth": "tiny"}, disc_hidden=16,
+                         infonce_projection=projection)
+    variables = dict(zip(("params", "batch_stats"), reid.init_model(model, jax.random.key(0), SHAPE)))
+    # Start from non-trivial running statistics so the momentum weighting shows.
+    start = {"mean": jnp.full((64,), 0.3), "var": jnp.full((64,), 2.0)}
+    variables["batch_stats"] = {**variables["batch_stats"], "bnneck": start}
+    run = jax.jit(lambda m, v: m.apply(v, video, train=True, rngs={"dropout": jax.random.key(1)},
+                                        mutable=["batch_stats"]), static_argnums=0)
+    out, new = run(model, variables)
+    out_plain, new_plain = run(plain, variables)
+    frames = np.asarray(out["frame_embeddings"]).reshape(-1, 64)  # the B·T frames
+    clips = np.asarray(out["clip_embedding"])
+    # The authors' forward: mid = bn(frames), f = bn(clips), and with InfoNCE bn(frames) again.
+    calls = [frames, clips, frames] if projection else [frames, clips]
+    want_mean, want_var = authors_numpy.batch_norm_running_stats(np.full(64, 0.3), np.full(64, 2.0), calls)
+    np.testing.assert_allclose(new["batch_stats"]["bnneck"]["mean"], want_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new["batch_stats"]["bnneck"]["var"], want_var, rtol=1e-5, atol=1e-6)
+    # The default: one Flax update from the clips, biased variance.
+    np.testing.assert_allclose(new_plain["batch_stats"]["bnneck"]["mean"], 0.9 * 0.3 + 0.1 * clips.mean(0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new_plain["batch_stats"]["bnneck"]["var"], 0.9 * 2.0 + 0.1 * clips.var(0),
+                               rtol=1e-5, atol=1e-6)
+    # Only the running statistics differ: outputs and the backbone's statistics are the same.
+    for key in out:
+        np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(out_plain[key]))
+    for a, b in zip(jax.tree.leaves(new["batch_stats"]["backbone"]), jax.tree.leaves(new_plain["batch_stats"]["backbone"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The two rules are measurably different (the unbiased frame variances weigh in).
+    assert not np.allclose(want_var, 0.9 * 2.0 + 0.1 * clips.var(0), rtol=1e-3)

@@ -476,3 +476,32 @@ def test_mstcn_parity():
     # The shared BN is updated once per stage (4 times) in both; n = B for each call.
     _check_running_stats(lambda s: baseline.convert_baseline_temporal(s)["temporal"], state0, _state(tmodel),
                          counts, converted["batch_stats"], new_vars["batch_stats"], "mstcn")
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_bnneck_torch_stats_match_torch_batchnorm1d_called_as_the_authors_forward(projection):
+    """`bnneck_torch_stats`: the running statistics after one train-mode forward equal a torch
+    BatchNorm1d (momentum 0.1) called as the authors' forward calls its `self.bn`: on the frames
+    [B, D, T] (`mid`), on the clips [B, D], and with InfoNCE on the frames again."""
+    shape = (4, 4, 32, 16, 3)
+    model = reid.ReIDNet(num_classes=5, backbone={"depth": "tiny"}, disc_hidden=8, infonce_projection=projection,
+                         bnneck_torch_stats=True)
+    params, batch_stats = reid.init_model(model, jax.random.key(0), shape)
+    d = params["bnneck"]["scale"].shape[0]
+    rng = np.random.default_rng(3)
+    start_mean, start_var = rng.normal(size=d).astype(np.float32), rng.uniform(0.5, 2.0, size=d).astype(np.float32)
+    batch_stats = {**batch_stats, "bnneck": {"mean": jnp.asarray(start_mean), "var": jnp.asarray(start_var)}}
+    video = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    out, new = jax.jit(lambda v: model.apply(v, video, train=True, rngs={"dropout": jax.random.key(1)},
+                                             mutable=["batch_stats"]))({"params": params, "batch_stats": batch_stats})
+    bn = torch.nn.BatchNorm1d(d, momentum=0.1).double().train()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.from_numpy(start_mean.astype(np.float64)))
+        bn.running_var.copy_(torch.from_numpy(start_var.astype(np.float64)))
+        x = torch.from_numpy(np.asarray(out["frame_embeddings"], np.float64).transpose(0, 2, 1))  # (b, c, t)
+        bn(x)  # mid = self.bn(x)
+        bn(x.mean(-1))  # f = self.bn(v)
+        if projection:
+            bn(x)  # x = self.bn(x) before the projection
+    np.testing.assert_allclose(new["batch_stats"]["bnneck"]["mean"], bn.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new["batch_stats"]["bnneck"]["var"], bn.running_var.numpy(), rtol=1e-5, atol=1e-6)

@@ -275,6 +275,13 @@ def test_convert_reads_and_writes_safetensors(tmp_path):
     for k in state:
         np.testing.assert_array_equal(back[k], state[k])
         assert back[k].dtype == state[k].dtype
+    # The command line, as the README runs it.
+    done = subprocess.run([sys.executable, "-m", "svreid_jax.interop.convert", f"--in={tmp_path / 'in.safetensors'}",
+                           f"--out={tmp_path / 'cli.npz'}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"wrote {len(state)} arrays to {tmp_path / 'cli.npz'}"
+    assert sorted(np.load(tmp_path / "cli.npz").files) == sorted(state)
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match=r"bad.safetensors: cannot read it as a safetensors file"):
         tv.read_state_dict(str(tmp_path / "bad.safetensors"))

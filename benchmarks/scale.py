@@ -15,8 +15,9 @@ Generated (once per --root and --fraction; reused while its stamp file matches):
          3,504 queries and 7,829 gallery tracklets), test/data/info_test.mat (v7.3, `query`), 15 cameras,
          ~2.82 million frames (hard links) in tracklet_{train,test}/<pid4>/ folders.
 
-Measured per dataset, in this process, one phase after the other (time; peak RSS of the process during the
-phase, its peak reset before each phase; and the peak's rise over the RSS at the phase's start):
+Measured per dataset, in this process, one phase after the other (wall time; CPU time of the process; peak
+RSS of the process during the phase, its peak reset before each phase; and the peak's rise over the RSS at
+the phase's start):
 
   read        datasets.load_with_stats (every list line, every frame name looked up in its folder listing)
   check       python -m svreid_jax.data.check's run() (read + the statistics tables)
@@ -251,14 +252,18 @@ class Phase:
         reset_peak_rss()
         self.rss0 = proc_status("VmRSS") or 0
         self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
         return self
 
     def __exit__(self, *exc):
         seconds = time.perf_counter() - self.t0
+        # CPU time of all the process's threads: on a machine shared with other jobs it moves far less than
+        # wall time, and for the single-threaded phases it is what an idle core would take.
+        cpu = time.process_time() - self.cpu0
         if exc[0] is None:
             peak = peak_rss_bytes()
-            self.rows.append((self.dataset, self.name, seconds, peak, peak - self.rss0, self.note))
-            print(f"  {self.dataset} {self.name}: {seconds:.2f} s, peak RSS {peak / 2**30:.2f} GiB "
+            self.rows.append((self.dataset, self.name, seconds, cpu, peak, peak - self.rss0, self.note))
+            print(f"  {self.dataset} {self.name}: {seconds:.2f} s (CPU {cpu:.2f} s), peak RSS {peak / 2**30:.2f} GiB "
                   f"(+{(peak - self.rss0) / 2**20:.0f} MiB) {self.note}", flush=True)
         return False
 
@@ -360,10 +365,11 @@ def main(argv=None) -> int:
     for name, (summary, _) in generated.items():
         print(f"- {name}: {summary}")
     print()
-    print("| dataset | phase | time | peak RSS | rise | what |")
-    print("|---|---|---|---|---|---|")
-    for dataset, phase, seconds, peak, rise, note in rows:
-        print(f"| {dataset} | {phase} | {seconds:.2f} s | {peak / 2**30:.2f} GiB | +{rise / 2**20:.0f} MiB | {note} |")
+    print("| dataset | phase | wall time | CPU time | peak RSS | rise | what |")
+    print("|---|---|---|---|---|---|---|")
+    for dataset, phase, seconds, cpu, peak, rise, note in rows:
+        print(f"| {dataset} | {phase} | {seconds:.2f} s | {cpu:.2f} s | {peak / 2**30:.2f} GiB | +{rise / 2**20:.0f} MiB "
+              f"| {note} |")
     return 0
 
 

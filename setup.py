@@ -24,6 +24,8 @@ setuptools.setup(
         "simplejpeg==1.9.0",
         "tensorboardX==2.6.5",
         "absl-py>=2.1,<3",
+        "huggingface_hub==1.33.0",
+        "safetensors==0.8.0",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "nbmake==1.5.5", "hypothesis>=6.100,<7"],

@@ -168,6 +168,7 @@ def make_batch(batch: int, frames: int, height: int, width: int, seed: int = 0) 
 def make_config(args):
     c = mars.get_config()
     c.model.depth = str(args.depth)
+    c.model.init_from = "none"  # timing only: random weights, nothing downloaded
     if args.model_width:
         c.model.width = args.model_width
     elif str(args.depth) == "tiny":

@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.disc_dropout = 0.5  # dropout inside the discriminators
     c.model.remat = False  # recompute residual-block activations in the backward pass (memory for compute)
     c.model.dtype = "float32"  # compute dtype ('bfloat16' on accelerators); parameters stay float32
-    c.model.init_from = ""  # local ImageNet weights (.pth or .npz); empty = random init. --mode=eval: an authors' student checkpoint (.pth.tar/.npz) is evaluated directly
+    c.model.init_from = ""  # training start: 'imagenet' (torchvision's ImageNet ResNet of model.depth from the Hugging Face hub, cached), a local torchvision ResNet file (.safetensors/.npz/.pth), or 'none' (random on purpose); empty = random for depth 'tiny', refused for 18/34/50/101. --mode=eval: an authors' student checkpoint (.pth.tar/.npz) is evaluated directly
     c.model.init_from_allow_pickle = False  # torch.load the init_from file with full unpickling (authors' files may hold numpy scalars; trusted files only)
 
     c.loss = ml_collections.ConfigDict()

@@ -33,6 +33,7 @@ def target_config(target: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.target.protocol = protocol
     c.eval.distance = distance
     c.model.depth = "50"
+    c.model.init_from = "imagenet"  # torchvision's ImageNet ResNet-50, fetched once from the Hugging Face hub
     c.train.num_epochs = 150
     c.train.eval_every_epochs = 5
     c.train.checkpoint_every_epochs = 5

@@ -18,7 +18,7 @@ from svreid_jax import interop, parallel, variants
 from svreid_jax.data import datasets, pack, pipeline
 from svreid_jax.data import demo as demo_data
 from svreid_jax.data.records import DatasetSplits
-from svreid_jax.interop import baseline
+from svreid_jax.interop import baseline, hub
 from svreid_jax.models import backbones, reid
 from svreid_jax.state import TrainState, create_train_state
 
@@ -133,12 +133,51 @@ def create_model(config, num_classes: int) -> reid.ReIDNet:
                         bnneck_torch_stats=m.bnneck_torch_stats)
 
 
+# Depths whose random start is refused unless model.init_from says 'none' (the tiny test/demo nets are not).
+REAL_DEPTHS = ("18", "34", "50", "101")
+_INIT_KEYWORDS = ("", "none", "imagenet")
+
+
+def initial_weights(config) -> str | None:
+    """The weight file training starts from, as `model.init_from` says; None for a random start.
+
+    'imagenet': torchvision's ImageNet ResNet of `model.depth`, fetched from the Hugging Face hub once and
+    cached (interop/hub.py); a path: that file (.safetensors, .npz, or .pth with torch); 'none': random
+    weights on purpose. Empty: random for the tiny demo/test ResNet, and refused (ValueError, one line saying
+    how to get weights) for ResNet-18/34/50/101, whose random start would make every real number
+    meaningless. Training calls this before reading any data, so a refusal or a failed download comes first.
+    """
+    init = str(config.model.init_from).strip()
+    depth = str(config.model.depth).strip()
+    if init.lower() == "none":
+        return None
+    if not init:
+        if depth not in REAL_DEPTHS:
+            return None
+        imagenet = ("--config.model.init_from=imagenet (torchvision's ImageNet weights, downloaded once from the "
+                    "Hugging Face hub), " if depth in hub.IMAGENET_RESNETS else "")
+        raise ValueError(f"model.init_from is empty, so the ResNet-{depth} backbone would start from random weights; "
+                         f"set {imagenet}--config.model.init_from=<a torchvision ResNet-{depth} .safetensors/.npz/.pth "
+                         "file>, or --config.model.init_from=none to train from random weights on purpose")
+    if init.lower() == "imagenet":
+        return hub.fetch_imagenet_resnet(depth)
+    return init
+
+
 def init_variables(config, model, rng: jax.Array) -> tuple[Any, Any]:
-    """(params, batch_stats) of a fresh model, with the weights of `model.init_from` loaded if named."""
+    """(params, batch_stats) of a fresh model, the backbone's ResNet part loaded from `initial_weights(config)`
+    (every tensor checked against a torchvision ResNet of model.depth/width; plug-ins and conv biases the file
+    does not have keep their initialisation)."""
+    weights = initial_weights(config)  # before the (slow) init, so a refusal comes first
+    state_dict = None
+    if weights is not None:
+        state_dict = interop.read_state_dict(weights)
+        interop.check_resnet_state_dict(state_dict, config.model.depth, config.model.width, where=weights)
     shape = (1, config.data.seq_len, config.data.height, config.data.width, 3)
     params, batch_stats = reid.init_model(model, rng, shape)
-    if config.model.init_from:
-        params, batch_stats = interop.load_backbone_weights(config.model.init_from, params, batch_stats)
+    if state_dict is not None:
+        params, batch_stats = interop.load_backbone_weights(state_dict, params, batch_stats, where=weights)
+        logging.info("backbone initialised from %s", weights)
     return params, batch_stats
 
 
@@ -198,7 +237,7 @@ def restore_variables(config, workdir: str, mesh=None) -> tuple[reid.ReIDNet, di
     `config.eval.use_teacher` the EMA teacher is returned. Variables are replicated over `mesh`
     (default: all devices).
     """
-    if config.model.init_from:
+    if str(config.model.init_from).strip().lower() not in _INIT_KEYWORDS:  # a file, not a keyword
         state_dict = _baseline_student(config)
         if state_dict is not None:
             return _baseline_variables(config, state_dict, mesh)

@@ -43,6 +43,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     writer = MetricWriter(workdir, enabled=is_main)
     mesh = parallel.data_mesh()
 
+    builders.initial_weights(config)  # refuse a silent random start, fetch ImageNet weights: before any data
     source, target, selection = builders.prepare_data(config, workdir)
     num_classes = source.num_train_pids
     logging.info("source: %d train tracklets / %d ids; target: %d train, %d query, %d gallery tracklets",

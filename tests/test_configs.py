@@ -19,6 +19,8 @@ def test_target_configs_build_with_paper_hyperparameters(target):
     assert tuple(c.optimizer.lr_milestones) == (40, 80, 120) and c.train.num_epochs == 150
     assert (c.data.height, c.data.width, c.data.seq_len) == (256, 128, 4)
     assert c.adaptation.grl_max_steps == 20000
+    assert c.model.depth == "50" and c.model.init_from == "imagenet"  # never a silent random start
+    assert importlib.import_module(f"configs.{target}").get_config("reference").model.init_from == "imagenet"
 
 
 def test_ccvid_uses_clothes_source_and_inner_product():

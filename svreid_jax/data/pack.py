@@ -67,10 +67,8 @@ def pack(dataset: str, root: str, out: str, options: dict[str, Any] | None = Non
                              "choose another output folder or pack again with overwrite")
         logging.warning("%s already holds this packing of %s; reusing it (overwrite packs again)", directory, dataset)
         return directory
-    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
-    return directory
+    logging.info("packing %s from %s into %s", dataset, root, directory)
+    return builder.write_streaming()
 
 
 def find_packed(directory: str) -> str:

@@ -164,3 +164,28 @@ def test_command_line_never_imports_tensorflow(packed, tmp_path):
     assert f"packed ccvid (train: 6 tracklets, query: 2 tracklets, gallery: 3 tracklets) to {tmp_path}" in done.stdout
     assert "bad 1" in done.stdout and "error: ccvid: dataset root" in done.stderr and "Traceback" not in done.stderr
     assert "other root 1" in done.stdout and f"packed from {data_root.rstrip(os.sep)}, not {tmp_path}" in done.stderr
+
+
+def test_packing_streams_records_into_shards(packed, tmp_path, monkeypatch):
+    """Records go to array_record shards one at a time: tfds's writer, which spills a split past its
+    in-memory limit through tf.io.gfile (TensorFlow), is not used; shards close past SHARD_BYTES."""
+    from tensorflow_datasets.core import shuffle
+
+    from svreid_jax.data.tfds_builders import svreid_tracklets
+
+    folders, _ = packed
+    root = os.path.dirname(os.path.dirname(os.path.dirname(folders.train[0].frames[0])))
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1)  # tfds's writer would spill at once
+    monkeypatch.setattr(svreid_tracklets.svreid_tracklets_dataset_builder, "SHARD_BYTES", 1)  # a shard per record
+    directory = pack.pack("ccvid", root, str(tmp_path / "out"), progress=False)
+    shards = sorted(n for n in os.listdir(directory) if ".array_record-" in n)
+    assert shards[:2] == ["svreid_tracklets-gallery.array_record-00000-of-00003",
+                          "svreid_tracklets-gallery.array_record-00001-of-00003"]
+    assert len(shards) == sum(len(getattr(folders, s)) for s in ("train", "query", "gallery"))
+    assert not os.path.exists(directory + ".incomplete")
+    splits = pack.load_packed(directory)
+    for split in ("train", "query", "gallery"):
+        for i, tracklet in enumerate(getattr(folders, split)):
+            for k, path in enumerate(tracklet.frames):
+                with open(path, "rb") as f:
+                    assert getattr(splits, split).frame_bytes(i, k) == f.read(), (split, i, k)

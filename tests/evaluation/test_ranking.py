@@ -225,6 +225,25 @@ def test_both_count_reductions(monkeypatch, use_int8_dot):
     assert_matches_oracle(d, qp, gp, qc, gc, max_rank=15, chunk_size=4)
 
 
+@pytest.mark.parametrize("sort_above", [0, 20])
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_rows_ranked_by_sorting(monkeypatch, sort_above, decimals):
+    # Queries with more than _SORT_ABOVE good items take their ranks from one sort of their row: with 0 every
+    # query does, with 20 the queries of the two crowded pids do and the others are counted.
+    monkeypatch.setattr(ranking, "_SORT_ABOVE", sort_above)
+    rng = np.random.default_rng(23 + sort_above)
+    d, qp, gp, qc, gc, qcl, gcl = _random_problem(rng, 40, 300, num_pids=12, num_cams=3, decimals=decimals)
+    gp[:150] = rng.integers(0, 2, 150)  # pids 0 and 1: ~50 good items per query
+    res = assert_matches_oracle(d, qp, gp, qc, gc, max_rank=20, q_clothes=qcl, g_clothes=gcl, chunk_size=3)
+    crowded = res.num_good > sort_above
+    assert crowded.any() and (sort_above == 0 or (~crowded & (res.num_good > 0)).any())
+    # special values through the sorted path: NaN last by index, -0.0 == 0.0, subnormals ordered
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-39, -1e-39], np.float32)
+    mask = rng.random(d.shape) < 0.4
+    d[mask] = rng.choice(special, mask.sum())
+    assert_matches_oracle(d, qp, gp, qc, gc, max_rank=20)
+
+
 def test_large_matrix_unpadded_path():
     # >= 2**20 entries: the matrix is used as is (no power-of-two padding); ties from rounding
     rng = np.random.default_rng(7)

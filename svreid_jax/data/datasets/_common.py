@@ -95,11 +95,16 @@ def list_frames(folder: str, extensions: Iterable[str] = (".jpg",)) -> list[str]
     Extensions match case-insensitively. Raises FileNotFoundError / NotADirectoryError like
     os.scandir; the callers turn those into DatasetErrors that name the list line.
     """
-    exts = tuple(e.lower() for e in extensions)
-    with os.scandir(folder) as entries:
-        names = [e.name for e in entries if e.name.lower().endswith(exts) and not e.is_dir()]
+    names = frame_names(folder, extensions)
     names.sort(key=frame_sort_key)
     return [os.path.join(folder, n) for n in names]
+
+
+def frame_names(folder: str, extensions: Iterable[str] = (".jpg",)) -> list[str]:
+    """The names (not paths) of the files `list_frames` lists, in no particular order; raises like it."""
+    exts = tuple(e.lower() for e in extensions)
+    with os.scandir(folder) as entries:
+        return [e.name for e in entries if e.name.lower().endswith(exts) and not e.is_dir()]
 
 
 def relabel(keys: Iterable) -> dict:

@@ -32,6 +32,7 @@ per frame.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 
@@ -113,7 +114,13 @@ def _read_query(path: str, num_test_rows: int) -> np.ndarray:
 
 
 class _PrefixListing:
-    """Image files per folder, each folder listed once."""
+    """Image files per folder, each folder listed once.
+
+    A folder holds several tracklets (LS-VID: all of one identity), so a prefix's frames are found by
+    bisection in the folder's names sorted as strings (they are contiguous there) and only they are put in
+    temporal order: the work is linear in the frames, where filtering the whole folder for every prefix
+    grew with tracklets × folder size (benchmarks/scale.py).
+    """
 
     def __init__(self, dataset_dir: str):
         self._dir = dataset_dir
@@ -126,11 +133,33 @@ class _PrefixListing:
         names = self._cache.get(folder)
         if names is None:
             try:
-                names = [os.path.basename(p) for p in _common.list_frames(folder, IMAGE_EXTENSIONS)]
+                names = sorted(_common.frame_names(folder, IMAGE_EXTENSIONS))
             except (FileNotFoundError, NotADirectoryError):
                 raise DatasetError(f"{NAME}: {where}: frame folder {folder} does not exist") from None
             self._cache[folder] = names
-        return [os.path.join(folder, n) for n in names if n.startswith(stem)]
+        end = start = bisect.bisect_left(names, stem)
+        while end < len(names) and names[end].startswith(stem):
+            end += 1
+        selected = names[start:end]
+        if not _zero_padded(selected, stem):
+            selected = sorted(selected, key=_common.frame_sort_key)
+        base = os.path.join(folder, "")
+        return [base + n for n in selected]
+
+
+def _zero_padded(names: list[str], stem: str) -> bool:
+    """True when `names` (sorted as strings) are already in temporal order: every name is the stem, then
+    ASCII digits of one common width, then one common extension. The frame number is then the last integer
+    of every name and the string order is its numeric order (frame_sort_key's), without parsing a name."""
+    if not names or (stem and stem[-1].isdigit()):
+        return False
+    length = len(names[0])
+    ext = os.path.splitext(names[0])[1]
+    stop = length - len(ext)
+    if stop <= len(stem) or any(c.isdigit() for c in ext):
+        return False
+    n = len(stem)
+    return all(len(x) == length and x.endswith(ext) and x[n:stop].isascii() and x[n:stop].isdigit() for x in names)
 
 
 def _camera(first_frame: str, where: str) -> int:

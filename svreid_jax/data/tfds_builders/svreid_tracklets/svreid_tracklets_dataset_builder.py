@@ -14,13 +14,15 @@ metadata.json also holds, per split, the pid / camid / clothes_id / num_frames c
 can build its Tracklet list without touching the records (`svreid_jax.data.pack.PackedTracklets`),
 plus the dataset name, options, root and the reader's counts.
 
-Written with file_format="array_record" and read with `as_data_source`, neither needs TensorFlow.
+Written with file_format="array_record" (by `Builder.write_streaming`, one record at a time) and read with
+`as_data_source`, neither needs TensorFlow.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
+import shutil
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ import tensorflow_datasets as tfds
 from svreid_jax.data import datasets
 
 FORMAT_VERSION = 1
+SHARD_BYTES = 128 << 20  # a shard is closed once its serialized records pass this size (bounds memory too)
 SPLITS = ("train", "query", "gallery")
 _SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
 
@@ -130,3 +133,61 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "split": split,
                 "index": index,
             }
+
+    def write_streaming(self) -> str:
+        """Write the packing (shards, dataset_info.json, features.json, metadata.json) into `self.data_dir`
+        and return that directory: what `download_and_prepare` writes, read back by the same
+        `tfds.builder_from_directory(...).as_data_source(split)`.
+
+        Why not `download_and_prepare`: tfds's writer keeps a split's serialized records in memory up to
+        1 GiB and then spills them through `tf.io.gfile`, i.e. TensorFlow; a full LS-VID index (2.8 M frame
+        records) crossed that line (benchmarks/scale.py) and real frames would at MARS size too. Here each
+        record goes straight to an array_record shard, at most SHARD_BYTES are held, and the folder appears
+        only complete (written under `<dir>.incomplete`, then renamed).
+        """
+        from etils import epath
+        from tensorflow_datasets.core import example_serializer, file_adapters, naming
+        from tensorflow_datasets.core import splits as splits_lib
+
+        directory = os.fspath(self.data_dir)
+        staging = f"{directory}.incomplete"
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        generators = self._split_generators(None)  # reads the dataset, fills info.metadata
+        features = self.info.features
+        serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+        file_format = file_adapters.FileFormat.ARRAY_RECORD
+        adapter = file_adapters.ADAPTER_FOR_FORMAT[file_format]
+        infos = []
+        for split, examples in generators.items():
+            parts, lengths, total, records, size = [], [], 0, [], 0
+
+            def flush():
+                path = os.path.join(staging, f"{split}.part{len(parts)}")
+                adapter.write_examples(path, ((None, r) for r in records))
+                parts.append(path)
+                lengths.append(len(records))
+
+            for _, example in examples:
+                data = serializer.serialize_example(features.encode_example(example))
+                records.append(data)
+                size += len(data)
+                total += len(data)
+                if size >= SHARD_BYTES:
+                    flush()
+                    records, size = [], 0
+            if records:
+                flush()
+            template = naming.ShardedFileTemplate(
+                data_dir=epath.Path(directory), template=naming.DEFAULT_FILENAME_TEMPLATE, dataset_name=self.name,
+                split=split, filetype_suffix=file_format.file_suffix)
+            for part, final in zip(parts, template.sharded_filepaths(len(parts))):
+                os.replace(part, os.path.join(staging, final.name))
+            infos.append(splits_lib.SplitInfo(name=split, shard_lengths=lengths, num_bytes=total,
+                                              filename_template=template))
+        self.info.set_file_format(file_format, override=True)
+        self.info.set_splits(splits_lib.SplitDict(infos))
+        self.info.write_to_directory(staging)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(staging, directory)
+        return directory

@@ -26,7 +26,7 @@ setuptools.setup(
         "absl-py>=2.1,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "nbmake==1.5.5", "hypothesis>=6.100,<7"],
+        "test": ["pytest>=8,<10", "pytest-timeout==2.4.0", "nbmake==1.5.5", "hypothesis>=6.100,<7"],
         "torch": ["torch==2.13.0"],
     },
 )

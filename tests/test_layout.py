@@ -23,17 +23,19 @@ LAYERS = {
     "parallel": ("svreid_jax.parallel",),
     "builders": ("svreid_jax.builders",),
     "evaluation": ("svreid_jax.evaluation",),
+    "config_checks": ("svreid_jax.config_checks",),
     "train": ("svreid_jax.train",),
     "main": ("svreid_jax.main",),
 }
 # Layer -> layers it may not import. Layers not listed here are unrestricted.
 MAY_NOT_IMPORT = {
-    "base": ("variants", "parallel", "builders", "train", "evaluation", "main"),
-    "utils": ("train", "main", "evaluation", "variants", "builders"),
-    "builders": ("train", "main", "evaluation"),
-    "evaluation": ("train", "main"),
-    "variants": ("train", "main", "evaluation", "builders"),
-    "parallel": ("train", "main", "evaluation", "builders", "variants"),
+    "base": ("variants", "parallel", "builders", "train", "evaluation", "main", "config_checks"),
+    "utils": ("train", "main", "evaluation", "variants", "builders", "config_checks"),
+    "builders": ("train", "main", "evaluation", "config_checks"),
+    "evaluation": ("train", "main", "config_checks"),
+    "config_checks": ("train", "main"),
+    "variants": ("train", "main", "evaluation", "builders", "config_checks"),
+    "parallel": ("train", "main", "evaluation", "builders", "variants", "config_checks"),
 }
 
 

@@ -28,7 +28,7 @@ setuptools.setup(
         "safetensors==0.8.0",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "nbmake==1.5.5", "hypothesis>=6.100,<7"],
+        "test": ["pytest>=8,<10", "pytest-timeout==2.4.0", "nbmake==1.5.5", "hypothesis>=6.100,<7"],
         "torch": ["torch==2.13.0"],
     },
 )

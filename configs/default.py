@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.decoder = "auto"  # JPEG decoder: 'auto' (simplejpeg if installed, same pixels as PIL), 'pil', 'simplejpeg'
     c.data.draft_decode = False  # DCT-scaled JPEG decode when downscaling ≥2×: faster, pixels differ from PIL
     c.data.num_workers = 0  # grain worker processes (0 = threads only; >0 helps on many-core hosts)
+    c.data.skip_bad_frames = False  # an undecodable frame: False stops with its path; True replaces it (nearest good frame of the clip), warns once per file and counts it (train/bad_frames)
 
     c.batch = ml_collections.ConfigDict()
     c.batch.num_identities = 8  # P: identities per source batch
@@ -111,6 +112,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.eval_every_epochs = 5  # target evaluation every this many epochs (0 = only at the end)
     c.train.checkpoint_every_epochs = 5  # checkpoint every this many epochs (and always at the end)
     c.train.max_consecutive_nonfinite = 10  # stop after this many skipped (NaN/inf) updates in a row
+    c.train.divergence_factor = 10.0  # skip an update whose loss or gradient norm is > this × the median of the last accepted ones (0 = off)
+    c.train.divergence_window = 50  # accepted updates that median is taken over
+    c.train.divergence_min_history = 1  # accepted updates needed before the divergence guard judges
+    c.train.max_consecutive_diverged = 10  # stop, marked diverged, after this many skipped (exploded) updates in a row
+    c.train.stop_grace_sec = 10.0  # SIGTERM/SIGINT: the step in flight may finish within this; then it is abandoned and the run saved
+    c.train.allow_resume_changes = False  # resume even if the checkpoint's config differs in a field that changes the run
     c.train.keep_checkpoints = 2  # checkpoints kept on disk
     c.train.select_holdout_ids = 0  # source identities held out to pick the best checkpoint (0 = last one)
     c.train.select_on_target_test = False  # pick by target *test* rank-1 (reference D10; biased)

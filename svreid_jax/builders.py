@@ -11,7 +11,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from svreid_jax import interop, parallel, variants
@@ -21,6 +20,7 @@ from svreid_jax.data.records import DatasetSplits
 from svreid_jax.interop import baseline, hub
 from svreid_jax.models import backbones, reid
 from svreid_jax.state import TrainState, create_train_state
+from svreid_jax.utils.checkpointing import Checkpointer
 
 CHECKPOINT_CHOICES = ("auto", "latest", "best")
 
@@ -111,7 +111,8 @@ def prepare_data(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits, Da
 def clip_spec(config, train: bool) -> pipeline.ClipSpec:
     """How clips are cut and decoded: training clips (data.seq_len, data.train_temporal, flips) or
     evaluation clips (eval.seq_len, eval.temporal, no flip), at data.height × data.width."""
-    decoding = dict(decoder=config.data.decoder, draft=config.data.draft_decode)
+    decoding = dict(decoder=config.data.decoder, draft=config.data.draft_decode,
+                    skip_bad_frames=config.data.skip_bad_frames)
     if train:
         return pipeline.ClipSpec(seq_len=config.data.seq_len, height=config.data.height, width=config.data.width,
                                  temporal=config.data.train_temporal, flip=config.augment.flip, **decoding)
@@ -244,10 +245,10 @@ def restore_variables(config, workdir: str, mesh=None) -> tuple[reid.ReIDNet, di
     directory = checkpoint_directory(workdir, config.eval.checkpoint)
     if not _has_step(directory):
         raise FileNotFoundError(f"no checkpoint under {directory}; train first (--mode=train) with this --workdir")
-    manager = ocp.CheckpointManager(os.path.abspath(directory))
-    step = manager.latest_step()
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    manager.close()
+    # The newest step that restores; a damaged newer one is named in a warning and left in place.
+    checkpointer = Checkpointer(directory)
+    step, _, state = checkpointer.restore_saved()
+    checkpointer.close()
     teacher = bool(config.eval.use_teacher)
     params = state["ema_params"] if teacher else state["params"]
     batch_stats = state["ema_batch_stats"] if teacher else state["batch_stats"]

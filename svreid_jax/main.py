@@ -12,10 +12,16 @@ Modes:
   diagnose   <workdir>/diagnostics/: domain and camera probes on the embeddings, the teacher's cluster
              quality against the target identities, rank-1 per camera pair (target labels for the report only)
 
+Exit codes: 0 done; 1 a config, data or checkpoint error (one line on stderr, no traceback); 2 a
+usage error; 3 training stopped with its last good state saved (diverged, or too many non-finite
+updates; results.json says so instead of giving metrics); 128 + N stopped by signal N after saving
+(143 SIGTERM, 130 SIGINT): run the same command to resume.
+
 Most logic lives in svreid_jax.train, svreid_jax.builders and svreid_jax.evaluation so that notebooks
 can import it. The console shows our own progress lines and every warning; the INFO lines of the
 libraries underneath (orbax, jax's backend probe, …) appear with --verbosity=1.
 """
+import importlib.util
 import logging as py_logging
 import os
 import sys
@@ -23,9 +29,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from svreid_jax import splits, train
+from svreid_jax import config_checks, splits, train
+from svreid_jax.config_checks import ConfigError
 from svreid_jax.data.records import DatasetError
 from svreid_jax.evaluation import diagnostics, evaluate, extract, visualize
+from svreid_jax.utils.checkpointing import CheckpointError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:variant]).",
@@ -48,6 +56,9 @@ class _OwnInfoOnly(py_logging.Filter):
     """Lets through warnings and errors from anyone, and INFO only from svreid_jax's own modules."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
+        if record.name == "asyncio" and record.getMessage().startswith("Task exception was never retrieved"):
+            # orbax's write tasks each repeat a failed save with a traceback; the CheckpointError line says it once.
+            return False
         return record.levelno >= py_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
@@ -60,16 +71,78 @@ def quiet_libraries(verbosity: int) -> None:
         handler.addFilter(_OwnInfoOnly())
 
 
+def _fail(kind: str, message: str) -> None:
+    # Errors that are the user's to fix (config, data, checkpoints): one line naming the field or
+    # file, no traceback.
+    print(f"svreid_jax: {kind}: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def _load_config_file(spec: str):
+    """The ConfigDict of `path[:arg]` as --config loads it (get_config(arg)), or None if it cannot."""
+    path, _, arg = spec.partition(":")
+    try:
+        module_spec = importlib.util.spec_from_file_location("_svreid_jax_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module.get_config(arg) if arg else module.get_config()
+    except Exception:  # noqa: BLE001 — only used to name fields; absl reports the load error itself
+        return None
+
+
+def _override_paths(argv) -> list[str]:
+    """The field paths of the --config.<path>[=value] arguments (also --noconfig.<path>)."""
+    paths = []
+    for arg in argv[1:]:
+        name = arg.lstrip("-").partition("=")[0]
+        if name.startswith("noconfig."):
+            name = name[2:]
+        if arg.startswith("-") and name.startswith("config."):
+            paths.append(name[len("config."):])
+    return paths
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with one line instead of a traceback for an override of a field the
+    config does not have (naming the closest fields) and for a config file that raised."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        message = str(err)
+        if "Traceback (most recent call last)" in message:  # the config file's get_config raised
+            lines = [line for line in message.splitlines() if line.strip()]
+            message = f"{lines[0].split(':', 1)[0]}: {lines[-1].strip()}"
+        _fail("config error", message)
+    except (AttributeError, KeyError) as err:  # ml_collections: a --config.<path> the config lacks
+        specs = [a.partition("=")[2] for a in argv[1:] if a.startswith("--config=")]
+        config = _load_config_file(specs[-1]) if specs else None
+        unknown = [p for p in _override_paths(argv) if config is not None and not config_checks.has_field(config, p)]
+        if unknown:
+            _fail("config error", config_checks.unknown_field_message(unknown[0], config))
+        _fail("config error", f"{type(err).__name__}: {err}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_libraries(FLAGS.verbosity)
     try:
-        _run_mode(FLAGS.config)
+        config = FLAGS.config
+        config_checks.validate(config)
+    except (OSError, ConfigError) as err:  # OSError: --config names no readable file
+        _fail("config error", " ".join(str(err).split()))
+    try:
+        _run_mode(config)
+    except ConfigError as err:
+        _fail("config error", str(err))
     except DatasetError as err:
         # Bad or missing data is the user's to fix: one message naming the file, no traceback.
-        print(f"svreid_jax: data error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        _fail("data error", str(err))
+    except CheckpointError as err:
+        _fail("checkpoint error", str(err))
+    except train.TrainingStopped as err:
+        print(f"svreid_jax: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
 
 
 def _run_mode(config):
@@ -92,7 +165,7 @@ def _run_mode(config):
 
 def run():
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

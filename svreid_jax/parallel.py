@@ -110,6 +110,9 @@ class ParallelStep:
     get_state: Callable[[Any], Any]
 
 
+MODES = ("jit", "pmap")  # config.parallel.mode
+
+
 def parallelize(make_step: Callable[..., Callable], model, config, mesh: Mesh) -> ParallelStep:
     """Build `make_step(model, config, axis_name=...)` for config.parallel.mode over `mesh`:
     'jit' (axis_name None, batch sharded on 'data') or 'pmap' (axis_name PMAP_AXIS, one host)."""

@@ -21,6 +21,9 @@ class TrainState(train_state.TrainState):
       training (svreid_jax.variants.reference.init_reference_state): the MS-TCN + discriminator
       variables and their Adam state, the loss weights a_i with their accumulated gradient and Adam
       state, and steps_per_epoch. Part of the pytree, so checkpoints and resume include it.
+    guard: the divergence guard's memory (variants/divergence.py): the losses and gradient norms of
+      the last accepted updates, {'loss', 'grad_norm': float32 [window] (NaN where empty),
+      'count': int32 []}. In the state so that the guard decides inside the step and resumes exactly.
     """
 
     batch_stats: Any = None
@@ -28,6 +31,15 @@ class TrainState(train_state.TrainState):
     ema_batch_stats: Any = None
     rng: jax.Array | None = None
     reference: Any = None
+    guard: Any = None
+
+
+def empty_guard(window: int) -> dict[str, jax.Array]:
+    """The divergence guard's memory before any update (TrainState.guard)."""
+    if window < 1:
+        raise ValueError(f"train.divergence_window={window}: expected at least 1 step")
+    return {"loss": jnp.full((window,), jnp.nan, jnp.float32), "grad_norm": jnp.full((window,), jnp.nan, jnp.float32),
+            "count": jnp.zeros((), jnp.int32)}
 
 
 def ema_decay(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
@@ -61,6 +73,9 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
         return decay
     warm = optax.linear_schedule(opt.learning_rate * opt.warmup_factor, opt.learning_rate, warmup_steps)
     return lambda step: jnp.where(step < warmup_steps, warm(step), decay(step))
+
+
+OPTIMIZERS = ("adam_l2", "adamw")  # config.optimizer.name
 
 
 def _is_schedule_state(x: Any) -> bool:
@@ -116,4 +131,5 @@ def create_train_state(config, apply_fn, params, batch_stats, rng: jax.Array, st
         ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
         rng=rng,
         reference=reference,
+        guard=empty_guard(config.train.divergence_window),
     )

@@ -23,20 +23,22 @@ LAYERS = {
     "parallel": ("svreid_jax.parallel",),
     "builders": ("svreid_jax.builders",),
     "evaluation": ("svreid_jax.evaluation",),
+    "config_checks": ("svreid_jax.config_checks",),
     "train": ("svreid_jax.train",),
     "splits": ("svreid_jax.splits",),
     "main": ("svreid_jax.main",),
 }
 # Layer -> layers it may not import. Layers not listed here are unrestricted.
 MAY_NOT_IMPORT = {
-    "base": ("variants", "parallel", "builders", "train", "evaluation", "splits", "main"),
-    "utils": ("train", "splits", "main", "evaluation", "variants", "builders"),
-    "builders": ("train", "splits", "main", "evaluation"),
-    "evaluation": ("train", "main", "splits"),
+    "base": ("variants", "parallel", "builders", "train", "evaluation", "splits", "main", "config_checks"),
+    "utils": ("train", "splits", "main", "evaluation", "variants", "builders", "config_checks"),
+    "builders": ("train", "splits", "main", "evaluation", "config_checks"),
+    "evaluation": ("train", "main", "splits", "config_checks"),
+    "config_checks": ("train", "splits", "main"),
     "train": ("splits", "main"),
     "splits": ("main",),
-    "variants": ("train", "splits", "main", "evaluation", "builders"),
-    "parallel": ("train", "splits", "main", "evaluation", "builders", "variants"),
+    "variants": ("train", "splits", "main", "evaluation", "builders", "config_checks"),
+    "parallel": ("train", "splits", "main", "evaluation", "builders", "variants", "config_checks"),
 }
 
 

@@ -1,6 +1,7 @@
 """Multi-host data parallelism on localhost: two processes (gloo CPU collectives), each reading its own
 shard of the data through the grain pipeline, end with the parameters of a single-process run on the
 same global batches (tests/multihost_script.py does the work)."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -17,31 +18,36 @@ SCRIPT = os.path.join(HERE, "multihost_script.py")
 TIMEOUT_S = 240
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def _reserved_port():
+    """A port nobody else can take while the test runs: the socket stays bound, with SO_REUSEPORT, which
+    lets the coordinator's gRPC server (which sets it too) bind the same port, and nothing else. Picking
+    a free port and closing it before the coordinator starts would leave a window for another process."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("::", 0))  # the coordinator listens on [::]:port
+        yield s.getsockname()[1]
 
 
 def test_two_processes_match_single_process(tmp_path):
     config = demo.get_config("source_only,micro")
     demo_data.ensure(str(tmp_path / "data"), **config.data.demo_options.to_dict())
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     runs = {name: (pid, count) for name, pid, count in [("p0", 0, 2), ("p1", 1, 2), ("single", 0, 1)]}
-    procs = {name: subprocess.Popen([sys.executable, SCRIPT, str(pid), str(count), str(port), str(tmp_path / "data"),
-                                     str(tmp_path / f"{name}.npz")],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for name, (pid, count) in runs.items()}
     outputs = {}
-    try:
-        for name, proc in procs.items():
-            outputs[name] = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+    with _reserved_port() as port:
+        procs = {name: subprocess.Popen([sys.executable, SCRIPT, str(pid), str(count), str(port),
+                                         str(tmp_path / "data"), str(tmp_path / f"{name}.npz")],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for name, (pid, count) in runs.items()}
+        try:
+            for name, proc in procs.items():
+                outputs[name] = proc.communicate(timeout=TIMEOUT_S)
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
     for name, proc in procs.items():
         assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{outputs[name][1][-4000:]}"
     assert "local batch 4" in outputs["p0"][0] and "local batch 8" in outputs["single"][0]
@@ -51,9 +57,9 @@ def test_two_processes_match_single_process(tmp_path):
     for key, ref in params["single"].items():
         # Both processes hold the same replicated parameters, bit for bit.
         np.testing.assert_array_equal(params["p0"][key], params["p1"][key], err_msg=key)
-        # And the 2-process run took the single process's steps (float reassociation in the
-        # cross-process reductions only).
-        np.testing.assert_allclose(params["p0"][key], ref, rtol=0, atol=1e-5, err_msg=key)
+        # And the 2-process run took the single process's steps: SGD (tests/multihost_script.py), so
+        # only float reassociation in the cross-process reductions separates them.
+        np.testing.assert_allclose(params["p0"][key], ref, rtol=0, atol=1e-6, err_msg=key)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Check a dataset folder and print the statistics that papers report.
 
   python -m svreid_jax.data.check --dataset=NAME --root=DIR [--split_id=K] [--option key=value ...]
+                                  [--frames [--workers=N]]
 
 The reader validates the whole layout (every list line, every frame folder); a problem is printed
 as the reader's one-sentence error, without a traceback, and the exit code is 1. Otherwise a table
@@ -8,23 +9,34 @@ per split gives identities, tracklets, frames, cameras, clothes and the min / me
 length, followed by what the reader dropped (e.g. MARS junk rows) and how many queries have no
 gallery tracklet of their identity in another camera (the evaluation skips those).
 
+Files of a tracklet folder that are not frames (.jpg/.jpeg/.png) are listed as left out. With
+--frames every frame of every split is also decoded, as training decodes it, on --workers threads
+with progress and ETA on stderr; each frame that cannot be read is listed with its path and the
+reason, and the exit code is 1 if there is any.
+
 Options are the reader's keyword arguments (`datasets.options(name)`); values are parsed as
 int, float, true/false or none where they look like one, else kept as strings.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 import numpy as np
 from absl import flags
 
-from svreid_jax.data import datasets
-from svreid_jax.data.records import DatasetError, DatasetSplits, Tracklet
+from svreid_jax.data import datasets, decode
+from svreid_jax.data.datasets import _common
+from svreid_jax.data.records import DatasetError, DatasetSplits, FrameError, Tracklet
+from svreid_jax.utils import progress
 
-USAGE = "python -m svreid_jax.data.check --dataset=NAME --root=DIR [--split_id=K] [--option key=value ...]"
+USAGE = ("python -m svreid_jax.data.check --dataset=NAME --root=DIR [--split_id=K] [--option key=value ...] "
+         "[--frames [--workers=N]]")
 _COLUMNS = ("split", "identities", "tracklets", "frames", "cameras", "clothes", "min len", "median len", "max len")
 
 
@@ -38,6 +50,14 @@ def define_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
                          flag_values=flag_values)
     flags.DEFINE_multi_string("option", [], "A reader option as key=value, repeatable; e.g. cut_length=48, "
                               "gallery=include_query, split=all.", flag_values=flag_values)
+    return flag_values
+
+
+def define_frame_flags(flag_values: flags.FlagValues) -> flags.FlagValues:
+    """The flags only `check` has."""
+    flags.DEFINE_boolean("frames", False, "Also decode every frame and list the ones that cannot be decoded.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("workers", 0, "--frames: decoding threads (0 = one per CPU).", flag_values=flag_values)
     return flag_values
 
 
@@ -134,6 +154,41 @@ def _number(x) -> str:
     return f"{x:,}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+
+def _decode_problem(path: str) -> str | None:
+    """None if the frame decodes (as the training pipeline decodes it), else why not."""
+    try:
+        decode.load_frame(path, 8, 8)
+    except FrameError as e:
+        return str(e)
+    return None
+
+
+def check_frames(splits: DatasetSplits, workers: int, err: TextIO, *, report_every_sec: float = 5.0,
+                 block: int = 4096) -> tuple[int, list[str]]:
+    """Decode every distinct frame of the three splits on `workers` threads (decoders release the GIL).
+
+    Progress lines (frames/s, ETA) go to `err` every `report_every_sec`. Returns (frames checked,
+    one 'cannot …' message per undecodable frame, in dataset order).
+    """
+    paths = list(dict.fromkeys(f for split in splits for t in split for f in t.frames))
+    problems: list[str] = []
+    start = last = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        for lo in range(0, len(paths), block):  # in blocks, so millions of frames do not queue at once
+            problems.extend(p for p in pool.map(_decode_problem, paths[lo:lo + block]) if p is not None)
+            now, done = time.perf_counter(), min(lo + block, len(paths))
+            if now - last >= report_every_sec and done < len(paths):
+                last, rate = now, done / (now - start)
+                print(f"frames: {done:,}/{len(paths):,} ({100 * done / len(paths):.0f}%), {rate:,.0f} frames/s, "
+                      f"elapsed {progress.format_duration(now - start)}, "
+                      f"ETA {progress.format_duration((len(paths) - done) / rate)}", file=err, flush=True)
+    return len(paths), problems
+
+
 def report(name: str, root: str, options: dict[str, Any], splits: DatasetSplits, stats: Any) -> str:
     """The printed report: header, the table per split, the reader's counts and the query check."""
     rows = []
@@ -167,22 +222,40 @@ def report(name: str, root: str, options: dict[str, Any], splits: DatasetSplits,
 
 
 def run(name: str, root: str, options: dict[str, Any], out: TextIO | None = None,
-        err: TextIO | None = None) -> int:
-    """Read and report; 0 on success, 1 (message on err, no traceback) if the dataset cannot be read."""
+        err: TextIO | None = None, *, frames: bool = False, workers: int = 0) -> int:
+    """Read and report (and with `frames`, decode every frame on `workers` threads, 0 = one per CPU).
+
+    0 on success, 1 (messages on err, no traceback) if the dataset cannot be read or a frame cannot be
+    decoded.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        splits, stats = datasets.load_with_stats(name, root, **options)
+        with _common.collect_ignored() as ignored:
+            splits, stats = datasets.load_with_stats(name, root, **options)
     except (DatasetError, ValueError, TypeError) as e:  # TypeError: an option of the wrong type
         print(f"error: {e}", file=err)
         return 1
     print(report(name, root, options, splits, stats), file=out)
+    if ignored:
+        print(f"left out {len(ignored):,} file(s) in tracklet folders that are not "
+              f"{'/'.join(_common.FRAME_EXTENSIONS)} frames:", file=out)
+        print("\n".join(f"  {path}" for path in ignored), file=out)
+    if not frames:
+        return 0
+    checked, problems = check_frames(splits, workers or os.cpu_count() or 1, err)
+    print(f"frames: decoded {checked - len(problems):,} of {checked:,}", file=out)
+    for message in problems:
+        print(f"error: {message}", file=err)
+    if problems:
+        print(f"error: {len(problems):,} frame(s) cannot be decoded (listed above)", file=err)
+        return 1
     return 0
 
 
 def main(argv: Sequence[str]) -> int:
     """Command line entry point; argv[0] is the program name. Returns the exit code."""
-    fv = define_flags(flags.FlagValues())
+    fv = define_frame_flags(define_flags(flags.FlagValues()))
     code = parse_flags(fv, argv, USAGE)
     if code is not None:
         return code
@@ -191,7 +264,7 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run(fv.dataset, fv.root, options)
+    return run(fv.dataset, fv.root, options, frames=fv.frames, workers=fv.workers)
 
 
 if __name__ == "__main__":

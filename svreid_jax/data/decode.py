@@ -9,7 +9,9 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from svreid_jax.data.records import FrameError, MissingFrameError
 
 DECODERS = ("auto", "pil", "simplejpeg")
 
@@ -34,7 +36,9 @@ def _read(source) -> bytes:
         with open(source, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"frame listed in the dataset index is missing: {source}") from None
+        raise MissingFrameError(f"frame listed in the dataset index is missing: {source}", str(source)) from None
+    except OSError as err:
+        raise FrameError(f"cannot read frame {source}: {err.strerror or err}", str(source)) from None
 
 
 def _draft_scale(size: tuple[int, int], width: int, height: int) -> int:
@@ -60,7 +64,20 @@ def _pil_into(out: np.ndarray, data: bytes, name, flip: bool, draft: bool) -> No
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[...] = np.asarray(img)
     except OSError as err:
-        raise OSError(f"cannot decode frame {name}: {err}") from None
+        raise FrameError(f"cannot decode frame {_describe(name)}: {_reason(err, data)}", _describe(name)) from None
+
+
+def _describe(source) -> str:
+    # Packed frames arrive as bytes; pack.PackedTracklets names the tracklet around this message.
+    return "(stored bytes)" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+
+
+def _reason(err: OSError, data: bytes) -> str:
+    if not data:
+        return "the file is empty (0 bytes)"
+    if isinstance(err, UnidentifiedImageError):  # its message names an internal BytesIO, not the file
+        return f"not an image PIL can read ({len(data)} bytes, starting {data[:4].hex()})"
+    return str(err)
 
 
 def _fast_into(out: np.ndarray, data: bytes, flip: bool, draft: bool) -> bool:

@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from svreid_jax.data import decode
-from svreid_jax.data.records import DatasetSplits, Tracklet
+from svreid_jax.data.records import DatasetSplits, FrameError, Tracklet
 
 BUILDER_NAME = "svreid_tracklets"
 USAGE = ("python -m svreid_jax.data.pack --dataset=NAME --root=DIR --out=DIR [--split_id=K] "
@@ -201,8 +201,9 @@ class PackedTracklets(Sequence):
             return decode.load_clip(frames["bytes"], frame_indices, height, width, flip,
                                         decoder=decoder, draft=draft, out=out)
         except OSError as e:
-            raise OSError(f"cannot decode a frame of packed tracklet {index} of split {self.split!r} in "
-                          f"{self.directory} (frames {[n.decode() for n in frames['name'][:3]]}…): {e}") from None
+            raise FrameError(f"cannot decode a frame of packed tracklet {index} of split {self.split!r} in "
+                             f"{self.directory} (frames {[n.decode() for n in frames['name'][:3]]}…): {e}",
+                             self.directory) from None
 
 
 def load_packed(directory: str) -> DatasetSplits:

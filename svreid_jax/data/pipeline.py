@@ -3,7 +3,9 @@
 A training stream is a grain `MapDataset` over *positions* 0, 1, 2, …: position i is the i-th item
 of the endless concatenation of sampler epochs (epoch = i // items_per_epoch). So the iterator
 state is one integer, resuming is exact, and every process can compute any position. Decoding,
-resizing and flipping run in grain threads; batches are uint8 `[B, T, H, W, 3]`.
+resizing and flipping run in grain threads; batches are uint8 `[B, T, H, W, 3]`. A frame that cannot be
+decoded stops the stream with a records.FrameError naming the file, or with `ClipSpec.skip_bad_frames`
+is replaced and counted (the batch's 'bad_frames').
 
 `tracklets` is a sequence of records.Tracklet read from folders, or a `pack.PackedTracklets`
 (packed array_record shards), whose frames decode from the stored bytes to the same pixels.
@@ -18,9 +20,10 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import logging
 
 from svreid_jax.data import decode, pack, sampling
-from svreid_jax.data.records import Tracklet
+from svreid_jax.data.records import FrameError, Tracklet
 
 # Streams are long but finite so grain can index them; 2**40 positions never run out.
 _STREAM_LENGTH = 2**40
@@ -37,6 +40,7 @@ class ClipSpec:
     flip: bool = True  # random horizontal flip, one decision per clip
     decoder: str = "auto"  # decode.DECODERS: 'auto' (simplejpeg for JPEGs when installed), 'pil', 'simplejpeg'
     draft: bool = False  # JPEG DCT-scaled decode when downscaling ≥2× (faster, pixels differ slightly)
+    skip_bad_frames: bool = False  # a frame that cannot be decoded is replaced and counted instead of failing
 
 
 class _EpochStream:
@@ -106,6 +110,45 @@ def _decode_clip(tracklets: Sequence[Tracklet], index: int, frame_indices, spec:
     return decode.load_clip(tracklets[index].frames, frame_indices, spec.height, spec.width, flip, **kw)
 
 
+_warned_frames: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _decode_clip_or_skip(tracklets: Sequence[Tracklet], index: int, frame_indices, spec: ClipSpec,
+                         flip: bool, out: np.ndarray) -> int:
+    """`_decode_clip` into `out`; returns how many of its frames could not be decoded.
+
+    A bad frame raises records.FrameError (naming the file) unless `spec.skip_bad_frames`: then it is
+    replaced by the nearest good frame of the same clip (earlier first; black if none decodes), a
+    warning names it once per run, and it is counted, so a long run on a dataset with a few broken
+    files goes on and says how many it met.
+    """
+    try:
+        _decode_clip(tracklets, index, frame_indices, spec, flip, out=out)
+        return 0
+    except FrameError:
+        if not spec.skip_bad_frames:
+            raise
+    good, bad = [], []
+    for t, i in enumerate(frame_indices):
+        try:
+            _decode_clip(tracklets, index, [i], spec, flip, out=out[t:t + 1])
+            good.append(t)
+        except FrameError as err:
+            bad.append(t)
+            with _warned_lock:
+                first = err.path not in _warned_frames
+                _warned_frames.add(err.path)
+            if first:
+                logging.warning("skipping a bad frame (data.skip_bad_frames): %s", err)
+    for t in bad:
+        if good:
+            out[t] = out[min(good, key=lambda g: (abs(g - t), g > t))]
+        else:
+            out[t] = 0
+    return len(bad)
+
+
 class _LoadTrainBatch(grain.transforms.Map):
     """Samples, decodes and flips the clips of one batch, straight into the batch buffer.
 
@@ -126,14 +169,16 @@ class _LoadTrainBatch(grain.transforms.Map):
         video = np.empty((len(indices), spec.seq_len, spec.height, spec.width, 3), np.uint8)
         pid = np.empty(len(indices), np.int32)
         camid = np.empty(len(indices), np.int32)
+        bad_frames = 0
         for b, (index, global_position) in enumerate(zip(indices.tolist(), positions.tolist())):
             rng = np.random.default_rng([self._seed & 0xFFFFFFFF, global_position])
             tracklet = self._tracklets[index]
             frames = sampling.clip_indices(len(tracklet), spec.seq_len, spec.temporal, rng)
             flip = bool(spec.flip and rng.random() < 0.5)
-            _decode_clip(self._tracklets, index, frames, spec, flip, out=video[b])
+            bad_frames += _decode_clip_or_skip(self._tracklets, index, frames, spec, flip, out=video[b])
             pid[b], camid[b] = tracklet.pid, tracklet.camid
-        return {"video": video, "pid": pid, "camid": camid, "index": np.asarray(indices, np.int32)}
+        return {"video": video, "pid": pid, "camid": camid, "index": np.asarray(indices, np.int32),
+                "bad_frames": np.int32(bad_frames)}
 
 
 def _train_iterator(tracklets, stream: _EpochStream, batch_size: int, spec: ClipSpec, seed: int,
@@ -221,10 +266,9 @@ class _LoadEvalClip(grain.transforms.Map):
                 "video": np.zeros((spec.seq_len, spec.height, spec.width, 3), np.uint8),
                 "tracklet": np.int32(-1),
             }
-        return {
-            "video": _decode_clip(self._tracklets, tracklet_index, frame_indices, spec, False),
-            "tracklet": np.int32(tracklet_index),
-        }
+        video = np.empty((len(frame_indices), spec.height, spec.width, 3), np.uint8)
+        _decode_clip_or_skip(self._tracklets, tracklet_index, frame_indices, spec, False, out=video)
+        return {"video": video, "tracklet": np.int32(tracklet_index)}
 
 
 def eval_clips(tracklets: Sequence[Tracklet], *, spec: ClipSpec, batch_size: int, method: str = "restricted_begin",

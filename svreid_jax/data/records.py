@@ -38,3 +38,16 @@ class DatasetSplits(NamedTuple):
 
 class DatasetError(ValueError):
     """Bad or missing dataset files. The message names the file (and line or key) and what was expected."""
+
+
+class FrameError(DatasetError, OSError):
+    """A frame that cannot be read or decoded (missing, empty, truncated, not an image); the message
+    names the file. An OSError too, as decoding errors were before it existed."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(message)
+        self.path = path
+
+
+class MissingFrameError(FrameError, FileNotFoundError):
+    """A frame file the dataset index lists but the disk does not hold."""

@@ -103,6 +103,12 @@ def dense_chunks(num_frames: int, seq_len: int) -> np.ndarray:
     return (np.arange(num_chunks * seq_len) % num_frames).reshape(num_chunks, seq_len)
 
 
+# The names data.train_temporal accepts (clip_indices), and eval.temporal (the same but restricted_random,
+# plus dense: every frame, in chunks; pipeline.eval_clips).
+TEMPORAL_METHODS = ("restricted_random", "restricted_begin", "evenly")
+EVAL_TEMPORAL_METHODS = ("restricted_begin", "evenly", "dense")
+
+
 def clip_indices(num_frames: int, seq_len: int, method: str, rng: np.random.Generator | None = None) -> np.ndarray:
     """Dispatch on the temporal sampling name used in configs."""
     if method == "restricted_random":

@@ -1,18 +1,46 @@
 """orbax checkpoints of the full run: train state, data iterator positions and run metadata.
 
 A step directory holds `state` (params, optimiser, teacher, BN stats, RNG, step), one item per data
-iterator (grain state, so a resumed run sees the same batches) and `meta` (JSON). Saving is async;
-`close()` waits for the last save, so a finished or interrupted-by-exception run keeps it.
+iterator (grain state, so a resumed run sees the same batches) and `meta` (JSON: the step, and from
+train.py the run's config). Saving is async; `close()` waits for the last save, so a finished or
+interrupted-by-exception run keeps it.
+
+What goes wrong on disk is said in one line (CheckpointError): a step that cannot be restored (a file
+cut short, a missing item) is skipped for the next older one, naming it and the cause, and with
+`set_aside_broken` renamed to `<step>.unreadable` so that the run can write that step again; a save
+that fails (a full disk) names its cause and the newest step still on disk, which orbax leaves in
+place because a step only replaces it once completely written.
 """
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any, Mapping
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or restored; the message is one line naming the folder,
+    the step and the cause."""
+
+
+def cause(err: BaseException, limit: int = 240) -> str:
+    """The innermost cause of an error, first line only: orbax wraps tensorstore's one-line reason in
+    a long message (and chains it), e.g. 'OUT_OF_RANGE: Error reading "params.…" … is not valid for
+    value of size 195866'."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    # The reason tends to come last ('… Failed to write 278494 bytes to file 8: File too large'), so
+    # a long message keeps its head and its tail.
+    head = limit // 3
+    return text if len(text) <= limit else f"{text[:head]} … {text[-(limit - head - 3):]}"
 
 
 class _JsonStateIterator:
@@ -51,30 +79,110 @@ class Checkpointer:
                 max_to_keep=max_to_keep, create=True, enable_async_checkpointing=asynchronous,
             ),
         )
+        self._saving: int | None = None  # the step of an asynchronous save not yet waited for
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """The steps on disk, newest first."""
+        return sorted(self._manager.all_steps(), reverse=True)
+
+    def _write_failed(self, step: int, err: BaseException) -> CheckpointError:
+        self._manager.reload()
+        kept = [s for s in self.steps() if s != step]
+        previous = (f"the newest checkpoint left is step {kept[0]} in {self.directory}" if kept
+                    else f"no earlier checkpoint is in {self.directory}")
+        return CheckpointError(f"could not write checkpoint step {step} to {self.directory}: {cause(err)}; "
+                               f"{previous}")
+
     def save(self, step: int, state: Any, iterators: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """Start saving step `step`; a failure (this save's or the previous asynchronous one's) raises
+        CheckpointError."""
+        self.wait()
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(dict(meta))}
         for name, it in iterators.items():
             items[name] = grain.checkpoint.CheckpointSave(_for_grain(it))
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        try:
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as err:  # noqa: BLE001 — orbax raises whatever the file system did
+            raise self._write_failed(step, err) from err
+        self._saving = step
 
-    def restore(self, state: Any, iterators: Mapping[str, Any], step: int | None = None) -> tuple[Any, dict]:
+    def _first_intact(self, attempt: Callable[[int], Any], check: Callable[[int, dict], None] | None,
+                      set_aside_broken: bool, step: int | None) -> tuple[int, dict, Any]:
+        """(step, meta, attempt(step)) of the newest step (or just `step`) whose meta and attempt succeed.
+
+        check(step, meta) runs before attempt and its errors pass through (a refusal, not damage).
+        """
+        self.wait()
+        candidates = self.steps() if step is None else [step]
+        if not candidates:
+            raise FileNotFoundError(f"no checkpoint under {self.directory}")
+        failures = []
+        for s in candidates:
+            try:
+                meta = self.read_meta(s)
+            except Exception as err:  # noqa: BLE001
+                failures.append((s, err))
+            else:
+                if check is not None:
+                    check(s, meta)
+                try:
+                    return s, meta, attempt(s)
+                except Exception as err:  # noqa: BLE001
+                    failures.append((s, err))
+            bad, err = failures[-1]
+            older = [c for c in candidates if c < bad]
+            where = os.path.join(self.directory, str(bad))
+            if set_aside_broken:
+                where = self._set_aside(bad)
+            logging.warning("checkpoint step %d cannot be restored (%s); %s%s", bad, cause(err),
+                            f"set aside as {where}; " if set_aside_broken else f"skipped {where}; ",
+                            f"trying step {older[0]}" if older else "no older step is left")
+        raise CheckpointError(f"no checkpoint under {self.directory} can be restored: "
+                              + "; ".join(f"step {s}: {cause(e)}" for s, e in failures)
+                              + " (move the folder away to start over)")
+
+    def _set_aside(self, step: int) -> str:
+        """Rename a broken step's folder out of orbax's sight (it lists numeric names only)."""
+        source = os.path.join(self.directory, str(step))
+        target, n = f"{source}.unreadable", 1
+        while os.path.exists(target):
+            n += 1
+            target = f"{source}.unreadable-{n}"
+        os.rename(source, target)
+        self._manager.reload()
+        return target
+
+    def restore(self, state: Any, iterators: Mapping[str, Any], step: int | None = None, *,
+                check: Callable[[int, dict], None] | None = None, set_aside_broken: bool = False
+                ) -> tuple[Any, dict]:
         """Restore into the structure of `state` (same shardings); iterators are set in place.
 
+        The newest step that can be restored is used (or exactly `step`); each one skipped is named in
+        a warning with its cause, and set aside with `set_aside_broken`. check(step, meta) may refuse
+        a step by raising. None restorable → CheckpointError; none at all → FileNotFoundError.
         Returns (state, meta).
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint under {self.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        items = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
-        for name, it in iterators.items():
-            items[name] = grain.checkpoint.CheckpointRestore(_for_grain(it))
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], dict(restored["meta"])
+
+        def attempt(s):
+            items = {"state": ocp.args.StandardRestore(abstract)}
+            for name, it in iterators.items():
+                items[name] = grain.checkpoint.CheckpointRestore(_for_grain(it))
+            return self._manager.restore(s, args=ocp.args.Composite(**items))["state"]
+
+        _, meta, restored = self._first_intact(attempt, check, set_aside_broken, step)
+        return restored, meta
+
+    def restore_saved(self, step: int | None = None) -> tuple[int, dict, dict]:
+        """(step, meta, the train state as saved: nested dicts of arrays) of the newest restorable step,
+        without a target structure (evaluation builds the model from what it finds)."""
+        def attempt(s):
+            return self._manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
+        return self._first_intact(attempt, None, False, step)
 
     def restore_state_only(self, state: Any, step: int | None = None) -> Any:
         """Restore just the train state (evaluation of a checkpoint); data iterators are left alone."""
@@ -87,11 +195,19 @@ class Checkpointer:
         return dict(restored["meta"])
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Wait for the asynchronous save in flight; its failure raises CheckpointError."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001
+            step, self._saving = self._saving, None
+            raise self._write_failed(step if step is not None else -1, err) from err
+        self._saving = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 class BestCheckpoint:
@@ -99,15 +215,24 @@ class BestCheckpoint:
     checkpoint directory (<workdir>/best) with its score, so a resumed run keeps competing against it.
 
     offer(step, state, rank1) saves the state when it beats the best so far (or, with `ties=True`, equals
-    it); restore(state) gives the kept state back.
+    it); restore(state) gives the kept state back. A pick that cannot be read back is set aside with a
+    warning, and selection starts over.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, meta: Mapping[str, Any] | None = None):
         self._checkpointer = Checkpointer(directory, max_to_keep=1)
-        self.step: int | None = self._checkpointer.latest_step()
+        self._meta = dict(meta or {})
+        self.step: int | None = None
         self.rank1 = -1.0
-        if self.step is not None:
-            self.rank1 = float(self._checkpointer.read_meta().get("select_rank1", -1.0))
+        for step in self._checkpointer.steps():
+            try:
+                self.rank1 = float(self._checkpointer.read_meta(step).get("select_rank1", -1.0))
+                self.step = step
+                break
+            except Exception as err:  # noqa: BLE001
+                where = self._checkpointer._set_aside(step)
+                logging.warning("the selected checkpoint step %d cannot be read (%s); set aside as %s, "
+                                "model selection starts over", step, cause(err), where)
 
     @property
     def directory(self) -> str:
@@ -117,12 +242,12 @@ class BestCheckpoint:
         better = self.step is None or rank1 > self.rank1 or (ties and rank1 >= self.rank1)
         if better:
             self.rank1, self.step = float(rank1), int(step)
-            self._checkpointer.save(step, state, {}, {"step": int(step), "select_rank1": float(rank1)})
+            self._checkpointer.save(step, state, {}, {**self._meta, "step": int(step), "select_rank1": float(rank1)})
         return better
 
     def restore(self, state: Any) -> Any:
         self._checkpointer.wait()
-        return self._checkpointer.restore_state_only(state)
+        return self._checkpointer.restore(state, {}, self.step)[0]
 
     def close(self) -> None:
         self._checkpointer.close()

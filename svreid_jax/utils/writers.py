@@ -42,6 +42,37 @@ class MetricWriter:
             self._tb = SummaryWriter(self._tb_dir)
         return self._tb
 
+    def drop_after(self, step: int, *, final_rows_at_step: bool = False) -> int:
+        """Rewrite metrics.jsonl without the rows a resumed run is about to write again: those after
+        `step` (logged after its checkpoint, by a run that then died), and with `final_rows_at_step`
+        the evaluation rows at `step` itself (a finished run's final evaluation, which a rerun repeats).
+        A last line cut short by a kill goes too. Returns how many rows were dropped. TensorBoard shows
+        the last value written for a step, so its events are left alone.
+        """
+        if not self._enabled:
+            return 0
+        path = self._jsonl.name
+        self._jsonl.close()
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row["step"] > step:
+                continue
+            if final_rows_at_step and row["step"] == step and not any(k.startswith("train/") for k in row):
+                continue
+            kept.append(line)
+        if len(kept) != len(lines):
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write("".join(line + "\n" for line in kept))
+            os.replace(path + ".tmp", path)
+        self._jsonl = open(path, "a", encoding="utf-8")
+        return len(lines) - len(kept)
+
     def write_scalars(self, step: int, scalars: Mapping[str, Any], *, prefix: str = "") -> None:
         values = {f"{prefix}{k}": _scalar(v) for k, v in scalars.items()}
         if self._log:

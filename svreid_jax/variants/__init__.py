@@ -10,7 +10,8 @@ one entry in VARIANTS below, or `register(...)` from your own code.
 
 A train step is `step(state, batch) -> (state, metrics)`; batch = {'source': {'video': uint8
 [B,T,H,W,3], 'pid': int32 [B]}, 'target': {'video': uint8 [B',T,H,W,3], 'camid': int32 [B']}}; metrics
-are scalars and include 'loss', 'grad_norm' and 'skipped' (common.guard_and_report).
+are scalars and include 'loss', 'grad_norm' and 'skipped' (common.guard_and_report), and 'diverged' and
+'loss_median' (divergence.guarded, which make_train_step puts around every variant's step).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from svreid_jax.utils.registry import Registry
-from svreid_jax.variants import common, paper, reference, terms
+from svreid_jax.variants import common, divergence, paper, reference, terms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +52,8 @@ def check_config(config) -> None:
 
 
 def make_train_step(model, config, axis_name: str | None = None):
-    """The pure train step of `config.variant` (see the module docstring)."""
-    return get(config.variant).make_train_step(model, config, axis_name=axis_name)
+    """The pure train step of `config.variant` (see the module docstring), inside the divergence guard."""
+    return divergence.guarded(get(config.variant).make_train_step(model, config, axis_name=axis_name), config)
 
 
 def init_state(config, model, params, rng, steps_per_epoch: int) -> Any:

@@ -174,7 +174,7 @@ def test_svreid_empty_tracklet_folder(tmp_path):
         f.write("7/c/4 7 c\n")
     os.makedirs(os.path.join(d, "7", "c", "4"))
     msg = _error(datasets.load, "svreid", str(tmp_path))
-    assert "query.txt, line 2" in msg and "no .jpg frames" in msg
+    assert "query.txt, line 2" in msg and "no .jpg/.jpeg/.png frames" in msg
 
 
 def test_svreid_missing_tracklet_folder(tmp_path):

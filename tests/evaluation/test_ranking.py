@@ -1,4 +1,6 @@
 """Ranking metrics against a plain numpy oracle, hand-computed cases, and input errors."""
+import zlib
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -207,7 +209,7 @@ def _random_problem(rng, nq, ng, num_pids, num_cams, num_clothes=3, decimals=Non
 @pytest.mark.parametrize("mode", ranking.MODES)
 @pytest.mark.parametrize("decimals", [None, 1])
 def test_random_against_oracle(mode, decimals):
-    rng = np.random.default_rng(hash((mode, decimals)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{mode}/{decimals}".encode()))  # not hash(): PYTHONHASHSEED
     # few pids: many good items per query, so queries span several kernel rows (4 goods per row)
     d, qp, gp, qc, gc, qcl, gcl = _random_problem(rng, 40, 300, num_pids=6, num_cams=3, decimals=decimals)
     assert_matches_oracle(d, qp, gp, qc, gc, max_rank=20, q_clothes=qcl, g_clothes=gcl, mode=mode)

@@ -9,7 +9,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from svreid_jax.data.datasets import ccvid, folder, ilidsvid, lsvid, mars, prid, svreid
+from absl import logging
+
+from svreid_jax.data.datasets import _common, ccvid, folder, ilidsvid, lsvid, mars, prid, svreid
 from svreid_jax.data.records import DatasetSplits
 
 # name → reader. Options of a reader are its keyword arguments after `root`.
@@ -56,19 +58,34 @@ def _check_options(name: str, given: dict) -> None:
                          f"its options: {', '.join(accepted) or 'none'}")
 
 
+def _warn_ignored(name: str, ignored: list[str]) -> None:
+    # No frame disappears silently: a tracklet folder's other files are named (a few; check.py lists all).
+    if ignored:
+        logging.warning("%s: left out %d file(s) in tracklet folders that are not %s frames, e.g. %s",
+                        name, len(ignored), "/".join(_common.FRAME_EXTENSIONS), ", ".join(ignored[:3]))
+
+
 def load(name: str, root: str, **options) -> DatasetSplits:
     """Read dataset `name` from folder `root`.
 
     Unknown names and unknown options raise ValueError listing what is accepted; bad or missing
-    files raise `records.DatasetError` (a ValueError) naming the file and line or key.
+    files raise `records.DatasetError` (a ValueError) naming the file and line or key. Files of a
+    tracklet folder that are not frames (_common.FRAME_EXTENSIONS) are left out with a warning.
     """
     _check_options(name, options)
-    return LOADERS[name](root, **options)
+    with _common.collect_ignored() as ignored:
+        splits = LOADERS[name](root, **options)
+    _warn_ignored(name, ignored)
+    return splits
 
 
 def load_with_stats(name: str, root: str, **options) -> tuple[DatasetSplits, Any]:
     """`load`, plus the reader's counts of what it read and dropped (None for readers without any)."""
     _check_options(name, options)
-    if name in WITH_STATS:
-        return WITH_STATS[name](root, **options)
-    return LOADERS[name](root, **options), None
+    with _common.collect_ignored() as ignored:
+        if name in WITH_STATS:
+            result = WITH_STATS[name](root, **options)
+        else:
+            result = LOADERS[name](root, **options), None
+    _warn_ignored(name, ignored)
+    return result

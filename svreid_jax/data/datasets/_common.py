@@ -5,6 +5,7 @@ expected, so a user pointing a config at the wrong folder sees one readable sent
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -89,22 +90,51 @@ def frame_sort_key(name: str) -> tuple[int, int, str]:
     return (0, int(match.group(1)), name)
 
 
-def list_frames(folder: str, extensions: Iterable[str] = (".jpg",)) -> list[str]:
+# The image files a tracklet folder's frames may be (matched case-insensitively); decode.py reads them all.
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+# Files list_frames passed over, while a `collect_ignored()` block is open (else None).
+_ignored: list[str] | None = None
+
+
+@contextlib.contextmanager
+def collect_ignored():
+    """Inside the block, list_frames records every file of a tracklet folder it did not take as a frame
+    (a wrong extension); yields that list, so the caller can say what was left out."""
+    global _ignored
+    outer, _ignored = _ignored, []
+    try:
+        yield _ignored
+    finally:
+        collected, _ignored = _ignored, outer
+        if outer is not None:
+            outer.extend(collected)
+
+
+def list_frames(folder: str, extensions: Iterable[str] = FRAME_EXTENSIONS) -> list[str]:
     """Absolute paths of the frame files in `folder` (one listdir), in temporal order.
 
-    Extensions match case-insensitively. Raises FileNotFoundError / NotADirectoryError like
-    os.scandir; the callers turn those into DatasetErrors that name the list line.
+    Extensions match case-insensitively; other files are left out, and recorded inside a
+    `collect_ignored()` block. Raises FileNotFoundError / NotADirectoryError like os.scandir; the
+    callers turn those into DatasetErrors that name the list line.
     """
     names = frame_names(folder, extensions)
     names.sort(key=frame_sort_key)
     return [os.path.join(folder, n) for n in names]
 
 
-def frame_names(folder: str, extensions: Iterable[str] = (".jpg",)) -> list[str]:
-    """The names (not paths) of the files `list_frames` lists, in no particular order; raises like it."""
+def frame_names(folder: str, extensions: Iterable[str] = FRAME_EXTENSIONS) -> list[str]:
+    """The names (not paths) of the frame files in `folder`, in no particular order; raises like
+    `list_frames`, and like it records the other files inside a `collect_ignored()` block."""
     exts = tuple(e.lower() for e in extensions)
+    names, others = [], []
     with os.scandir(folder) as entries:
-        return [e.name for e in entries if e.name.lower().endswith(exts) and not e.is_dir()]
+        for e in entries:
+            if not e.is_dir():
+                (names if e.name.lower().endswith(exts) else others).append(e.name)
+    if _ignored is not None:
+        _ignored.extend(os.path.join(folder, n) for n in sorted(others))
+    return names
 
 
 def relabel(keys: Iterable) -> dict:

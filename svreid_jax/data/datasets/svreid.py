@@ -7,7 +7,8 @@ On disk (`root` is what the config names; the dataset folder is found under it):
         train_svreid.txt             (train_svreid_cc.txt for svreid_cc, train_svreid_plus.txt for svreid_plus)
         query.txt
         gallery.txt
-        <tracklet dir>/<frames>.jpg  e.g. 0001/outfit1/3/00017.jpg; the leaf folder's name is the camera
+        <tracklet dir>/<frames>.jpg  e.g. 0001/outfit1/3/00017.jpg (.jpeg and .png are read too); the leaf
+                                     folder's name is the camera
 
 Each list line is `<relative tracklet dir> <pid> <clothes label>`. The three names differ only in
 the folder searched and the training list file.
@@ -34,7 +35,7 @@ def _layout(folders: tuple[str, ...], train_list: str) -> str:
     return (f"  <root>/\n"
             f"    {' or '.join(f + '/' for f in folders)}   (or <root> itself)\n"
             f"      {train_list}, query.txt, gallery.txt   (lines: <tracklet dir> <pid> <clothes>)\n"
-            f"      <tracklet dir>/*.jpg   (the leaf folder name is the camera number)")
+            f"      <tracklet dir>/*.jpg|jpeg|png   (the leaf folder name is the camera number)")
 
 
 def _find_dataset_dir(root: str, name: str) -> str:
@@ -74,7 +75,8 @@ def _tracklet(dataset_dir: str, list_path: str, lineno: int, tracklet_dir: str, 
     except (FileNotFoundError, NotADirectoryError):
         raise DatasetError(f"{name}: {list_path}, line {lineno}: tracklet folder {folder} does not exist") from None
     if not frames:
-        raise DatasetError(f"{name}: {list_path}, line {lineno}: tracklet folder {folder} holds no .jpg frames")
+        raise DatasetError(f"{name}: {list_path}, line {lineno}: tracklet folder {folder} holds no "
+                           f"{'/'.join(_common.FRAME_EXTENSIONS)} frames")
     return Tracklet(frames=tuple(frames), pid=pid, camid=camid, clothes_id=clothes_id)
 
 
@@ -86,7 +88,7 @@ def load_variant(root: str, name: str) -> DatasetSplits:
       name: 'svreid', 'svreid_cc' or 'svreid_plus' (selects the folder and training list).
 
     Returns DatasetSplits where
-      * frames: every `*.jpg` of `<dataset dir>/<tracklet dir>`, ordered numerically by the last
+      * frames: every `*.jpg`, `*.jpeg` and `*.png` of `<dataset dir>/<tracklet dir>`, ordered numerically by the last
         integer in the file name (lexicographically when a name has none);
       * pid: training pids relabelled 0..N-1 in sorted order of the pid *strings* (as the authors'
         code does); query/gallery keep int(pid);

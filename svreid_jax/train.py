@@ -282,6 +282,11 @@ def _train_and_evaluate(config, workdir: str, stop: signals.StopOnSignals) -> di
                         it.set_state(unconsumed[name])
                 state = par.get_state(state)
                 saved = int(jax.device_get(state.step))
+                if pending_metrics and not isinstance(err, _Stop):
+                    # The finished steps since the last log line, so that a stopped run's log is complete.
+                    summary = summarise_interval(jax.device_get(pending_metrics))
+                    summary.update(learning_rate=float(lr_schedule(saved)), epoch=saved / steps_per_epoch)
+                    writer.write_scalars(saved, summary, prefix="train/")
                 checkpointer.wait()
                 if saved not in checkpointer.steps():  # not already the last scheduled save
                     checkpointer.save(saved, state, iterators,

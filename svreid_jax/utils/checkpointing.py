@@ -7,7 +7,8 @@ interrupted-by-exception run keeps it.
 
 What goes wrong on disk is said in one line (CheckpointError): a step that cannot be restored (a file
 cut short, a missing item) is skipped for the next older one, naming it and the cause, and with
-`set_aside_broken` renamed to `<step>.unreadable` so that the run can write that step again; a save
+`set_aside_broken`, once an older step has restored, renamed to `<step>.unreadable` so that the run
+can write that step again; a save
 that fails (a full disk) names its cause and the newest step still on disk, which orbax leaves in
 place because a step only replaces it once completely written.
 """
@@ -70,6 +71,14 @@ def _for_grain(iterator):
     return iterator if isinstance(iterator, grain.DatasetIterator) else _JsonStateIterator(iterator)
 
 
+class _Refused(Exception):
+    """Carries a check's refusal of a step past the damage handling."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 2, asynchronous: bool = True):
         self.directory = os.path.abspath(directory)
@@ -114,6 +123,9 @@ class Checkpointer:
         """(step, meta, attempt(step)) of the newest step (or just `step`) whose meta and attempt succeed.
 
         check(step, meta) runs before attempt and its errors pass through (a refusal, not damage).
+        With set_aside_broken the steps skipped are renamed once an older one has restored: when none
+        does, the cause is more likely the code than the files (a train state of another structure),
+        and nothing is renamed.
         """
         self.wait()
         candidates = self.steps() if step is None else [step]
@@ -123,26 +135,29 @@ class Checkpointer:
         for s in candidates:
             try:
                 meta = self.read_meta(s)
-            except Exception as err:  # noqa: BLE001
-                failures.append((s, err))
-            else:
                 if check is not None:
-                    check(s, meta)
-                try:
-                    return s, meta, attempt(s)
-                except Exception as err:  # noqa: BLE001
-                    failures.append((s, err))
-            bad, err = failures[-1]
-            older = [c for c in candidates if c < bad]
-            where = os.path.join(self.directory, str(bad))
-            if set_aside_broken:
-                where = self._set_aside(bad)
-            logging.warning("checkpoint step %d cannot be restored (%s); %s%s", bad, cause(err),
-                            f"set aside as {where}; " if set_aside_broken else f"skipped {where}; ",
-                            f"trying step {older[0]}" if older else "no older step is left")
+                    try:
+                        check(s, meta)
+                    except Exception as refusal:  # noqa: BLE001 — passed through below, not counted as damage
+                        raise _Refused(refusal) from None
+                result = attempt(s)
+            except _Refused as refused:
+                raise refused.error from None
+            except Exception as err:  # noqa: BLE001 — whatever orbax or the file system raised
+                failures.append((s, err))
+                older = [c for c in candidates if c < s]
+                logging.warning("checkpoint step %d cannot be restored (%s); %s", s, cause(err),
+                                f"trying step {older[0]}" if older else "no older step is left")
+                continue
+            for bad, err in failures:
+                where = self._set_aside(bad) if set_aside_broken else os.path.join(self.directory, str(bad))
+                logging.warning("skipped checkpoint step %d (%s): %s %s", bad, cause(err),
+                                "set aside as" if set_aside_broken else "left in place at", where)
+            return s, meta, result
         raise CheckpointError(f"no checkpoint under {self.directory} can be restored: "
                               + "; ".join(f"step {s}: {cause(e)}" for s, e in failures)
-                              + " (move the folder away to start over)")
+                              + " (damaged, or written by a version of the code with another train state; "
+                              "move the folder away to start over)")
 
     def _set_aside(self, step: int) -> str:
         """Rename a broken step's folder out of orbax's sight (it lists numeric names only)."""

@@ -154,10 +154,13 @@ def test_detached_inputs_zero_backbone_gradient_and_double_counted_stage_loss():
 
 
 def test_without_detach_and_double_count_the_stage_losses_reach_the_backbone():
-    config = _config(detach_temporal_input=False, double_count_stage_loss=False)
+    # D1, D5 and D2 on the paper's side: L_st reaches the backbone, and so does the differentiable
+    # consistency L^C_1 + L^C_2 that replaces the host k-means constant.
+    config = _config(detach_temporal_input=False, double_count_stage_loss=False, consistency_constant=False)
     state, (jp, jt) = _jacobian(config)
     backbone_stage = _row(jp, 1)["backbone"]
     assert _norm(backbone_stage) > 0
+    assert _norm(_row(jp, 2)["backbone"]) > 0 and _norm(_row(jt, 2)) == 0.0
     a = np.asarray(state.reference["weights"])
     for got, want in zip(jax.tree.leaves(_row(jt, 0)), jax.tree.leaves(_row(jt, 1))):
         np.testing.assert_allclose(np.asarray(got), np.exp(a[1]) * np.asarray(want), rtol=1e-4, atol=1e-7)

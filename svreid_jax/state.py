@@ -38,7 +38,9 @@ def empty_guard(window: int) -> dict[str, jax.Array]:
     """The divergence guard's memory before any update (TrainState.guard)."""
     if window < 1:
         raise ValueError(f"train.divergence_window={window}: expected at least 1 step")
-    return {"loss": jnp.full((window,), jnp.nan, jnp.float32), "grad_norm": jnp.full((window,), jnp.nan, jnp.float32),
+    # Zeros, not NaN, for the empty slots: a multi-process device_put checks that every process holds
+    # equal values, and NaN != NaN. Slots at or past `count` are masked out where they are read.
+    return {"loss": jnp.zeros((window,), jnp.float32), "grad_norm": jnp.zeros((window,), jnp.float32),
             "count": jnp.zeros((), jnp.int32)}
 
 

@@ -22,8 +22,9 @@ class TrainState(train_state.TrainState):
       variables and their Adam state, the loss weights a_i with their accumulated gradient and Adam
       state, and steps_per_epoch. Part of the pytree, so checkpoints and resume include it.
     guard: the divergence guard's memory (variants/divergence.py): the losses and gradient norms of
-      the last accepted updates, {'loss', 'grad_norm': float32 [window] (NaN where empty),
-      'count': int32 []}. In the state so that the guard decides inside the step and resumes exactly.
+      the last accepted updates, {'loss', 'grad_norm': float32 [window], 'count': int32 []} (a ring:
+      the first min(count, window) slots are filled). In the state so that the guard decides inside
+      the step and resumes exactly.
     """
 
     batch_stats: Any = None
@@ -38,7 +39,9 @@ def empty_guard(window: int) -> dict[str, jax.Array]:
     """The divergence guard's memory before any update (TrainState.guard)."""
     if window < 1:
         raise ValueError(f"train.divergence_window={window}: expected at least 1 step")
-    return {"loss": jnp.full((window,), jnp.nan, jnp.float32), "grad_norm": jnp.full((window,), jnp.nan, jnp.float32),
+    # Zeros, not NaN, in the empty slots: a multi-host device_put checks that every process passes the
+    # same values, and NaN != NaN.
+    return {"loss": jnp.zeros((window,), jnp.float32), "grad_norm": jnp.zeros((window,), jnp.float32),
             "count": jnp.zeros((), jnp.int32)}
 
 

@@ -19,11 +19,11 @@ def test_decisions_by_hand():
     # Nothing remembered: the first update is accepted whatever it is.
     diverged, guard, metrics = _judge(guard, 10.0, 2.0)
     assert not diverged and int(guard["count"]) == 1 and np.isnan(float(metrics["loss_median"]))
-    np.testing.assert_array_equal(guard["loss"], [10.0, np.nan, np.nan])
+    np.testing.assert_array_equal(guard["loss"], [10.0, 0.0, 0.0])  # the count says which slots are filled
     # 101 > 10 × median 10: dropped, and not remembered.
     diverged, after, metrics = _judge(guard, 101.0, 2.0)
     assert bool(diverged) and float(metrics["diverged"]) == 1.0 and float(metrics["loss_median"]) == 10.0
-    assert int(after["count"]) == 1 and np.array_equal(after["loss"], guard["loss"], equal_nan=True)
+    assert int(after["count"]) == 1 and np.array_equal(after["loss"], guard["loss"])
     # Exactly 10 × the median passes; the memory now holds 10, 100: median 55.
     diverged, guard, _ = _judge(guard, 100.0, 2.0)
     assert not diverged

@@ -36,8 +36,9 @@ def judge(guard: dict, loss: jax.Array, grad_norm: jax.Array, finite: jax.Array,
     metrics: 'diverged' (1.0 when this update was dropped), 'loss_median' (the reference value, NaN
     before the first accepted update).
     """
-    loss_median = jnp.nanmedian(guard["loss"])
-    grad_median = jnp.nanmedian(guard["grad_norm"])
+    filled = jnp.arange(guard["loss"].shape[0]) < guard["count"]
+    loss_median = jnp.nanmedian(jnp.where(filled, guard["loss"], jnp.nan))
+    grad_median = jnp.nanmedian(jnp.where(filled, guard["grad_norm"], jnp.nan))
     if factor > 0:
         exploded = (loss > factor * loss_median) | (grad_norm > factor * grad_median)
         diverged = finite & (guard["count"] >= min_history) & exploded

@@ -3,7 +3,6 @@
 Tiny model and MS-TCN; one jitted step shared by the state-evolution tests, one jitted jacobian per
 D1 setting for the gradient-routing tests.
 """
-import os
 
 import flax
 import jax
@@ -177,7 +176,7 @@ def test_bad_reference_config_and_unknown_variant_are_refused():
         variants.make_train_step(reid.ReIDNet(num_classes=K, backbone={"depth": "tiny"}), paper)
 
 
-@pytest.mark.skipif(not os.environ.get("SVREID_SLOW_TESTS"), reason="~75 s of compiling on CPU; SVREID_SLOW_TESTS=1")
+@pytest.mark.slow  # ~75 s of compiling on CPU
 def test_step_under_a_named_axis_pmeans_gradients():
     """axis_name: the same step under vmap with a named axis (what pmap runs per device) keeps the
     replicas identical: gradients are pmean'ed, the k-means and triplet see the gathered batch."""

@@ -193,5 +193,9 @@ def test_step_under_a_named_axis_pmeans_gradients():
     assert _max_abs_diff(_row(new.params, 0), state.params) > 0
     flat = flax.traverse_util.flatten_dict(jax.device_get(_row(new.batch_stats, 0)))
     flat1 = flax.traverse_util.flatten_dict(jax.device_get(_row(new.batch_stats, 1)))
-    # Per-device BatchNorm: each replica's running statistics come from its own half of the batch.
-    assert any(not np.array_equal(flat[k], flat1[k]) for k in flat)
+    # Per-device BatchNorm normalises with each half's own statistics; the running statistics are then
+    # averaged over the replicas so that they stay identical (variants/reference.py, since the pmap
+    # merge). This test had been skipped unless SVREID_SLOW_TESTS was set and still expected them to differ.
+    for k in flat:
+        np.testing.assert_array_equal(flat[k], flat1[k], err_msg=str(k))
+    assert _max_abs_diff(_row(new.batch_stats, 0), state.batch_stats) > 0

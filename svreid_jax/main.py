@@ -8,10 +8,10 @@ Modes:
              scatter of source vs target embeddings
   extract    features of your own tracklets under --data (the `folder` layout) into <workdir>/extract/
 
-Exit codes: 0 done; 1 a config, data or checkpoint error (one line on stderr, no traceback); 2 a
-usage error; 3 training stopped with its last good state saved (diverged, or too many non-finite
-updates; results.json says so instead of giving metrics); 128 + N stopped by signal N after saving
-(143 SIGTERM, 130 SIGINT): run the same command to resume.
+Exit codes: 0 done; 1 a usage, config, data or checkpoint error (one line on stderr, no traceback); 3
+training stopped with its last good state saved (diverged, or too many non-finite updates;
+results.json says so instead of giving metrics); 128 + N stopped by signal N after saving (143
+SIGTERM, 130 SIGINT): run the same command to resume.
 
 Most logic lives in svreid_jax.train, svreid_jax.builders and svreid_jax.evaluation so that notebooks
 can import it. The console shows our own progress lines and every warning; the INFO lines of the
@@ -105,9 +105,10 @@ def parse_flags(argv):
         if "Traceback (most recent call last)" in message:  # the config file's get_config raised
             lines = [line for line in message.splitlines() if line.strip()]
             message = f"{lines[0].split(':', 1)[0]}: {lines[-1].strip()}"
-        _fail("config error", message)
+        _fail("config error" if "--config" in message else "usage error", message)
     except (AttributeError, KeyError) as err:  # ml_collections: a --config.<path> the config lacks
-        specs = [a.partition("=")[2] for a in argv[1:] if a.startswith("--config=")]
+        specs = [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
+        specs += [a.partition("=")[2] for a in argv[1:] if a.startswith("--config=")]
         config = _load_config_file(specs[-1]) if specs else None
         unknown = [p for p in _override_paths(argv) if config is not None and not config_checks.has_field(config, p)]
         if unknown:

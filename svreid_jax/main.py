@@ -12,10 +12,10 @@ Modes:
   diagnose   <workdir>/diagnostics/: domain and camera probes on the embeddings, the teacher's cluster
              quality against the target identities, rank-1 per camera pair (target labels for the report only)
 
-Exit codes: 0 done; 1 a config, data or checkpoint error (one line on stderr, no traceback); 2 a
-usage error; 3 training stopped with its last good state saved (diverged, or too many non-finite
-updates; results.json says so instead of giving metrics); 128 + N stopped by signal N after saving
-(143 SIGTERM, 130 SIGINT): run the same command to resume.
+Exit codes: 0 done; 1 a usage, config, data or checkpoint error (one line on stderr, no traceback); 3
+training stopped with its last good state saved (diverged, or too many non-finite updates;
+results.json says so instead of giving metrics); 128 + N stopped by signal N after saving (143
+SIGTERM, 130 SIGINT): run the same command to resume.
 
 Most logic lives in svreid_jax.train, svreid_jax.builders and svreid_jax.evaluation so that notebooks
 can import it. The console shows our own progress lines and every warning; the INFO lines of the
@@ -74,8 +74,14 @@ def quiet_libraries(verbosity: int) -> None:
 def _fail(kind: str, message: str) -> None:
     # Errors that are the user's to fix (config, data, checkpoints): one line naming the field or
     # file, no traceback.
-    print(f"svreid_jax: {kind}: {message}", file=sys.stderr, flush=True)
+    _say(f"svreid_jax: {kind}: {message}")
     sys.exit(1)
+
+
+def _say(line: str) -> None:
+    # One write with its newline, so that a library thread still logging at exit cannot split it.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _load_config_file(spec: str):
@@ -112,9 +118,10 @@ def parse_flags(argv):
         if "Traceback (most recent call last)" in message:  # the config file's get_config raised
             lines = [line for line in message.splitlines() if line.strip()]
             message = f"{lines[0].split(':', 1)[0]}: {lines[-1].strip()}"
-        _fail("config error", message)
+        _fail("config error" if "--config" in message else "usage error", message)
     except (AttributeError, KeyError) as err:  # ml_collections: a --config.<path> the config lacks
-        specs = [a.partition("=")[2] for a in argv[1:] if a.startswith("--config=")]
+        specs = [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
+        specs += [a.partition("=")[2] for a in argv[1:] if a.startswith("--config=")]
         config = _load_config_file(specs[-1]) if specs else None
         unknown = [p for p in _override_paths(argv) if config is not None and not config_checks.has_field(config, p)]
         if unknown:
@@ -141,7 +148,7 @@ def main(argv):
     except CheckpointError as err:
         _fail("checkpoint error", str(err))
     except train.TrainingStopped as err:
-        print(f"svreid_jax: {err}", file=sys.stderr, flush=True)
+        _say(f"svreid_jax: {err}")
         sys.exit(err.exit_code)
 
 

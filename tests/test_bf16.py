@@ -66,6 +66,7 @@ def runs():
     return {dtype: _run(dtype, params, batch_stats, batches) for dtype in ("float32", "bfloat16")}
 
 
+@pytest.mark.slow
 def test_bf16_step_really_computes_in_bf16(runs):
     f32_hlo, _ = runs["float32"]
     bf16_hlo, _ = runs["bfloat16"]
@@ -73,6 +74,7 @@ def test_bf16_step_really_computes_in_bf16(runs):
     assert "bf16" not in f32_hlo
 
 
+@pytest.mark.slow
 def test_bf16_losses_match_f32_and_are_finite(runs):
     _, f32 = runs["float32"]
     _, bf16 = runs["bfloat16"]

@@ -1,9 +1,12 @@
-"""CI runs every test: each test that skips without torch or without an environment switch is named in
-the torch stage of .ci/run, every name there exists, and the README shows .ci/run's commands verbatim.
+"""CI runs every test: the default stage runs the suite without the tests marked `slow`; the second
+stage installs the torch extra and runs the tests marked `slow` or `torch`. Every test that needs torch
+carries the `torch` marker, no test hides behind an environment switch, and the README shows .ci/run's
+commands verbatim.
 
-Found statically (ast), so adding a torch or slow test without adding it to CI fails here.
+Found statically (ast), so adding a torch test without its marker fails here.
 """
 import ast
+import configparser
 import re
 import shlex
 from pathlib import Path
@@ -13,61 +16,61 @@ CI_RUN = ROOT / ".ci" / "run"
 
 
 def _stages():
-    """{stage name: command} from the `stage <name> "<command>"` lines of .ci/run."""
-    return dict(re.findall(r'^stage (\w+) "(.*)"$', CI_RUN.read_text(encoding="utf-8"), flags=re.M))
+    """{stage name: command, as bash runs it} from the `stage <name> "<command>"` lines of .ci/run."""
+    found = re.findall(r'^stage (\w+) "((?:[^"\\]|\\.)*)"$', CI_RUN.read_text(encoding="utf-8"), flags=re.M)
+    return {name: command.replace('\\"', '"') for name, command in found}
 
 
-def _pytest_targets(command):
-    """The test files and node ids the pytest call of a stage command names."""
-    words = shlex.split(command.split("&&")[-1])
-    return [w for w in words[words.index("pytest") + 1:] if not w.startswith("-")]
-
-
-def _opt_in_tests():
-    """{'path::name' or 'path' (a whole file)} of the tests that skip without torch or an env switch."""
-    found = set()
+def _tests():
+    """(path::name, decorator text, function text, module-level text) of every test function."""
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
         rel = path.relative_to(ROOT).as_posix()
         source = path.read_text(encoding="utf-8")
         tree = ast.parse(source)
-        for node in tree.body:
-            text = ast.get_source_segment(source, node) or ""
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        module_text = "\n".join(ast.get_source_segment(source, n) or "" for n in tree.body
+                                if not isinstance(n, (ast.FunctionDef, ast.ClassDef)))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
                 decorators = " ".join(ast.get_source_segment(source, d) or "" for d in node.decorator_list)
-                if node.name.startswith("test_") and ("os.environ" in decorators or 'importorskip("torch"' in text):
-                    found.add(f"{rel}::{node.name}")
-            elif 'importorskip("torch"' in text:
-                found.add(rel)  # a module-level skip: the whole file
-    return found
+                yield f"{rel}::{node.name}", decorators, ast.get_source_segment(source, node) or "", module_text
 
 
-def test_the_default_and_torch_stages_are_there():
+def _marked(decorators, module_text, marker):
+    return f"pytest.mark.{marker}" in decorators or re.search(rf"^pytestmark = .*pytest\.mark\.{marker}\b",
+                                                                module_text, re.M) is not None
+
+
+def test_the_two_stages_are_there():
     stages = _stages()
-    assert list(stages) == ["default", "torch"]
-    assert stages["default"] == "pip install -e '.[test]' && pytest -q"
-    assert stages["torch"].startswith("pip install -e '.[test,torch]' && SVREID_SLOW_TESTS=1 pytest -q ")
+    assert stages == {"default": "pip install -e '.[test]' && pytest -q",
+                      "second": "pip install -e '.[test,torch]' && pytest -q -m \"slow or torch\""}
 
 
-def test_every_opt_in_test_runs_in_the_torch_stage():
-    targets = set(_pytest_targets(_stages()["torch"]))
-    opt_in = _opt_in_tests()
+def test_the_default_suite_leaves_out_only_the_slow_tests():
+    ini = configparser.ConfigParser()
+    ini.read(ROOT / "pytest.ini")
+    assert shlex.split(ini["pytest"]["addopts"]) == ["-m", "not slow"]
+    markers = {line.split(":")[0].strip() for line in ini["pytest"]["markers"].strip().splitlines()}
+    assert markers == {"slow", "torch"}
+
+
+def test_every_torch_test_is_marked_and_none_skips_on_an_environment_switch():
+    tests = list(_tests())
+    needs_torch = "importorskip(" + '"torch"'  # spelled in two parts so that this test does not match itself
+    torch_tests = {name for name, deco, text, module in tests if needs_torch in text or needs_torch in module}
     # The scan must see the known ones (it could otherwise pass by finding nothing).
-    assert {"tests/models/test_torch_parity.py",
-            "tests/test_modes.py::test_splits_mode_trains_ten_models_and_aggregates"} <= opt_in
-    missing = sorted(t for t in opt_in if t not in targets and t.split("::")[0] not in targets)
-    assert not missing, f"opt-in tests CI never runs (add them to the torch stage of .ci/run and the README): {missing}"
-
-
-def test_every_target_of_the_torch_stage_exists():
-    for target in _pytest_targets(_stages()["torch"]):
-        path, _, name = target.partition("::")
-        assert (ROOT / path).is_file(), target
-        if name:
-            assert re.search(rf"^def {re.escape(name)}\(", (ROOT / path).read_text(encoding="utf-8"), re.M), target
+    assert {"tests/interop/test_hub.py::test_torch_written_safetensors_match_torch_forward",
+            "tests/test_reference_end_to_end.py::test_eval_mode_converts_an_authors_checkpoint"} <= torch_tests
+    assert any(n.startswith("tests/models/test_torch_parity.py::") for n in torch_tests)
+    unmarked = sorted(n for n, deco, text, module in tests if n in torch_tests and not _marked(deco, module, "torch"))
+    assert not unmarked, f"tests that need torch without @pytest.mark.torch (CI's second stage would skip them): {unmarked}"
+    switched = sorted(n for n, deco, text, module in tests if "os.environ" in deco)
+    assert not switched, f"tests that skip on an environment switch CI never sets (mark them slow instead): {switched}"
+    slow = {n for n, deco, text, module in tests if _marked(deco, module, "slow")}
+    assert "tests/test_modes.py::test_splits_mode_trains_ten_models_and_aggregates" in slow
 
 
 def test_readme_shows_the_ci_commands_verbatim():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for name, command in _stages().items():
         assert f"\n{command}\n" in readme, f"README lacks the {name} stage's command: {command}"
-    assert "SVREID_SLOW_TESTS=1" in readme

@@ -174,8 +174,8 @@ def test_diagnose_mode_writes_the_report(workdir):
     assert report["ranking"]["as_evaluated"]["rank1"] == pytest.approx(evaluated["rank1"])
     assert "domain probe accuracy" in done.stdout
 
-@pytest.mark.skipif(not os.environ.get("SVREID_SLOW_TESTS"),
-                    reason="ten micro trainings (minutes on CPU); CI's torch stage sets SVREID_SLOW_TESTS=1")
+
+@pytest.mark.slow  # ten micro trainings: minutes on CPU
 def test_splits_mode_trains_ten_models_and_aggregates(workdir, tmp_path):
     """The standard protocol's command on the micro demo source and a 10-split iLIDS-VID-layout target:
     ten runs, each in its own workdir, and their mean ± std; run again, it only reads them back."""

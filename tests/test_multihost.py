@@ -29,6 +29,7 @@ def _reserved_port():
         yield s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_single_process(tmp_path):
     config = demo.get_config("source_only,micro")
     demo_data.ensure(str(tmp_path / "data"), **config.data.demo_options.to_dict())

@@ -29,6 +29,7 @@ def _values(pattern, text):
     return [float(g) for g in match.groups()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
 def test_parallel_step_matches_single_device(script_output, mode):
     assert "devices=4" in script_output
@@ -39,10 +40,12 @@ def test_parallel_step_matches_single_device(script_output, mode):
     assert max(diffs) < 1e-5, dict(zip(["param", "stats", "teacher_stats", "loss", "grad_norm"], diffs))
 
 
+@pytest.mark.slow
 def test_pmap_replicas_stay_identical(script_output):
     assert _values(r"pmap_replica_spread=(\S+)", script_output)[0] == 0.0
 
 
+@pytest.mark.slow
 def test_pmap_without_sync_bn_is_per_device_bn(script_output):
     ref_param, ref_stats, global_param, spread = _values(
         r"nosync: ref_param_diff=(\S+) ref_stats_diff=(\S+) global_param_diff=(\S+) replica_spread=(\S+)",

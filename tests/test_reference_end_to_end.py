@@ -46,6 +46,7 @@ def test_reference_configs_set_every_divergence_to_the_code(target):
                     paper.reference.learnable_weights, paper.reference.double_count_stage_loss))
 
 
+@pytest.mark.slow
 def test_reference_micro_trains_and_evaluates(tmp_path):
     config = demo.get_config("reference,micro")
     metrics = train.train_and_evaluate(config, str(tmp_path))
@@ -82,6 +83,7 @@ def _torch_state_dict(variables):
     return sd
 
 
+@pytest.mark.torch
 def test_eval_mode_converts_an_authors_checkpoint(tmp_path):
     torch = pytest.importorskip("torch")
     config = demo.get_config("reference,micro")

@@ -16,6 +16,7 @@ from svreid_jax.variants import reference
 
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch  # run by the second CI stage, which installs the torch extra
 nn = torch.nn
 F = torch.nn.functional
 

@@ -10,9 +10,10 @@ from svreid_jax import parallel, train
 
 
 def _config(data_root):
+    # The micro config's 2 steps per epoch: the learning-rate schedule is compiled into the step, so
+    # this run shares its compiled step with the other micro runs of the suite (tests/conftest.py).
     config = demo.get_config("paper,micro")
-    config.train.num_epochs = 2
-    config.train.steps_per_epoch = 3
+    config.train.num_epochs = 3
     config.train.checkpoint_every_epochs = 1
     config.data.demo_root = str(data_root)
     return config
@@ -33,7 +34,7 @@ def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monke
     data_root = tmp_path / "data"
     train.train_and_evaluate(_config(data_root), str(tmp_path / "straight"))
 
-    # Ctrl-C arrives inside the 5th step (the 2nd of epoch 2): its batches were already drawn from
+    # Ctrl-C arrives inside the 4th step (the 2nd of epoch 2): its batches were already drawn from
     # the iterators, so the saved data position must be the one *before* them.
     real_jit_train_step = parallel.jit_train_step
 
@@ -43,7 +44,7 @@ def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monke
 
         def step(state, batch):
             calls["n"] += 1
-            if calls["n"] == 5:
+            if calls["n"] == 4:
                 raise _Interrupted()
             return compiled(state, batch)
 
@@ -58,7 +59,7 @@ def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monke
         raise AssertionError("the run was not interrupted")
     monkeypatch.setattr(parallel, "jit_train_step", real_jit_train_step)
     saved = ocp.CheckpointManager(os.path.join(tmp_path / "resumed", "checkpoints"))
-    assert saved.latest_step() == 4  # the interrupt saved the last finished step
+    assert saved.latest_step() == 3  # the interrupt saved the last finished step
     saved.close()
     train.train_and_evaluate(_config(data_root), str(tmp_path / "resumed"))
 

@@ -3,7 +3,6 @@
 Tiny model and MS-TCN; one jitted step shared by the state-evolution tests, one jitted jacobian per
 D1 setting for the gradient-routing tests.
 """
-import os
 
 import jax
 import jax.numpy as jnp
@@ -181,9 +180,7 @@ def test_bad_reference_config_and_unknown_variant_are_refused():
         variants.make_train_step(reid.ReIDNet(num_classes=K, backbone={"depth": "tiny"}), paper)
 
 
-@pytest.mark.skipif(not os.environ.get("SVREID_SLOW_TESTS"),
-                    reason="compiles the reference step under a named axis (minutes on CPU); CI's torch stage sets "
-                           "SVREID_SLOW_TESTS=1")
+@pytest.mark.slow  # compiles the reference step under a named axis: minutes on CPU
 def test_step_under_a_named_axis_as_pmap_runs_it(monkeypatch):
     """What pmap runs per device, as vmap with a named axis over 2 replicas of one state, with the
     reference's per-device BatchNorm (parallel.sync_bn=False): each device erases its clips with its

@@ -309,6 +309,7 @@ def _torch_tiny_forward(torch, sd, x):
     return h
 
 
+@pytest.mark.torch
 def test_torch_written_safetensors_match_torch_forward(tmp_path, local_hub, monkeypatch):
     """A state_dict saved by safetensors' torch API, fetched through the hub path and loaded with numpy only,
     gives our backbone the torch forward (eval mode) to 1e-4 of the output scale."""

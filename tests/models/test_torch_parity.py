@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch parity tests need torch (pip install torch==2.13.0)")
+pytestmark = pytest.mark.torch  # run by the second CI stage, which installs the torch extra
 tnn = torch.nn
 F = torch.nn.functional
 

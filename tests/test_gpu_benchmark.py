@@ -43,6 +43,7 @@ def dry_run(tmp_path_factory):
                 "--budget", "1200")
 
 
+@pytest.mark.slow  # shares the dry run of every part (over a minute of compiling)
 def test_dry_run_finishes_every_part_and_writes_the_report(dry_run):
     done, report, out = dry_run
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
@@ -56,6 +57,7 @@ def test_dry_run_finishes_every_part_and_writes_the_report(dry_run):
     assert "[step_bf16] " in log and "[eval] " in log
 
 
+@pytest.mark.slow  # shares the dry run of every part (over a minute of compiling)
 def test_dry_run_env_part_sees_the_fake_devices(dry_run):
     env = dry_run[1]["parts"]["env"]
     import jax
@@ -65,6 +67,7 @@ def test_dry_run_env_part_sees_the_fake_devices(dry_run):
     assert env["measured"]["jax_matmul_bfloat16"] > 0 and env["measured"]["jax_copy_bytes_per_s"] > 0
 
 
+@pytest.mark.slow  # shares the dry run of every part (over a minute of compiling)
 def test_dry_run_step_part_times_the_paper_step_over_both_devices(dry_run):
     report = dry_run[1]
     step = report["parts"]["step_bf16"]
@@ -85,6 +88,7 @@ def test_dry_run_step_part_times_the_paper_step_over_both_devices(dry_run):
     assert torch_rows or any("PyTorch side skipped" in n for n in step["notes"])
 
 
+@pytest.mark.slow  # shares the dry run of every part (over a minute of compiling)
 def test_dry_run_ranking_input_and_eval_parts(dry_run):
     parts = dry_run[1]["parts"]
     ranking = parts["ranking"]
@@ -104,6 +108,7 @@ def test_dry_run_ranking_input_and_eval_parts(dry_run):
     assert ev["mars_test_estimate_s"]["clips"] == gpu_run.MARS_QUERY + gpu_run.MARS_GALLERY
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 def test_dry_run_step_part_runs_pytorch_beside_jax(tmp_path):
     done, report, _ = _run(tmp_path, "--dry-run", "--parts", "step_bf16", "--budget", "900")

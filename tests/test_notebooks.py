@@ -81,6 +81,7 @@ def shared(tmp_path_factory):
     return {"data_root": str(base / "demo_data"), "cache": str(base / "jax_cache")}
 
 
+@pytest.mark.slow  # each notebook trains and evaluates the micro demo in a kernel
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_on_cpu(name, tmp_path, shared, monkeypatch):
     from nbclient import NotebookClient

@@ -5,11 +5,13 @@ import json
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from configs import demo
 from svreid_jax import builders, train
 
 
+@pytest.mark.slow  # a pmap run and a jit run, each with its own compiles (about a minute on CPU)
 def test_pmap_run_checkpoints_in_the_jit_format(tmp_path):
     workdir = str(tmp_path / "run")
     config = demo.get_config("source_only,micro")

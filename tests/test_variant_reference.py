@@ -68,6 +68,7 @@ def run():
     return config, states, metrics
 
 
+@pytest.mark.slow  # compiles the reference step or its jacobian (about a minute each on CPU)
 def test_teacher_is_reset_to_the_student_at_every_epoch_start(run):
     _, states, metrics = run
     # Steps 0 and 2 start an epoch: α = 0, so after them the teacher is exactly the student (D3).
@@ -80,6 +81,7 @@ def test_teacher_is_reset_to_the_student_at_every_epoch_start(run):
     assert _max_abs_diff(states[2].ema_params, states[2].params) > 0
 
 
+@pytest.mark.slow  # compiles the reference step or its jacobian (about a minute each on CPU)
 def test_loss_weights_accumulate_gradients_and_all_fall_by_about_lr(run):
     config, states, metrics = run
     lr = config.reference.weight_lr
@@ -94,6 +96,7 @@ def test_loss_weights_accumulate_gradients_and_all_fall_by_about_lr(run):
         assert np.all(step < -0.9 * lr) and np.all(step > -1.01 * lr), (i, step)
 
 
+@pytest.mark.slow  # compiles the reference step or its jacobian (about a minute each on CPU)
 def test_temporal_optimizer_is_recreated_every_epoch(run):
     _, states, _ = run
     counts = [int(states[i].reference["temporal_opt_state"][0].count) for i in range(4)]
@@ -137,6 +140,7 @@ def _norm(tree):
     return float(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree))))
 
 
+@pytest.mark.slow  # compiles the reference step or its jacobian (about a minute each on CPU)
 def test_detached_inputs_zero_backbone_gradient_and_double_counted_stage_loss():
     config = _config()
     state, (jp, jt) = _jacobian(config)
@@ -152,6 +156,7 @@ def test_detached_inputs_zero_backbone_gradient_and_double_counted_stage_loss():
         np.testing.assert_allclose(np.asarray(got), (1 + np.exp(a[1])) * np.asarray(want), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow  # compiles the reference step or its jacobian (about a minute each on CPU)
 def test_without_detach_and_double_count_the_stage_losses_reach_the_backbone():
     # D1, D5 and D2 on the paper's side: L_st reaches the backbone, and so does the differentiable
     # consistency L^C_1 + L^C_2 that replaces the host k-means constant.

@@ -80,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.clip_domain = 1.0  # weight of the sequence-level domain loss (dynamic invariance; 0 disables)
     c.loss.consistency_ce = 1.0  # weight of L^C_1, student soft assignment vs teacher clusters (0 disables)
     c.loss.consistency_dist = 1.0  # weight of L^C_2, student distance to its teacher centroid (0 disables)
+    c.loss.camera_alignment = 0.0  # weight of the between-camera share of the target batch's embedding variance (label-free camera ids; 0 disables)
 
     c.adaptation = ml_collections.ConfigDict()
     c.adaptation.grl_max_steps = 20000  # I_max of the GRL schedule β = 2/(1+exp(−10·step/I_max)) − 1

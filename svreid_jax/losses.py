@@ -85,6 +85,25 @@ def centre_by_group(x: jax.Array, groups: jax.Array) -> jax.Array:
     return _l2_normalize(jnp.where(count > 1, x - (same @ x) / count, x))
 
 
+def camera_alignment(x: jax.Array, cameras: jax.Array) -> jax.Array:
+    """Share of the target batch's embedding variance that lies between its cameras (label-free).
+
+    x: [B, D] clip embeddings (L2-normalised here); cameras: int [B] camera ids. With μ_c the mean of
+    camera c's rows and μ the batch mean,
+      between = mean_i ‖μ_{c(i)} − μ‖²,   total = mean_i ‖x_i − μ‖²,   loss = between / total ∈ [0, 1].
+    0 when every camera's rows have the batch mean, 1 when each camera's rows sit at one point. A ratio,
+    not the between-camera scatter alone, so the step cannot lower it by shrinking the target
+    embeddings together (docs/METHOD.md §4.5).
+    """
+    x = _l2_normalize(x.astype(jnp.float32))
+    same = (cameras[:, None] == cameras[None, :]).astype(x.dtype)
+    camera_mean = (same @ x) / jnp.sum(same, axis=1, keepdims=True)
+    batch_mean = jnp.mean(x, axis=0, keepdims=True)
+    between = jnp.mean(jnp.sum(jnp.square(camera_mean - batch_mean), axis=-1))
+    total = jnp.mean(jnp.sum(jnp.square(x - batch_mean), axis=-1))
+    return between / (total + 1e-6)
+
+
 def teacher_consistency(rng: jax.Array, student: jax.Array, teacher: jax.Array, *, num_clusters: int,
                         num_iters: int = 10, temperature: float = 0.1,
                         groups: jax.Array | None = None) -> dict[str, jax.Array]:

@@ -176,6 +176,30 @@ def test_centre_by_group_hand_values():
     assert np.all(np.isfinite(np.asarray(grad)))
 
 
+def test_camera_alignment_hand_values_and_numpy():
+    cams = jnp.asarray([0, 0, 1, 1])
+    # Each camera at one point: all of the variance is between cameras.
+    apart = jnp.asarray([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [0.0, 1.0]])  # normalised: (1,0),(1,0),(0,1),(0,1)
+    assert float(losses.camera_alignment(apart, cams)) == pytest.approx(1.0, abs=1e-5)
+    # Both cameras with the batch mean: none of it is.
+    mixed = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0], [5.0, 0.0]])
+    assert float(losses.camera_alignment(mixed, cams)) == pytest.approx(0.0, abs=1e-6)
+    # Three rows in camera 0, one in camera 1 (normalised rows (1,0),(1,0),(0,1) | (0,1)):
+    # μ = (0.5, 0.5); μ_0 = (2/3, 1/3); between = (3·(1/36 + 1/36) + 1·(1/4 + 1/4)) / 4 = (1/6 + 1/2) / 4 = 1/6;
+    # total = mean ‖x − μ‖² = 0.5  →  1/3.
+    odd = jnp.asarray([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert float(losses.camera_alignment(odd, jnp.asarray([0, 0, 0, 1]))) == pytest.approx(1 / 3, abs=1e-5)
+    # Against a per-camera loop in float64 on random rows, and unchanged by a scale of each row.
+    rng = np.random.default_rng(1)
+    x, c = rng.normal(size=(12, 5)), rng.integers(0, 3, size=12)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    mu = u.mean(0)
+    between = np.mean([np.sum((u[c == c[i]].mean(0) - mu) ** 2) for i in range(12)])
+    want = between / np.mean(np.sum((u - mu) ** 2, axis=1))
+    got = losses.camera_alignment(jnp.asarray(x * rng.uniform(0.5, 3, size=(12, 1)), jnp.float32), jnp.asarray(c))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
 def test_camera_centred_consistency_ignores_a_per_camera_offset():
     rng = np.random.default_rng(0)
     people = rng.normal(size=(8, 16))

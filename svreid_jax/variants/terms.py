@@ -147,6 +147,13 @@ def _teacher_consistency(ctx: TermContext):
     return values, {}
 
 
+def _camera_alignment(ctx: TermContext):
+    if ctx.target_camid is None:
+        raise ValueError("config.loss.camera_alignment > 0 needs the target batch's camera ids (batch['target']['camid'])")
+    value = losses.camera_alignment(ctx.gather(ctx.target["bn_embedding"]), ctx.gather(ctx.target_camid))
+    return {"camera_alignment": value}, {}
+
+
 TERMS: list[LossTerm] = [
     LossTerm("ce", {"ce": "ce"}, frozenset({SOURCE}), _cross_entropy, always=True),
     LossTerm("triplet", {"triplet": "triplet"}, frozenset({SOURCE}), _triplet, always=True),
@@ -155,6 +162,7 @@ TERMS: list[LossTerm] = [
     LossTerm("clip_domain", {"clip_domain": "clip_domain"}, frozenset({SOURCE, TARGET}), _domain("clip")),
     LossTerm("teacher_consistency", {"consistency_ce": "consistency_ce", "consistency_dist": "consistency_dist"},
              frozenset({TARGET, TEACHER}), _teacher_consistency, ramped=True),
+    LossTerm("camera_alignment", {"camera_alignment": "camera_alignment"}, frozenset({TARGET}), _camera_alignment),
 ]
 
 

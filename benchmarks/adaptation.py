@@ -225,19 +225,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.setdefault((run["preset"], run["label"]), {})
     to_run = [r for r in runs if _done(r) is None]
     print(f"{len(runs)} runs, {len(runs) - len(to_run)} already done, {len(to_run)} to run", flush=True)
-    spent, ran = 0.0, 0
+    took: dict[str, list[float]] = {"train": [], "eval": []}  # seconds of the runs made so far, by kind
+    ran = 0
     for i, run in enumerate(runs, start=1):
         metrics = _done(run)
         what = f"[{i}/{len(runs)}] {run['preset']} {run['label']} seed {run['seed']}"
         if metrics is None:
-            left = len(to_run) - ran
-            eta = f", ETA {_clock(spent / ran * left)} for {left} runs" if ran else ""
+            # A re-evaluation takes seconds and a training minutes: estimate each kind by its own runs.
+            known = {k: sum(v) / len(v) for k, v in took.items() if v}
+            left = to_run[ran:]
+            eta = ""
+            if all(r["kind"] in known for r in left):
+                eta = f", ETA {_clock(sum(known[r['kind']] for r in left))} for {len(left)} runs"
             print(f"{what}: {run['kind']}{eta}", flush=True)
             start = time.perf_counter()
             metrics = _execute(run)
-            spent += time.perf_counter() - start
+            took[run["kind"]].append(time.perf_counter() - start)
             ran += 1
-            print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+            print(f"  {took[run['kind']][-1]:.0f} s", flush=True)
         if metrics is not None:
             rows[(run["preset"], run["label"])][run["seed"]] = metrics
             print(f"{what}: R-1 {100 * metrics['rank1']:.1f} mAP {100 * metrics['mAP']:.1f}", flush=True)

@@ -87,7 +87,7 @@ def camera_centred(x, camids) -> np.ndarray:
     """x [N, D] float with each row minus the mean of the rows of its camera (camids [N]); float32.
 
     Label-free (camera ids come with every test protocol), so it is a test-time step, not adaptation.
-    Accumulated in float64 so the result does not depend on the row order within a camera.
+    The means are taken in float64: camera offsets can dwarf the identity part that remains.
     """
     x = np.asarray(x, np.float64)
     camids = np.asarray(camids).reshape(-1)

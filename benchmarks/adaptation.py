@@ -19,7 +19,7 @@ then read apart from the gain of adaptation.
 
 The table: R-1 and mAP in percent, mean ± sample std (ddof=1) over the seeds, the per-seed values,
 the share of the gap closed on R-1, (variant − source only) / (oracle − source only) of the means,
-and whether the variant's mean − std lies above source only's mean + std. It also goes to
+and whether the variant's mean − std lies above source only's mean + std (with 2 seeds or more). It also goes to
 <root>/adaptation.md.
 """
 from __future__ import annotations
@@ -91,7 +91,9 @@ def table(rows: Mapping[tuple[str, str], Mapping[int, Mapping[str, float]]], see
             if not math.isnan(upper[0]):
                 g = gap_closed(r1[0], base[0], upper[0])
                 closed = "–" if math.isnan(g) else f"{100 * g:.0f}%"
-            above = "yes" if separated(r1, base) else "no"
+            seeds_in = lambda name: sum(s in rows.get((preset, name), {}) for s in seeds)  # noqa: E731
+            if min(seeds_in(label), seeds_in(BASELINE + suffix)) >= 2:  # one seed has no spread to compare
+                above = "yes" if separated(r1, base) else "no"
         lines.append(f"| {preset} | {label} | {_pm(r1)} | {_pm(m)} | {per_seed} | {closed} | {above} |")
     return "\n".join(lines)
 

@@ -51,9 +51,12 @@ def test_table_by_hand():
 
 
 def test_table_missing_oracle_and_seeds():
-    rows = {("hard", "source_only"): {0: _r(10, 5)}, ("hard", "paper"): {0: _r(12, 6), 2: _r(14, 8)}}
+    rows = {("hard", "source_only"): {0: _r(10, 5), 1: _r(10, 5)}, ("hard", "paper"): {0: _r(12, 6), 2: _r(14, 8)}}
     lines = bench.table(rows, [0, 1, 2]).splitlines()
     assert lines[3] == "| hard | paper | 13.0 ± 1.4 | 7.0 ± 1.4 | 12.0 / 6.0, 14.0 / 8.0 | – | yes |"
+    # One seed of source only: no spread, so no separation verdict.
+    del rows[("hard", "source_only")][1]
+    assert bench.table(rows, [0, 1, 2]).splitlines()[3].endswith("| – | – |")
 
 
 def test_dry_run_commands(tmp_path, capsys):

@@ -131,6 +131,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.flip_average = False  # also embed mirrored clips and average
     c.eval.use_teacher = False  # evaluate the EMA teacher instead of the student
     c.eval.max_rank = 50  # CMC length
+    # Label-free, but a test-time step: adaptation benchmarks apply it to every variant alike and report it apart.
+    c.eval.camera_normalise = False  # subtract each camera's mean test feature (over query ∪ gallery) before ranking
     c.eval.rerank = False  # k-reciprocal re-ranking of the distances (Zhong et al. CVPR'17; dense N² matrices)
     c.eval.rerank_k1 = 20  # re-ranking: k of the k-reciprocal neighbourhoods
     c.eval.rerank_k2 = 6  # re-ranking: neighbours averaged by the local query expansion (1 = none)

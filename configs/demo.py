@@ -10,6 +10,9 @@ Variants (--config=configs/demo.py:<variant>):
   reference    the authors' code (configs/targets.py:apply_reference) at demo sizes: the tiny plain ResNet
                instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, 4 k-means clusters
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
+  hard         (combine: "source_only,hard", "paper,hard", …) the hard data preset: a rendered-vs-filmed
+               gap shared by all target cameras instead of per-camera scenes (svreid_jax/data/demo.py,
+               shift="hard"); its data goes to <demo root>_hard
 """
 import ml_collections
 
@@ -66,8 +69,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return c
 
 
+# The hard preset: the shared filmed-look chain of shift="hard" carries the gap, so the per-camera
+# scenes are kept mild (faint texture, few blobs, small cast and viewpoint differences).
+HARD_DEMO_OPTIONS = dict(shift="hard", texture_strength=0.25, clutter_blobs=2, colour_cast=0.08,
+                         desaturation=(0.0, 0.1), viewpoint_strength=0.3)
+
+
 def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
     if variant == "paper":
+        return c
+    if variant == "hard":
+        # Data only, merged into demo_options so it combines with any training variant (and micro before it).
+        c.data.demo_options = {**c.data.demo_options.to_dict(), **HARD_DEMO_OPTIONS}
         return c
     if variant == "micro":
         # A few steps on a handful of tiny tracklets: the end-to-end smoke test of tests/test_main.py.
@@ -116,4 +129,4 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
     if variant == "frame_clip":
         c.loss.consistency_ce = c.loss.consistency_dist = 0.0
         return c
-    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame, frame_clip, reference or micro")
+    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame, frame_clip, reference, micro or hard")

@@ -31,8 +31,15 @@ CHECKPOINT_CHOICES = ("auto", "latest", "best")
 
 def demo_roots(config, workdir: str) -> tuple[str, str]:
     """(source root, target root) of the demo data (generated under data.demo_root or <workdir>/data
-    if missing); with data.demo_source_domain='target' the source is the target (the oracle)."""
+    if missing); with data.demo_source_domain='target' the source is the target (the oracle).
+
+    A demo shift other than the default (demo_options.shift, e.g. 'hard') lives in <root>_<shift>, so
+    a shared demo_root never has one preset's data regenerated over the other's.
+    """
     root = config.data.demo_root or os.path.join(workdir, "data")
+    shift = config.data.demo_options.get("shift", "none")
+    if shift != "none":
+        root = f"{root.rstrip(os.sep)}_{shift}"
     paths = demo_data.ensure(root, **config.data.demo_options.to_dict())
     target_root = str(paths.target_root)
     source_root = target_root if config.data.demo_source_domain == "target" else str(paths.source_root)

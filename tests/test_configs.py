@@ -28,7 +28,8 @@ def test_ccvid_uses_clothes_source_and_inner_product():
     assert c.data.source.name == "svreid_cc" and c.eval.distance == "inner"
 
 
-@pytest.mark.parametrize("variant", ["paper", "source_only", "oracle", "frame", "frame_clip", "paper,micro"])
+@pytest.mark.parametrize("variant", ["paper", "source_only", "oracle", "frame", "frame_clip", "paper,micro",
+                                     "source_only,hard", "oracle,hard", "paper,hard"])
 def test_demo_variants_build(variant):
     c = demo.get_config(variant)
     assert c.data.demo
@@ -60,3 +61,11 @@ def test_every_default_field_has_a_comment():
 
     walk("", default.get_config().to_dict())
     assert flat <= documented, sorted(flat - documented)
+
+
+def test_demo_hard_preset_only_changes_the_data():
+    for variant in ("paper", "source_only", "oracle"):
+        plain, hard = demo.get_config(variant).to_dict(), demo.get_config(f"{variant},hard").to_dict()
+        assert hard["data"].pop("demo_options")["shift"] == "hard"
+        plain["data"].pop("demo_options")
+        assert plain == hard

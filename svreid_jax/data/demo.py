@@ -24,6 +24,23 @@ The camera effects are shared by all people in a camera, so a model that sees la
 tracklets can learn to see through them, while a model trained on the clean source meets colours,
 textures and blur it never saw: that is the domain gap the demo measures.
 
+`shift="hard"` (configs/demo.py:hard) makes a gap of another kind: what separates rendered from
+filmed people in general rather than what separates one camera's scene from another's. Every target
+camera shares one imaging chain and one detector, while the per-camera knobs above are expected to be
+set mild (the config does: faint texture, few blobs, a small cast):
+
+* pose and size statistics: target people are smaller and off-centre in their boxes (the detector
+  pads generously), with a per-tracklet aspect; some boxes cut the feet off (truncated at the bottom);
+* optics and sensor of film: low resolution (downsampled 1.6–2.4× and enlarged again), horizontal motion
+  blur, vignetting, a film response (lifted blacks, compressed highlights, warm white balance);
+* light that changes along a tracklet (a brightness ramp over its frames);
+* strong JPEG compression (quality `_HARD_TARGET_JPEG`) of every target frame;
+
+and the source renders differ in a way filmed people never do: a saturated flat palette (colours
+pushed away from grey) with hard, un-anti-aliased silhouettes are what a cheap renderer gives.
+The identities and their looks are the same as for the default shift; `shift="none"` (the default)
+leaves every byte as it was.
+
 Determinism: every tracklet, identity and camera draws from its own `np.random.Generator` keyed by
 (seed, role, index), and `.mat` headers carry a fixed text instead of a timestamp, so the same
 arguments give byte-identical files (with the same Pillow/libjpeg build).
@@ -46,6 +63,12 @@ from PIL import Image
 _STAMP = "toy_stamp.json"
 # Bump whenever the generator's output changes, so stamps from older code force a regeneration.
 _FORMAT_VERSION = 2
+
+# The hard shift's imaging constants (see the module docstring): one chain for every target camera.
+_SHIFTS = ("none", "hard")
+_HARD_TARGET_JPEG = 35  # JPEG quality of the hard target's frames
+_HARD_SATURATION = 1.6  # the hard source's colours: grey + this × (colour − grey)
+_HARD_WHITE_BALANCE = np.array([1.07, 1.0, 0.86], np.float32)  # warm film cast, per RGB channel
 
 # Role keys of the random streams (the second entry of every seed sequence).
 _ROLE_LOOK, _ROLE_CAMERA, _ROLE_TRACK, _ROLE_LAYOUT = 1, 2, 3, 4
@@ -185,8 +208,9 @@ def _walk(rng: np.random.Generator, num_frames: int, height: int, width: int, vi
 class _Canvas:
     """A [T, H, W, 3] float32 frame stack and its pixel-centre grid."""
 
-    def __init__(self, frames: np.ndarray):
+    def __init__(self, frames: np.ndarray, hard_edges: bool = False):
         self.frames = frames
+        self.hard_edges = hard_edges  # all-or-nothing pixels: the aliased silhouettes of a cheap renderer
         _, height, width, _ = frames.shape
         self.ys = np.arange(height, dtype=np.float32).reshape(1, -1, 1) + 0.5  # [1, H, 1]
         self.xs = np.arange(width, dtype=np.float32).reshape(1, 1, -1) + 0.5  # [1, 1, W]
@@ -203,6 +227,8 @@ class _Canvas:
     def paint(self, window, coverage: np.ndarray, colour) -> None:
         """frames ← frames + coverage·(colour − frames) inside `window`. colour [3] or [T, h, w, 3]."""
         view = self.frames[:, window[0], window[1]]
+        if self.hard_edges:
+            coverage = (coverage >= 0.5).astype(np.float32)
         view += coverage[..., None] * (colour - view)
 
     def capsule(self, ax, ay, bx, by, r, colour) -> None:
@@ -268,9 +294,9 @@ def _pattern_mask(look: _Look, xs, ys, cx, shoulder, hem, size):
     return 0.0
 
 
-def _render_person(frames: np.ndarray, look: _Look, pose: _Pose) -> None:
+def _render_person(frames: np.ndarray, look: _Look, pose: _Pose, hard_edges: bool = False) -> None:
     """Draw the walking person onto frames [T, H, W, 3] float32 in place, back to front."""
-    canvas = _Canvas(frames)
+    canvas = _Canvas(frames, hard_edges)
     s, cx, wide = pose.size, pose.cx, pose.wide
     top = pose.feet - s
     swing = np.sin(pose.phase)
@@ -399,12 +425,20 @@ def _gaussian_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
     return frames
 
 
-def _source_frames(rng: np.random.Generator, look: _Look, num_frames: int, height: int, width: int) -> np.ndarray:
-    """Synthetic-looking tracklet: uint8 [T, H, W, 3], flat shapes on a plain random background."""
+def _source_frames(rng: np.random.Generator, look: _Look, num_frames: int, height: int, width: int,
+                   shift: str = "none") -> np.ndarray:
+    """Synthetic-looking tracklet: uint8 [T, H, W, 3], flat shapes on a plain random background.
+
+    shift="hard": aliased edges and a saturated palette (colours pushed away from their grey).
+    """
     background = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0, 0.8), rng.uniform(0.2, 0.95)), np.float32)
     canvas = np.broadcast_to(background, (num_frames, height, width, 3)).copy()
     view = _View(scale=float(rng.uniform(0.86, 0.94)), dx=float(rng.uniform(-0.03, 0.03)))
-    _render_person(canvas, look, _walk(rng, num_frames, height, width, view, look))
+    hard = shift == "hard"
+    _render_person(canvas, look, _walk(rng, num_frames, height, width, view, look), hard_edges=hard)
+    if hard:
+        grey = canvas.mean(axis=-1, keepdims=True)
+        canvas = grey + _HARD_SATURATION * (canvas - grey)
     return _to_uint8(canvas)
 
 
@@ -412,20 +446,76 @@ def _target_frames(rng: np.random.Generator, look: _Look | None, num_frames: int
                    o: dict) -> np.ndarray:
     """Real-looking tracklet in `camera`: uint8 [T, H, W, 3]. look=None renders background only (junk)."""
     height, width = o["height"], o["width"]
+    hard = o.get("shift", "none") == "hard"
     canvas = _background_crops(rng, camera.scene, num_frames, height, width)
     if look is not None:
         view = camera.view
-        if rng.random() < 0.1:  # now and then a badly placed box (partly out of frame)
+        if hard:
+            view = _hard_view(rng, view)
+        elif rng.random() < 0.1:  # now and then a badly placed box (partly out of frame)
             view = dataclasses.replace(view, dx=view.dx + float(rng.choice([-0.35, 0.35])))
         _render_person(canvas, look, _walk(rng, num_frames, height, width, view, look))
     if rng.random() < o["occlusion_prob"]:
         _occlude(rng, canvas, camera.scene)
     frames = _gaussian_blur(canvas, camera.blur)
+    if hard:
+        frames = _motion_blur(frames, float(rng.uniform(1.0, 3.0)) * height / 64)
     grey = frames.mean(axis=-1, keepdims=True)
     frames = grey + (1 - camera.desaturate) * (frames - grey)
     frames = frames * (camera.tint * camera.gain * rng.uniform(0.9, 1.1))  # cast, gain, per-tracklet light
+    if hard:
+        # Light that changes while the person walks (clouds, passing under lamps), then the lens falloff.
+        ramp = 1 + rng.uniform(-0.35, 0.35) * (np.arange(num_frames) / max(num_frames - 1, 1) - 0.5)
+        frames = frames * ramp.astype(np.float32).reshape(-1, 1, 1, 1) * _vignette(height, width)
     frames += rng.normal(0.0, camera.noise, frames.shape).astype(np.float32)
+    if hard:
+        return _low_resolution(_to_uint8(_film_response(frames)), float(rng.uniform(1.6, 2.4)))
     return _to_uint8(frames)
+
+
+def _hard_view(rng: np.random.Generator, camera_view: _View) -> _View:
+    """The hard target's detector: small, off-centre people, per-tracklet aspect, now and then cut-off feet."""
+    if rng.random() < 0.3:
+        dy = float(rng.uniform(0.12, 0.25))  # the box ends above the feet
+    else:
+        dy = float(rng.uniform(-0.08, 0.08))
+    return dataclasses.replace(camera_view, scale=float(rng.uniform(0.6, 0.8)),
+                               dx=camera_view.dx + float(rng.uniform(-0.16, 0.16)), dy=camera_view.dy + dy,
+                               aspect=camera_view.aspect * float(np.exp(rng.uniform(-0.25, 0.25))))
+
+
+def _motion_blur(frames: np.ndarray, length: float) -> np.ndarray:
+    """Horizontal box blur of [T, H, W, 3] over about `length` pixels (edges replicated)."""
+    radius = int(round((length - 1) / 2))
+    if radius < 1:
+        return frames
+    padded = np.pad(frames, [(0, 0), (0, 0), (radius, radius), (0, 0)], mode="edge")
+    width = frames.shape[2]
+    return sum(padded[:, :, i:i + width] for i in range(2 * radius + 1)) / (2 * radius + 1)
+
+
+def _vignette(height: int, width: int) -> np.ndarray:
+    """[H, W, 1] lens falloff: 1 at the centre, 0.7 in the corners."""
+    y = (np.arange(height, dtype=np.float32) + 0.5) / height - 0.5
+    x = (np.arange(width, dtype=np.float32) + 0.5) / width - 0.5
+    r2 = 2 * (y[:, None] ** 2 + x[None, :] ** 2)  # 1 in the corners
+    return (1 - 0.3 * r2)[..., None]
+
+
+def _film_response(frames: np.ndarray) -> np.ndarray:
+    """A filmed tone curve: lifted blacks, compressed highlights, warm white balance (intensity in [0, 1])."""
+    x = np.clip(frames, 0.0, 1.0)
+    curve = (1 - np.exp(-1.2 * x)) / (1 - np.exp(-1.2))
+    return (0.05 + 0.9 * curve) * _HARD_WHITE_BALANCE
+
+
+def _low_resolution(frames: np.ndarray, factor: float) -> np.ndarray:
+    """uint8 [T, H, W, 3] shrunk by `factor` (box filter) and enlarged back (bilinear): a low-resolution sensor."""
+    _, height, width, _ = frames.shape
+    small = (max(1, round(width / factor)), max(1, round(height / factor)))
+    out = [np.asarray(Image.fromarray(f).resize(small, Image.BOX).resize((width, height), Image.BILINEAR))
+           for f in frames]
+    return np.stack(out)
 
 
 def _background_crops(rng: np.random.Generator, scene: np.ndarray, num_frames: int, height: int,
@@ -526,7 +616,8 @@ def _write_source(folder: str, o: dict) -> None:
                 plan.setdefault(cam, length)
             for cam, length in plan.items():
                 tdir = f"{pid}/{outfit}/{cam}"
-                frames = _source_frames(_rng(seed, _ROLE_TRACK, role, index, outfit, cam), look, length, height, width)
+                frames = _source_frames(_rng(seed, _ROLE_TRACK, role, index, outfit, cam), look, length, height, width,
+                                        o.get("shift", "none"))
                 # Unpadded numbers: a lexicographic sort would put 10.jpg before 2.jpg.
                 _write_jpegs(os.path.join(folder, tdir), [f"{i + 1}.jpg" for i in range(length)], frames, quality)
                 if role == _SOURCE_TRAIN:
@@ -583,6 +674,9 @@ def _write_target(folder: str, o: dict) -> None:
         cam, length = int(extra_rng.integers(o["num_cameras"])), int(extra_rng.integers(lo, hi + 1))
         tracks.append(("test", "00-1", -1, cam, length, None, (_JUNK, k, 0), False))
 
+    quality = o["jpeg_quality"]
+    if o.get("shift", "none") == "hard":
+        quality = min(quality, _HARD_TARGET_JPEG)
     info = os.path.join(folder, "info")
     os.makedirs(info, exist_ok=True)
     for split in ("train", "test"):
@@ -593,7 +687,7 @@ def _write_target(folder: str, o: dict) -> None:
             number = counter[(pid4, cam)] = counter.get((pid4, cam), 0) + 1
             frame_names = [f"{pid4}C{cam + 1}T{number:04d}F{i + 1:03d}.jpg" for i in range(length)]
             frames = _target_frames(_rng(seed, _ROLE_TRACK, *key), look, length, cameras[cam], o)
-            _write_jpegs(os.path.join(folder, f"bbox_{split}", pid4), frame_names, frames, o["jpeg_quality"])
+            _write_jpegs(os.path.join(folder, f"bbox_{split}", pid4), frame_names, frames, quality)
             rows.append([len(names) + 1, len(names) + length, pid, cam + 1])
             names += frame_names
             if is_query:
@@ -636,6 +730,7 @@ def generate(
     viewpoint_strength: float = 1.0,
     box_jitter: float = 1.0,
     occlusion_prob: float = 0.2,
+    shift: str = "none",
 ) -> DemoPaths:
     """Write the demo source and target under `root` (replacing earlier ones) and return their paths.
 
@@ -666,10 +761,13 @@ def generate(
       viewpoint_strength: how far each camera's person scale / offset / aspect departs from centred.
       box_jitter: per-frame detection-box jitter (pixels at height 64).
       occlusion_prob: chance that a target tracklet is partly covered.
+    shift: 'none' (the per-camera scenes above) or 'hard' (adds a shared filmed-look chain and a
+      different pose/size statistics to the target, a saturated aliased look to the source; module
+      docstring). The stamp leaves out shift='none', so stamps written before it existed stay valid.
 
     Writes root/source, root/target, then root/toy_stamp.json (the parameters) last.
     """
-    options = _normalise({k: v for k, v in locals().items() if k != "root"})
+    options = _stamp_options({k: v for k, v in locals().items() if k != "root"})
     _check(options)
     root = os.path.abspath(str(root))
     stamp = os.path.join(root, _STAMP)
@@ -703,6 +801,8 @@ def _check(o: dict) -> None:
             raise ValueError(f"toy: {key}={o[key]}; expected at least 1")
     if o["num_outfits"] < 1:
         raise ValueError(f"toy: num_outfits={o['num_outfits']}; expected at least 1")
+    if o.get("shift", "none") not in _SHIFTS:
+        raise ValueError(f"toy: shift={o['shift']!r}; expected one of {_SHIFTS}")
 
 
 def _normalise(options: dict) -> dict:
@@ -710,11 +810,19 @@ def _normalise(options: dict) -> dict:
     return json.loads(json.dumps(options, default=lambda x: x.item() if hasattr(x, "item") else list(x)))
 
 
+def _stamp_options(options: dict) -> dict:
+    """`_normalise`d options without shift='none' (the default demo's stamp predates the shift option)."""
+    options = _normalise(options)
+    if options.get("shift") == "none":
+        del options["shift"]
+    return options
+
+
 def _resolve(kwargs: dict) -> dict:
     """generate's full option set for these keyword arguments (unknown names raise TypeError)."""
     bound = inspect.signature(generate).bind("<root>", **kwargs)
     bound.apply_defaults()
-    return _normalise({k: v for k, v in bound.arguments.items() if k != "root"})
+    return _stamp_options({k: v for k, v in bound.arguments.items() if k != "root"})
 
 
 def ensure(root: str, **kwargs) -> DemoPaths:

@@ -130,16 +130,6 @@ def camera_pair_rank1(distmat: np.ndarray, q_pids, g_pids, q_cams, g_cams) -> tu
     return rate, counts
 
 
-def camera_centred(x: np.ndarray, camids: np.ndarray) -> np.ndarray:
-    """Each row minus the mean of the rows of its camera (a label-free, test-time normalisation)."""
-    x = np.asarray(x, np.float64)
-    out = x.copy()
-    for c in np.unique(camids):
-        rows = camids == c
-        out[rows] -= x[rows].mean(0)
-    return out.astype(np.float32)
-
-
 # ---------------------------------------------------------------------------------------------
 # The mode
 
@@ -206,8 +196,7 @@ def run_diagnostics(config, workdir: str, *, points: int = 400) -> dict:
     g_pids, g_cams = protocols.labels(gallery)
     pair_rank1, pair_queries = camera_pair_rank1(np.asarray(protocols.distances(q, g, distance)), q_pids, g_pids,
                                                  q_cams, g_cams)
-    cams = np.array([t.camid for t in query + gallery])
-    centred = camera_centred(test_feats, cams)
+    centred = np.concatenate(protocols.camera_normalised(q, g, query, gallery))
     report = {
         "checkpoint": {"directory": ckpt.directory, "step": ckpt.step},
         "domain_probe": domain,

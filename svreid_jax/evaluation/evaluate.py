@@ -16,7 +16,9 @@ from svreid_jax.evaluation import evaluators, features, protocols
 def evaluate(config, model, variables, splits: DatasetSplits, mesh, *, all_protocols: bool = False) -> dict[str, float]:
     """Query/gallery evaluation: {'rank1','rank5','rank10','rank20','mAP','num_valid_queries', 'extract_sec', ...}.
 
-    Distances follow eval.distance (and eval.rerank); the protocol is `data.target.protocol`
+    With eval.camera_normalise every feature first loses its camera's mean over the query and gallery
+    features (protocols.camera_normalised), and the metrics carry 'camera_normalised': 1.0 so that
+    results.json records it. Distances follow eval.distance (and eval.rerank); the protocol is `data.target.protocol`
     (evaluation/evaluators.py). With `all_protocols` its other results are added as
     '<protocol>/<metric>' keys (e.g. the MARS include_query and all galleries, CCVID SC/CC); the
     unprefixed keys are always the primary protocol (the authors').
@@ -26,13 +28,18 @@ def evaluate(config, model, variables, splits: DatasetSplits, mesh, *, all_proto
     feats = features.tracklet_features(config, model, variables, tracklets, mesh)
     extract_sec = time.perf_counter() - start
     nq = len(splits.query)
+    q_feats, g_feats = feats[:nq], feats[nq:]
+    if config.eval.camera_normalise:
+        q_feats, g_feats = protocols.camera_normalised(q_feats, g_feats, splits.query, splits.gallery)
     target = config.data.target
-    inputs = evaluators.ProtocolInputs(feats[:nq], feats[nq:], splits.query, splits.gallery,
+    inputs = evaluators.ProtocolInputs(q_feats, g_feats, splits.query, splits.gallery,
                                        distance=protocols.DistanceSpec.from_config(config),
                                        max_rank=config.eval.max_rank, all_protocols=all_protocols,
                                        options=target.options.to_dict())
     metrics = protocols.flatten(evaluators.get(target.protocol)(inputs))
     metrics["extract_sec"] = extract_sec
+    if config.eval.camera_normalise:
+        metrics["camera_normalised"] = 1.0
     return metrics
 
 
@@ -75,7 +82,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
         result = protocols.evaluate_splits(
             lambda s: builders.load_target(config, workdir, split_id=s),
             lambda tracklets: features.tracklet_features(config, model, variables, tracklets, mesh),
-            distance=distance, max_rank=config.eval.max_rank)
+            distance=distance, max_rank=config.eval.max_rank, camera_normalise=bool(config.eval.camera_normalise))
         metrics = result.flat()
         primary = f"one checkpoint on {len(result.split_ids)} splits, transductive: mean ± std"
     else:
@@ -86,11 +93,12 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     rows, std = protocols.unflatten(metrics, primary)
     settings = (f"checkpoint {ckpt.directory} step {ckpt.step} ({'EMA teacher' if ckpt.teacher else 'student'}); "
                 f"distance: {distance.describe()}; clips: {config.eval.temporal}, {config.eval.seq_len} frames"
-                f"{', flip-averaged' if config.eval.flip_average else ''}")
+                f"{', flip-averaged' if config.eval.flip_average else ''}"
+                f"{'; features camera-normalised' if config.eval.camera_normalise else ''}")
     report = {"title": title, "checkpoint": dataclasses.asdict(ckpt), "distance": distance.describe(),
               "clips": {"temporal": config.eval.temporal, "seq_len": config.eval.seq_len,
                         "flip_average": bool(config.eval.flip_average)},
-              "protocols": rows, "metrics": metrics}
+              "camera_normalise": bool(config.eval.camera_normalise), "protocols": rows, "metrics": metrics}
     if std is not None:
         report["std"] = std
     if jax.process_index() == 0:

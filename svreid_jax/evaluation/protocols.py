@@ -18,7 +18,8 @@ Everything here takes features that are already extracted, so one extraction ser
   flat {'rank1': …, '<protocol>/rank1': …} dicts that the training logs store.
 
 Distances are `ranking.pairwise_distance` under `DistanceSpec.metric`, optionally re-ranked
-(`DistanceSpec.rerank`, k-reciprocal, `rerank.py`).
+(`DistanceSpec.rerank`, k-reciprocal, `rerank.py`). `camera_normalised` (eval.camera_normalise) is a
+step before them, on the features of the whole test split.
 """
 from __future__ import annotations
 
@@ -80,6 +81,34 @@ def distances(query_features, gallery_features, spec: DistanceSpec) -> jax.Array
         return rerank_lib.rerank_features(query_features, gallery_features, metric=spec.metric, k1=spec.k1, k2=spec.k2,
                                       lambda_value=spec.lambda_value)
     return ranking.pairwise_distance(query_features, gallery_features, metric=spec.metric)
+
+
+def camera_centred(x, camids) -> np.ndarray:
+    """x [N, D] float with each row minus the mean of the rows of its camera (camids [N]); float32.
+
+    Label-free (camera ids come with every test protocol), so it is a test-time step, not adaptation.
+    The means are taken in float64: camera offsets can dwarf the identity part that remains.
+    """
+    x = np.asarray(x, np.float64)
+    camids = np.asarray(camids).reshape(-1)
+    out = x.copy()
+    for c in np.unique(camids):
+        rows = camids == c
+        out[rows] -= x[rows].mean(0)
+    return out.astype(np.float32)
+
+
+def camera_normalised(query_features, gallery_features, query: Sequence[Tracklet], gallery: Sequence[Tracklet]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(query [Nq, D], gallery [Ng, D]) features, each minus the mean feature of its camera over query ∪ gallery.
+
+    One set of camera means for the whole test split: every gallery built from these features (the
+    MARS include_query / all galleries re-use them) sees the same normalisation.
+    """
+    q, g = np.asarray(query_features), np.asarray(gallery_features)
+    cams = np.concatenate([labels(query)[1], labels(gallery)[1]])
+    both = camera_centred(np.concatenate([q, g], axis=0), cams)
+    return both[:len(q)], both[len(q):]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -236,12 +265,13 @@ def mean_std(per_split: Sequence[Mapping[str, float]]) -> tuple[dict[str, float]
 def evaluate_splits(load_split: Callable[[int], DatasetSplits],
                     features_fn: Callable[[Sequence[Tracklet]], np.ndarray], *,
                     distance: DistanceSpec = DistanceSpec(), max_rank: int = 50,
-                    split_ids: Iterable[int] = range(10)) -> SplitsResult:
+                    split_ids: Iterable[int] = range(10), camera_normalise: bool = False) -> SplitsResult:
     """Standard-protocol metrics of every split, and their mean ± std.
 
     load_split(split_id) -> DatasetSplits (its query/gallery are used); features_fn(tracklets) -> [N, D]
     features. Each distinct tracklet (by frame paths) is embedded once, however many splits test it.
     Queries without a good match are skipped per split, as in a single-split evaluation.
+    camera_normalise: `camera_normalised` per split (camera means over that split's query ∪ gallery).
     """
     split_ids = tuple(int(s) for s in split_ids)
     loaded = [load_split(s) for s in split_ids]
@@ -259,6 +289,8 @@ def evaluate_splits(load_split: Callable[[int], DatasetSplits],
     for s, splits in zip(split_ids, loaded):
         q = feats[[unique[_key(t)] for t in splits.query]]
         g = feats[[unique[_key(t)] for t in splits.gallery]]
+        if camera_normalise:
+            q, g = camera_normalised(q, g, splits.query, splits.gallery)
         metrics = summarize(rank(distances(q, g, distance), splits.query, splits.gallery, max_rank=max_rank))
         logging.info("split %d: rank-1 %.1f%%, mAP %.1f%%", s, 100 * metrics["rank1"], 100 * metrics["mAP"])
         per_split.append(metrics)
@@ -343,7 +375,7 @@ def write_results(directory: str, name: str, data: Mapping, markdown: str) -> tu
 
 __all__ = [
     "CLOTHES_CHANGING", "DistanceSpec", "GENERAL", "MARS_CONVENTIONS", "RANKS", "SAME_CLOTHES", "SplitsResult",
-    "clothes_protocols", "distances", "evaluate_splits", "flatten", "markdown_table",
+    "camera_centred", "camera_normalised", "clothes_protocols", "distances", "evaluate_splits", "flatten", "markdown_table",
     "mars_all_gallery", "mars_conventions", "mean_std", "primary_label", "rank", "summarize", "unflatten",
     "write_results",
 ]

@@ -132,3 +132,71 @@ def test_bad_options_rejected(tmp_path):
         demo_data.generate(str(tmp_path), **{**SMALL, "frames_per_tracklet": (12, 8)})
     with pytest.raises(ValueError, match="num_cameras"):
         demo_data.generate(str(tmp_path), **{**SMALL, "num_cameras": 10})
+
+
+# ---------------------------------------------------------------------------------------------
+# The hard shift (configs/demo.py:hard)
+
+
+def test_hard_shift_is_deterministic_and_differs_from_the_default(tmp_path):
+    demo_data.generate(str(tmp_path / "a"), shift="hard", **SMALL)
+    demo_data.generate(str(tmp_path / "b"), shift="hard", **SMALL)
+    demo_data.generate(str(tmp_path / "plain"), **SMALL)
+    hard, again, plain = (_tree_digest(tmp_path / n) for n in ("a", "b", "plain"))
+    assert len(hard) > 100 and hard == again
+    jpgs = [k for k in set(hard) & set(plain) if k.endswith(".jpg")]
+    # Same people and layout, so the same file names; every frame of both domains looks different.
+    assert set(hard) == set(plain) and jpgs and all(hard[k] != plain[k] for k in jpgs)
+
+
+def test_stamp_leaves_out_the_default_shift(tmp_path):
+    """Stamps written before the shift option existed must still match the default demo's options."""
+    root = str(tmp_path / "demo")
+    demo_data.ensure(root, **SMALL)
+    with open(os.path.join(root, "toy_stamp.json")) as f:
+        assert "shift" not in json.load(f)["options"]
+    marker = os.path.join(root, "source", "marker")
+    open(marker, "w").close()
+    demo_data.ensure(root, shift="none", **SMALL)
+    assert os.path.exists(marker)
+    demo_data.ensure(root, shift="hard", **SMALL)
+    assert not os.path.exists(marker)
+    with open(os.path.join(root, "toy_stamp.json")) as f:
+        assert json.load(f)["options"]["shift"] == "hard"
+    with pytest.raises(ValueError, match="shift"):
+        demo_data.generate(str(tmp_path / "x"), shift="harder", **SMALL)
+
+
+def test_hard_preset_loads_with_the_readers_at_micro_size(tmp_path):
+    from configs import demo as demo_config
+    from svreid_jax import builders
+    from svreid_jax.data import datasets
+
+    config = demo_config.get_config("source_only,micro,hard")
+    assert config.data.demo_options.shift == "hard" and config.data.demo_options.num_source_ids == 8
+    source_root, target_root = builders.demo_roots(config, str(tmp_path))
+    assert source_root == str(tmp_path / "data_hard" / "source")  # not the default demo's folder
+    source, target = datasets.load("svreid", source_root), datasets.load("mars", target_root)
+    assert len({t.pid for t in source.train}) == 8 and len(target.query) > 0 and len(target.gallery) > 0
+    with Image.open(target.query[0].frames[0]) as im:
+        assert im.size == (16, 32)
+
+
+def test_hard_target_is_blurrier_and_the_source_more_saturated(tmp_path):
+    """Two properties the preset is built on, measured on the files: a low-resolution, motion-blurred
+    target and a saturated source."""
+    plain = demo_data.generate(str(tmp_path / "plain"), **SMALL)
+    hard = demo_data.generate(str(tmp_path / "hard"), shift="hard", **SMALL)
+
+    def frames(root):
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".jpg"))[:200]
+        return np.stack([np.asarray(Image.open(f), np.float32) for f in files])
+
+    def saturation(a):
+        return float((a.max(-1) - a.min(-1)).mean())
+
+    def sharpness(a):
+        return float(np.abs(np.diff(a, axis=2)).mean())
+
+    assert saturation(frames(hard.source_root)) > 1.2 * saturation(frames(plain.source_root))
+    assert sharpness(frames(hard.target_root)) < 0.7 * sharpness(frames(plain.target_root))

@@ -32,12 +32,6 @@ def test_camera_pair_rank1_hand_case():
     assert np.isnan(rate[1, 1]) and np.isnan(rate[2, 0]) and counts.sum() == 3
 
 
-def test_camera_centred_removes_each_cameras_mean():
-    x = np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [10.0, 2.0]])
-    got = diagnostics.camera_centred(x, np.array([0, 0, 1, 1]))
-    np.testing.assert_allclose(got, [[-1, -1], [1, 1], [0, -1], [0, 1]])
-
-
 def test_linear_probe_separable_and_random():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 8))

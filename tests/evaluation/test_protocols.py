@@ -242,3 +242,73 @@ def test_table_with_std():
     lines = evaluate.results_table(res.flat(), "t").splitlines()
     assert lines[2] == "| mean ± std (2 splits) | 50.0 ± 50.0 | – | – | – | 75.0 ± 25.0 |"
     assert lines[3] == "| split_0 | 100.0 | – | – | – | 100.0 |"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Camera normalisation (eval.camera_normalise)
+
+
+def test_camera_centred_removes_each_cameras_mean():
+    x = np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [10.0, 2.0]])
+    got = protocols.camera_centred(x, np.array([0, 0, 1, 1]))
+    np.testing.assert_allclose(got, [[-1, -1], [1, 1], [0, -1], [0, 1]])
+
+
+def _camera_bias_case():
+    """Identity 1 is [0, 1], identity 2 is [0, −1]; camera 0 adds [10, 0] to everything it films.
+
+    query q (id 1, cam 0) = [10, 1]; gallery g0 (id 1, cam 1) = [0, 1], g1 (id 2, cam 0) = [10, −1],
+    g2 (id 2, cam 1) = [0, −1]. Euclidean from q: g0 10, g1 2, g2 √104 — the other person in q's camera
+    comes first: R-1 0, AP 1/2. Camera means over query ∪ gallery: cam 0 [10, 0], cam 1 [0, 0]; centred,
+    q = g0 = [0, 1] and g1 = g2 = [0, −1]: distances 0, 2, 2, R-1 1, AP 1.
+    """
+    query = (_t("q", 1, 0),)
+    gallery = (_t("g0", 1, 1), _t("g1", 2, 0), _t("g2", 2, 1))
+    return query, gallery, np.array([[10.0, 1.0]]), np.array([[0.0, 1.0], [10.0, -1.0], [0.0, -1.0]])
+
+
+def test_camera_normalised_by_hand():
+    query, gallery, q, g = _camera_bias_case()
+    qn, gn = protocols.camera_normalised(q, g, query, gallery)
+    np.testing.assert_allclose(qn, [[0, 1]])
+    np.testing.assert_allclose(gn, [[0, 1], [0, -1], [0, -1]])
+    before = protocols.rank(protocols.distances(q, g, EUCLID), query, gallery, max_rank=3)
+    after = protocols.rank(protocols.distances(qn, gn, EUCLID), query, gallery, max_rank=3)
+    assert before.cmc[0] == 0.0 and before.mAP == pytest.approx(0.5)
+    assert after.cmc[0] == 1.0 and after.mAP == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("protocol", ["standard", "mars"])
+def test_evaluate_applies_camera_normalise_only_when_asked(monkeypatch, protocol):
+    from configs import default
+
+    query, gallery, q, g = _camera_bias_case()
+    monkeypatch.setattr(evaluate.features, "tracklet_features", lambda *a: np.concatenate([q, g]).astype(np.float32))
+    monkeypatch.setattr(protocols, "mars_all_gallery", lambda query: None)  # tracklets of no MARS root
+    config = default.get_config()
+    config.eval.distance = "euclidean"
+    config.data.target.protocol = protocol
+    splits = DatasetSplits((), query, gallery)
+    off = evaluate.evaluate(config, None, None, splits, None, all_protocols=True)
+    config.eval.camera_normalise = True
+    on = evaluate.evaluate(config, None, None, splits, None, all_protocols=True)
+    assert off["rank1"] == 0.0 and off["mAP"] == pytest.approx(0.5) and "camera_normalised" not in off
+    assert on["rank1"] == 1.0 and on["mAP"] == pytest.approx(1.0) and on["camera_normalised"] == 1.0
+    if protocol == "mars":
+        # The include_query gallery is built from the same normalised features: q's own copy is junk.
+        assert off["include_query/rank1"] == 0.0 and on["include_query/rank1"] == 1.0
+    # Off is exactly the evaluation without the option.
+    plain = protocols.flatten(evaluators.get(protocol)(evaluators.ProtocolInputs(
+        q, g, query, gallery, distance=EUCLID, max_rank=config.eval.max_rank)))
+    assert {k: v for k, v in off.items() if k != "extract_sec"} == plain
+
+
+def test_evaluate_splits_camera_normalise_per_split():
+    query, gallery, q, g = _camera_bias_case()
+    feats = {t.frames: x for t, x in zip(query + gallery, np.concatenate([q, g]))}
+    split = DatasetSplits((), query, gallery)
+
+    def run(on):
+        return protocols.evaluate_splits(lambda s: split, lambda ts: np.stack([feats[t.frames] for t in ts]),
+                                         distance=EUCLID, max_rank=3, split_ids=[0], camera_normalise=on)
+    assert run(False).mean["rank1"] == 0.0 and run(True).mean["rank1"] == 1.0

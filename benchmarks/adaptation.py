@@ -1,0 +1,260 @@
+"""How much of the synthetic → real gap each variant closes, on the demo and the hard preset, over seeds.
+
+  python benchmarks/adaptation.py                       # demo, hard × source_only, paper, plus, oracle × seeds 0 1 2
+  python benchmarks/adaptation.py --presets=hard --variants=source_only,oracle --seeds=0
+  python benchmarks/adaptation.py --eval-option camera_normalise=True --eval-rows   # + its own rows
+  python benchmarks/adaptation.py --dry-run             # the commands, nothing run
+
+Every run is `python -m svreid_jax.main --config=configs/demo.py:<variant>[,hard] --config.seed=<s>
+--workdir=<root>/<preset>/<variant>/s<seed>`, one at a time, all presets sharing the demo data under
+<root>/data (the hard preset's goes to <root>/data_hard). A run whose results.json came from the same
+command is read, not run again, so the benchmark resumes and extends; a changed command runs again
+(a finished training then only resumes at its last step and re-evaluates).
+
+Evaluation-time options (`--eval-option NAME=VALUE`, repeatable) go to every variant alike as
+`--config.eval.NAME=VALUE`. Without --eval-rows they are part of every training command; with
+--eval-rows training runs without them and each finished checkpoint is evaluated again with them
+(`--mode=eval`, kept as eval_<tag>.json), giving rows of their own: a gain from a test-time step is
+then read apart from the gain of adaptation.
+
+The table: R-1 and mAP in percent, mean ± sample std (ddof=1) over the seeds, the per-seed values,
+the share of the gap closed on R-1, (variant − source only) / (oracle − source only) of the means,
+and whether the variant's mean − std lies above source only's mean + std (with 2 seeds or more). It also goes to
+<root>/adaptation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESETS = {"demo": "", "hard": ",hard"}  # preset → what it adds to the config argument
+BASELINE, UPPER = "source_only", "oracle"
+RECORD = "benchmark_command.json"  # in each run's workdir: the command its results.json came from
+
+
+# ---------------------------------------------------------------------------------------------
+# Table maths (pure; tests/test_adaptation_benchmark.py)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation with ddof=1; 0 for a single value)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def gap_closed(variant: float, source_only: float, oracle: float) -> float:
+    """(variant − source only) / (oracle − source only); NaN when oracle and source only coincide."""
+    gap = oracle - source_only
+    return (variant - source_only) / gap if gap != 0 and not math.isnan(gap) else math.nan
+
+
+def separated(variant: tuple[float, float], source_only: tuple[float, float]) -> bool:
+    """Whether variant mean − std > source only mean + std ((mean, std) pairs)."""
+    return variant[0] - variant[1] > source_only[0] + source_only[1]
+
+
+def table(rows: Mapping[tuple[str, str], Mapping[int, Mapping[str, float]]], seeds: Sequence[int]) -> str:
+    """The markdown table.
+
+    rows: {(preset, row label): {seed: {'rank1': fraction, 'mAP': fraction}}}, where a row label is a
+    variant name, or '<variant> + <eval tag>' for a re-evaluated row. Gap closed and the separation test
+    compare each row with source only and oracle of the same preset and the same evaluation tag.
+    """
+    lines = ["| preset | variant | R-1 | mAP | R-1 / mAP per seed | R-1 gap closed | mean−std > source only mean+std |",
+             "|---|---|---|---|---|---|---|"]
+
+    def stats(preset, label, metric):
+        runs = rows.get((preset, label), {})
+        return mean_std([100 * runs[s][metric] for s in seeds if s in runs])
+
+    for (preset, label), runs in rows.items():
+        variant, _, tag = label.partition(" + ")
+        suffix = f" + {tag}" if tag else ""
+        r1, m = stats(preset, label, "rank1"), stats(preset, label, "mAP")
+        per_seed = ", ".join(f"{100 * runs[s]['rank1']:.1f} / {100 * runs[s]['mAP']:.1f}" for s in seeds if s in runs)
+        base, upper = stats(preset, BASELINE + suffix, "rank1"), stats(preset, UPPER + suffix, "rank1")
+        closed, above = "–", "–"
+        if variant not in (BASELINE, UPPER) and not math.isnan(base[0]):
+            if not math.isnan(upper[0]):
+                g = gap_closed(r1[0], base[0], upper[0])
+                closed = "–" if math.isnan(g) else f"{100 * g:.0f}%"
+            seeds_in = lambda name: sum(s in rows.get((preset, name), {}) for s in seeds)  # noqa: E731
+            if min(seeds_in(label), seeds_in(BASELINE + suffix)) >= 2:  # one seed has no spread to compare
+                above = "yes" if separated(r1, base) else "no"
+        lines.append(f"| {preset} | {label} | {_pm(r1)} | {_pm(m)} | {per_seed} | {closed} | {above} |")
+    return "\n".join(lines)
+
+
+def _pm(stat: tuple[float, float]) -> str:
+    return "–" if math.isnan(stat[0]) else f"{stat[0]:.1f} ± {stat[1]:.1f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def eval_tag(options: Sequence[str]) -> str:
+    """'camera_normalise=True' style label of a set of --eval-option values ('' for none)."""
+    return ", ".join(options)
+
+
+def known_variants(variants: Sequence[str]) -> list[str]:
+    """The variants configs/demo.py knows; the others are skipped with a message."""
+    sys.path.insert(0, REPO)
+    from configs import demo
+
+    out = []
+    for variant in variants:
+        try:
+            demo.get_config(variant)
+        except ValueError as e:
+            print(f"skipping variant {variant!r}: configs/demo.py does not know it ({e})", flush=True)
+            continue
+        out.append(variant)
+    return out
+
+
+def plan(args) -> list[dict]:
+    """One entry per run: {'preset', 'variant', 'seed', 'workdir', 'command', 'kind': 'train'|'eval', 'result'}."""
+    root = os.path.abspath(args.root)
+    options = [f"--config.eval.{o}" for o in args.eval_option]
+    runs = []
+    for preset in args.presets:
+        for variant in args.variants:
+            for seed in args.seeds:
+                workdir = os.path.join(root, preset, variant, f"s{seed}")
+                base = [sys.executable, "-m", "svreid_jax.main", f"--config=configs/demo.py:{variant}{PRESETS[preset]}",
+                        f"--config.seed={seed}", f"--config.data.demo_root={os.path.join(root, 'data')}",
+                        f"--workdir={workdir}"]
+                train_options = [] if args.eval_rows else options
+                runs.append(dict(preset=preset, variant=variant, seed=seed, workdir=workdir, kind="train",
+                                 command=base + train_options, result=os.path.join(workdir, "results.json"),
+                                 label=variant if args.eval_rows or not options else f"{variant} + {eval_tag(args.eval_option)}"))
+                if args.eval_rows and options:
+                    tag = eval_tag(args.eval_option)
+                    safe = "".join(ch if ch.isalnum() else "_" for ch in tag)
+                    runs.append(dict(preset=preset, variant=variant, seed=seed, workdir=workdir, kind="eval",
+                                     command=base + ["--mode=eval"] + options,
+                                     result=os.path.join(workdir, f"eval_{safe}.json"), label=f"{variant} + {tag}"))
+    return runs
+
+
+def _done(run: dict) -> dict | None:
+    """The metrics of a finished run made by this same command, else None."""
+    try:
+        with open(os.path.join(run["workdir"], RECORD), encoding="utf-8") as f:
+            recorded = json.load(f).get(run["kind"])
+        with open(run["result"], encoding="utf-8") as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if recorded != run["command"][1:]:  # the interpreter path may differ between machines
+        return None
+    metrics = result.get("metrics", result)  # eval_results.json nests them
+    return metrics if "rank1" in metrics else None
+
+
+def _execute(run: dict) -> dict | None:
+    os.makedirs(run["workdir"], exist_ok=True)
+    log = os.path.join(run["workdir"], f"benchmark_{run['kind']}.log")
+    with open(log, "w", encoding="utf-8") as f:
+        rc = subprocess.call(run["command"], cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if rc != 0:
+        print(f"  failed (exit {rc}); see {log}", flush=True)
+        return None
+    if run["kind"] == "eval":
+        os.replace(os.path.join(run["workdir"], "eval_results.json"), run["result"])
+    path = os.path.join(run["workdir"], RECORD)
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        record = {}
+    record[run["kind"]] = run["command"][1:]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    return _done(run)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", default="demo,hard", help="comma-separated: demo, hard")
+    parser.add_argument("--variants", default="source_only,paper,plus,oracle", help="configs/demo.py variants")
+    parser.add_argument("--seeds", default="0,1,2", help="comma- or space-separated training seeds")
+    parser.add_argument("--root", default="runs/adaptation", help="where the runs (and the shared demo data) go")
+    parser.add_argument("--eval-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="evaluation option for every variant alike, as --config.eval.NAME=VALUE (repeatable)")
+    parser.add_argument("--eval-rows", action="store_true",
+                        help="train without the eval options and add rows re-evaluating each checkpoint with them")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
+    args = parser.parse_args(argv)
+    args.presets = [p for p in args.presets.split(",") if p]
+    unknown = [p for p in args.presets if p not in PRESETS]
+    if unknown:
+        parser.error(f"unknown preset(s) {unknown}; expected {sorted(PRESETS)}")
+    args.seeds = [int(s) for s in args.seeds.replace(",", " ").split()]
+    args.variants = known_variants([v for v in args.variants.split(",") if v])
+    for option in args.eval_option:
+        if "=" not in option:
+            parser.error(f"--eval-option {option!r}: expected NAME=VALUE")
+
+    runs = plan(args)
+    if args.dry_run:
+        for run in runs:
+            print(shlex.join(["python"] + run["command"][1:]))
+        return 0
+
+    rows: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    for run in runs:  # rows in plan order: preset, then variant, then its re-evaluated row
+        rows.setdefault((run["preset"], run["label"]), {})
+    to_run = [r for r in runs if _done(r) is None]
+    print(f"{len(runs)} runs, {len(runs) - len(to_run)} already done, {len(to_run)} to run", flush=True)
+    took: dict[str, list[float]] = {"train": [], "eval": []}  # seconds of the runs made so far, by kind
+    ran = 0
+    for i, run in enumerate(runs, start=1):
+        metrics = _done(run)
+        what = f"[{i}/{len(runs)}] {run['preset']} {run['label']} seed {run['seed']}"
+        if metrics is None:
+            # A re-evaluation takes seconds and a training minutes: estimate each kind by its own runs.
+            known = {k: sum(v) / len(v) for k, v in took.items() if v}
+            left = to_run[ran:]
+            eta = ""
+            if all(r["kind"] in known for r in left):
+                eta = f", ETA {_clock(sum(known[r['kind']] for r in left))} for {len(left)} runs"
+            print(f"{what}: {run['kind']}{eta}", flush=True)
+            start = time.perf_counter()
+            metrics = _execute(run)
+            took[run["kind"]].append(time.perf_counter() - start)
+            ran += 1
+            print(f"  {took[run['kind']][-1]:.0f} s", flush=True)
+        if metrics is not None:
+            rows[(run["preset"], run["label"])][run["seed"]] = metrics
+            print(f"{what}: R-1 {100 * metrics['rank1']:.1f} mAP {100 * metrics['mAP']:.1f}", flush=True)
+    text = table(rows, args.seeds)
+    print(text, flush=True)
+    os.makedirs(args.root, exist_ok=True)
+    with open(os.path.join(args.root, "adaptation.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,8 @@ Variants (--config=configs/demo.py:<variant>):
   frame_clip   source + both discriminators
   reference    the authors' code (configs/targets.py:apply_reference) at demo sizes: the tiny plain ResNet
                instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, 4 k-means clusters
+  plus         beyond the paper (configs/targets.py:apply_plus): per-epoch DBSCAN pseudo-identities of the
+               target, cluster memory, the teacher's soft assignment, target BN; sized for the demo here
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
 """
 import ml_collections
@@ -73,10 +75,20 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
         c.batch.num_identities, c.batch.num_instances, c.batch.target_size = 2, 4, 8
         c.adaptation.kmeans_clusters = 2
         c.reference.consistency_clusters = 2
+        c.plus.start_epoch, c.plus.min_samples, c.plus.kmeans_clusters = 1, 2, 4  # epoch 0 empty, epoch 1 clusters
         c.train.num_epochs, c.train.steps_per_epoch = 2, 2
         c.train.log_every_steps = 1
         c.train.checkpoint_every_epochs = 1
         c.eval.batch_size = 8
+        return c
+    if variant == "plus":
+        c = targets.apply_plus(c)
+        # About 8 tracklets per identity over 6 cameras: smaller neighbourhoods than MARS's.
+        c.plus.k1, c.plus.k2 = 10, 3
+        c.plus.min_samples = 3
+        c.plus.max_clusters = 256
+        c.plus.kmeans_clusters = 50
+        c.plus.start_epoch = 5  # from scratch, the first epochs' features would cluster noise
         return c
     if variant in ("source_only", "oracle", "frame", "frame_clip", "reference"):
         c.data.target_views = 1  # the pairs serve the paper variant's teacher only
@@ -109,4 +121,4 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
     if variant == "frame_clip":
         c.loss.consistency_ce = c.loss.consistency_dist = 0.0
         return c
-    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame, frame_clip, reference or micro")
+    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame, frame_clip, reference, plus or micro")

@@ -263,6 +263,7 @@ def memory_update(memory: jax.Array, features: jax.Array, labels: jax.Array, mom
     memory [M, D]; features [B, D] (normalised here, no gradient); labels int32 [B].
     """
     f = _l2_normalize(jax.lax.stop_gradient(features).astype(jnp.float32))
+    labels = jnp.asarray(labels)
 
     def one(i, mem):
         y = labels[i]

@@ -81,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.consistency_ce = 1.0  # weight of L^C_1, student soft assignment vs teacher clusters (0 disables)
     c.loss.consistency_dist = 1.0  # weight of L^C_2, student distance to its teacher centroid (0 disables)
     c.loss.cluster_contrast = 0.0  # plus: weight of the cluster-memory contrast of target clips with a pseudo-identity
+    c.loss.camera_alignment = 0.0  # plus: weight of Σ_c (n_c/B)‖μ_c − μ‖², each target camera's mean embedding against the batch's
     c.loss.cluster_soft = 0.0  # plus: weight of the MMT soft cross-entropy to the teacher's assignment over the memory
 
     c.adaptation = ml_collections.ConfigDict()

@@ -272,3 +272,17 @@ def memory_update(memory: jax.Array, features: jax.Array, labels: jax.Array, mom
         return mem.at[slot].set(jnp.where(y >= 0, moved, mem[slot]))
 
     return jax.lax.fori_loop(0, labels.shape[0], one, memory)
+
+
+def camera_alignment(features: jax.Array, camids: jax.Array) -> jax.Array:
+    """Σ_c (n_c / B) ‖μ_c − μ‖²: how far each camera's mean normalised embedding lies from the batch's.
+
+    features [B, D] (normalised here), camids int [B]. Camera ids are recording metadata, not identity
+    labels; a camera's appearance that every embedding of it carries moves its mean, and this term
+    removes that shift from the network instead of from the features at evaluation.
+    """
+    f = _l2_normalize(features.astype(jnp.float32))
+    same = (camids[:, None] == camids[None, :]).astype(jnp.float32)  # [B, B]
+    camera_mean = same @ f / jnp.sum(same, axis=1, keepdims=True)  # μ of each item's camera
+    # Averaging over items weighs each camera by its share n_c / B.
+    return jnp.mean(jnp.sum(jnp.square(camera_mean - jnp.mean(f, axis=0)), axis=-1))

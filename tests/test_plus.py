@@ -147,6 +147,18 @@ def test_memory_terms_and_update_match_numpy():
                                                   np.zeros(5, bool), tau)) == 0.0
 
 
+def test_camera_alignment_matches_numpy():
+    rng = np.random.default_rng(3)
+    f = rng.normal(size=(9, 4))
+    cams = np.array([0, 0, 1, 1, 1, 2, 0, 2, 1], np.int32)
+    u = _unit(f)
+    mu = u.mean(0)
+    want = sum((cams == c).mean() * np.sum((u[cams == c].mean(0) - mu) ** 2) for c in range(3))
+    np.testing.assert_allclose(float(losses.camera_alignment(jnp.asarray(f, jnp.float32), cams)), want, rtol=1e-5)
+    # A shared camera offset that the per-camera means all carry is what it measures; one camera: 0.
+    assert float(losses.camera_alignment(jnp.asarray(f, jnp.float32), np.zeros(9, np.int32))) == pytest.approx(0, abs=1e-7)
+
+
 B, T, H, W = 8, 4, 32, 16
 
 

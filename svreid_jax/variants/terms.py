@@ -181,6 +181,13 @@ def _cluster_soft(ctx: TermContext):
     return {"cluster_soft": loss}, {}
 
 
+def _camera_alignment(ctx: TermContext):
+    if ctx.target_camid is None:
+        raise ValueError("loss.camera_alignment needs batch['target']['camid'] (int32 [B'] camera ids)")
+    value = losses.camera_alignment(ctx.gather(ctx.target["bn_embedding"]), ctx.gather(ctx.target_camid))
+    return {"camera_alignment": value}, {}
+
+
 TERMS: list[LossTerm] = [
     LossTerm("ce", {"ce": "ce"}, frozenset({SOURCE}), _cross_entropy, always=True),
     LossTerm("triplet", {"triplet": "triplet"}, frozenset({SOURCE}), _triplet, always=True),
@@ -192,6 +199,7 @@ TERMS: list[LossTerm] = [
     # The plus variant's cluster memory (variants/plus.py); weight 0 elsewhere.
     LossTerm("cluster_contrast", {"cluster_contrast": "cluster_contrast"}, frozenset({TARGET}), _cluster_contrast),
     LossTerm("cluster_soft", {"cluster_soft": "cluster_soft"}, frozenset({TARGET, TEACHER}), _cluster_soft),
+    LossTerm("camera_alignment", {"camera_alignment": "camera_alignment"}, frozenset({TARGET}), _camera_alignment),
 ]
 
 

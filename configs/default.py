@@ -10,7 +10,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     c = ml_collections.ConfigDict()
     c.seed = 0  # one seed drives parameters, sampling, augmentation and k-means
-    c.variant = "paper"  # 'paper' (the method as described) or 'reference' (the authors' code)
+    c.variant = "paper"  # 'paper' (the method as described), 'reference' (the authors' code) or 'plus' (beyond the paper)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = ml_collections.ConfigDict()
@@ -80,7 +80,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.clip_domain = 1.0  # weight of the sequence-level domain loss (dynamic invariance; 0 disables)
     c.loss.consistency_ce = 1.0  # weight of L^C_1, student soft assignment vs teacher clusters (0 disables)
     c.loss.consistency_dist = 1.0  # weight of L^C_2, student distance to its teacher centroid (0 disables)
+    c.loss.cluster_contrast = 0.0  # plus: weight of the cluster-memory contrast of target clips with a pseudo-identity
     c.loss.camera_alignment = 0.0  # weight of the between-camera share of the target batch's embedding variance (label-free camera ids; 0 disables)
+    c.loss.cluster_soft = 0.0  # plus: weight of the MMT soft cross-entropy to the teacher's assignment over the memory
 
     c.adaptation = ml_collections.ConfigDict()
     c.adaptation.grl_max_steps = 20000  # I_max of the GRL schedule β = 2/(1+exp(−10·step/I_max)) − 1
@@ -147,6 +149,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.parallel.mode = "jit"  # 'jit' (mesh + NamedSharding, global BN) or 'pmap' (per-device step; one host)
     c.parallel.sync_bn = True  # pmap only: BN statistics over the global batch; False = per device (DataParallel, D12)
     c.parallel.multihost = False  # call jax.distributed.initialize() first
+
+    # The plus variant (variant='plus', svreid_jax.variants.plus; docs/METHOD.md "plus"). Each switch is
+    # one ablation row; the loss weights are loss.cluster_contrast and loss.cluster_soft.
+    c.plus = ml_collections.ConfigDict()
+    c.plus.clustering = "dbscan"  # pseudo-identities of the whole target train set each epoch: 'dbscan' (on k-reciprocal Jaccard distances) or 'kmeans'
+    c.plus.eps = 0.6  # DBSCAN neighbourhood radius on Jaccard distances (in [0, 1])
+    c.plus.min_samples = 4  # DBSCAN: neighbours within eps (itself included) that make a core point
+    c.plus.k1 = 30  # Jaccard distances: k of the k-reciprocal neighbourhoods
+    c.plus.k2 = 6  # Jaccard distances: neighbours of the local query expansion (1 = none)
+    c.plus.kmeans_clusters = 500  # k-means clusters (plus.clustering='kmeans')
+    c.plus.kmeans_iters = 30  # k-means Lloyd iterations
+    c.plus.max_clusters = 2048  # memory capacity M (slots); more clusters than this: the largest are kept
+    c.plus.start_epoch = 0  # first epoch (0-based) that clusters; before it the memory is empty and its losses 0
+    c.plus.memory_momentum = 0.2  # μ of the memory update m_y ← normalise(μ m_y + (1 − μ) f)
+    c.plus.temperature = 0.05  # τ of the softmax over the memory
+    c.plus.camera_normalise = True  # cluster features after subtracting each target camera's mean (camids are metadata, not labels)
+    c.plus.target_bn = True  # the student's BN running statistics (used at evaluation) come from its target forwards only
 
     # The reference variant (variant='reference', svreid_jax.variants.reference; docs/REPRODUCIBILITY.md).
     # The D# flags default to the paper's side here; configs/<target>.py:reference sets the code's side.

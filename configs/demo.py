@@ -9,6 +9,8 @@ Variants (--config=configs/demo.py:<variant>):
   frame_clip   source + both discriminators
   reference    the authors' code (configs/targets.py:apply_reference) at demo sizes: the tiny plain ResNet
                instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, 4 k-means clusters
+  plus         beyond the paper (configs/targets.py:apply_plus): per-epoch DBSCAN pseudo-identities of the
+               target, cluster memory, the teacher's soft assignment, target BN; sized for the demo here
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
   hard         (combine: "source_only,hard", "paper,hard", …) the hard data preset: a rendered-vs-filmed
                gap shared by all target cameras instead of per-camera scenes (svreid_jax/data/demo.py,
@@ -92,10 +94,24 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
         c.batch.num_identities, c.batch.num_instances, c.batch.target_size = 2, 4, 8
         c.adaptation.kmeans_clusters = 2
         c.reference.consistency_clusters = 2
+        c.plus.start_epoch, c.plus.min_samples, c.plus.kmeans_clusters = 1, 2, 4  # epoch 0 empty, epoch 1 clusters
         c.train.num_epochs, c.train.steps_per_epoch = 2, 2
         c.train.log_every_steps = 1
         c.train.checkpoint_every_epochs = 1
         c.eval.batch_size = 8
+        return c
+    if variant == "plus":
+        c = targets.apply_plus(c)
+        # About 4 training tracklets per identity (220 for 50 ids), mostly one per camera: much smaller
+        # neighbourhoods than MARS's. Chosen from the pseudo-label purity of a run's epoch-10 teacher
+        # (docs/METHOD.md §1.4): k1=10, eps=0.6 merged identities (purity 0.19); these give ~0.55.
+        c.plus.k1, c.plus.k2 = 6, 2
+        c.plus.eps = 0.45
+        c.plus.min_samples = 2
+        c.plus.max_clusters = 256
+        c.plus.kmeans_clusters = 50
+        c.plus.start_epoch = 5  # from scratch, the first epochs' features would cluster noise
+        c.loss.camera_alignment = 0.0  # measured without it (docs/METHOD.md §1.4)
         return c
     if variant in ("source_only", "oracle", "frame", "frame_clip", "reference"):
         c.data.target_views = 1  # the pairs serve the paper variant's teacher only
@@ -129,4 +145,4 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
     if variant == "frame_clip":
         c.loss.consistency_ce = c.loss.consistency_dist = 0.0
         return c
-    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame, frame_clip, reference, micro or hard")
+    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame, frame_clip, reference, plus, micro or hard")

@@ -4,8 +4,9 @@ From the authors' code (docs/METHOD.md §6.1): ResNet-50 at 256×128, clips of 4
 clips + 32 target clips per step, Adam 3e-4 with L2 5e-4, ×0.1 at epochs 40/80/120, 150 epochs,
 evaluation every 5 epochs, GRL I_max = 20000. Target-specific protocol choices are below.
 
-Variants: `paper` (default) and `reference` (`configs/<target>.py:reference`, the authors' code; see
-apply_reference and docs/REPRODUCIBILITY.md).
+Variants: `paper` (default), `reference` (`configs/<target>.py:reference`, the authors' code; see
+apply_reference and docs/REPRODUCIBILITY.md) and `plus` (`configs/<target>.py:plus`, beyond the paper;
+see apply_plus and docs/METHOD.md "plus").
 """
 import ml_collections
 
@@ -44,8 +45,10 @@ def target_config(target: str, arg: str | None) -> ml_collections.ConfigDict:
             # D11: the reference cuts every LS-VID tracklet (query and gallery too) into 48-frame pieces.
             c.data.target.options.cut_length = 48
         return c
+    if variant == "plus":
+        return apply_plus(c)
     if variant != "paper":
-        raise ValueError(f"unknown variant {variant!r} for configs/{target}.py; available: paper, reference")
+        raise ValueError(f"unknown variant {variant!r} for configs/{target}.py; available: paper, reference, plus")
     return c
 
 
@@ -91,4 +94,19 @@ def apply_reference(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     r.backbone_clip_discriminator = False  # D8
     r.reset_temporal_optimizer_every_epoch = True  # D12
     r.infonce_sum_groups = True  # D14
+    return c
+
+
+def apply_plus(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The plus variant (svreid_jax/variants/plus.py): source CE + triplet, and on the target the
+    cluster-memory contrast on per-epoch pseudo-identities with the teacher's soft assignment over the
+    memory, camera-normalised clustering and target BN statistics. The paper's domain discriminators
+    and per-batch teacher k-means are off: the pseudo-identities take their place (docs/METHOD.md "plus")."""
+    c.variant = "plus"
+    c.loss.frame_domain = c.loss.clip_domain = 0.0
+    c.loss.consistency_ce = c.loss.consistency_dist = 0.0
+    c.loss.cluster_contrast = 1.0
+    c.loss.cluster_soft = 0.5
+    c.data.target_sampling = "random"
+    c.data.target_views = 2  # two clips of a tracklet per batch: the memory sees each pseudo-identity twice
     return c

@@ -189,12 +189,14 @@ def init_variables(config, model, rng: jax.Array) -> tuple[Any, Any]:
     return params, batch_stats
 
 
-def create_state(config, model, num_steps_per_epoch: int, seed_key: jax.Array) -> TrainState:
+def create_state(config, model, num_steps_per_epoch: int, seed_key: jax.Array,
+                 num_target_train: int = 0) -> TrainState:
     """A fresh TrainState for `config.variant`: initial variables, optimiser, teacher, RNG and the
-    variant's own extra state (TrainState.reference)."""
+    variant's own extra state (TrainState.reference; num_target_train sizes the plus variant's labels)."""
     init_rng, state_rng = jax.random.split(seed_key)
     params, batch_stats = init_variables(config, model, init_rng)
-    extra = variants.init_state(config, model, params, state_rng, num_steps_per_epoch)
+    extra = variants.init_state(config, model, params, state_rng, num_steps_per_epoch,
+                                num_target_train=num_target_train)
     return create_train_state(config, model.apply, params, batch_stats, state_rng, num_steps_per_epoch,
                               reference=extra)
 

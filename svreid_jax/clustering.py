@@ -1,5 +1,6 @@
 """k-means, on device (jit-able, fixed iterations) for the paper variant's teacher and on the host
-(numpy, sklearn's defaults) for the reference variant's consistency constant.
+(numpy, sklearn's defaults) for the reference variant's consistency constant; DBSCAN on a precomputed
+distance matrix (host, numpy/scipy) for the `plus` variant's pseudo-identities.
 
 Shapes: N points of dimension D, K clusters.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
 
 
 def squared_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
@@ -128,3 +131,35 @@ def kmeans_numpy(points: np.ndarray, num_clusters: int, *, n_init: int = 10, max
         if best is None or inertia < best[2]:
             best = (centres, labels, inertia)
     return best
+
+
+def dbscan(distances: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    """DBSCAN on a precomputed symmetric distance matrix [N, N] → int32 labels [N], −1 for outliers.
+
+    A point is core when at least `min_samples` points (itself included, as sklearn counts) lie within
+    `eps`. Clusters are the connected components of the core points under that neighbourhood; a
+    non-core point within eps of some core point joins the cluster of its nearest one (ties: the lower
+    index), every other point is an outlier. Unlike sklearn, whose border points go to whichever
+    cluster reaches them first, nothing depends on visiting order. Clusters are numbered by their
+    lowest core index, so the labels are a function of the matrix alone.
+    """
+    d = np.asarray(distances)
+    n = d.shape[0]
+    if d.ndim != 2 or d.shape[1] != n:
+        raise ValueError(f"dbscan needs a square [N, N] distance matrix, got shape {d.shape}")
+    near = d <= eps
+    np.fill_diagonal(near, True)
+    core = near.sum(axis=1) >= min_samples
+    labels = np.full(n, -1, np.int32)
+    core_index = np.flatnonzero(core)
+    if core_index.size == 0:
+        return labels
+    graph = scipy.sparse.csr_matrix(near[np.ix_(core_index, core_index)])
+    # connected_components numbers components in order of their lowest node, and core_index is sorted.
+    _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    labels[core_index] = component
+    border = np.flatnonzero(~core & near[:, core].any(axis=1))
+    if border.size:
+        to_core = np.where(near[np.ix_(border, core_index)], d[np.ix_(border, core_index)], np.inf)
+        labels[border] = component[np.argmin(to_core, axis=1)]
+    return labels

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from svreid_jax import builders, parallel, state, variants
+from svreid_jax.variants import plus as plus_variant
 from svreid_jax.data import datasets, decode, sampling
 from svreid_jax.evaluation import evaluators, ranking
 from svreid_jax.models import backbones
@@ -46,6 +47,7 @@ CHOICES: dict[str, Callable[[], Sequence[str]]] = {
     "eval.distance": lambda: ranking.METRICS,
     "eval.checkpoint": lambda: builders.CHECKPOINT_CHOICES,
     "loss.triplet_metric": lambda: ("cosine", "euclidean"),
+    "plus.clustering": lambda: plus_variant.CLUSTERINGS,
     "optimizer.name": lambda: state.OPTIMIZERS,
     "parallel.mode": lambda: parallel.MODES,
 }

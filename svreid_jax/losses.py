@@ -232,3 +232,64 @@ def host_kmeans_consistency(student: np.ndarray, teacher: np.ndarray, seed: int,
     mismatch = float(np.mean(labels[:b] != labels[b:]))
     dist = float(np.mean(np.linalg.norm(x - centres[labels], axis=1)))
     return np.asarray([mismatch_weight * mismatch + dist, mismatch, dist], np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster memory (the `plus` variant, docs/METHOD.md "plus"): M slots of L2-normalised cluster
+# centroids, `valid` [M] bool marks the slots holding a cluster this epoch.
+
+_MASKED = -1e9  # logit of an empty slot: finite, so an all-empty memory gives no NaN
+
+
+def _memory_logits(features: jax.Array, memory: jax.Array, valid: jax.Array, temperature: float) -> jax.Array:
+    logits = _l2_normalize(features.astype(jnp.float32)) @ memory.T / temperature
+    return jnp.where(valid[None, :], logits, _MASKED)
+
+
+def cluster_contrast(features: jax.Array, labels: jax.Array, memory: jax.Array, valid: jax.Array,
+                     temperature: float = 0.05) -> tuple[jax.Array, jax.Array]:
+    """Cluster-level InfoNCE: −log softmax(memory · f / τ)[y] over the valid slots, averaged over the
+    items with a pseudo-label.
+
+    features [B, D] (normalised here), labels int32 [B] (−1: outlier, left out), memory [M, D],
+    valid bool [M]. Returns (loss, fraction of items with a label); 0 when none has one.
+    """
+    logits = _memory_logits(features, memory, valid, temperature)
+    labelled = labels >= 0
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), jnp.maximum(labels, 0)[:, None], -1)[:, 0]
+    count = jnp.sum(labelled)
+    loss = jnp.sum(jnp.where(labelled, nll, 0.0)) / jnp.maximum(count, 1)
+    return loss, count / labels.shape[0]
+
+
+def memory_soft_cross_entropy(student: jax.Array, teacher: jax.Array, memory: jax.Array, valid: jax.Array,
+                              temperature: float = 0.05) -> jax.Array:
+    """MMT-style soft pseudo-labels: −Σ_m p_T(m) log p_S(m), p = softmax(memory · f / τ) over the valid
+    slots, p_T from the teacher's embeddings (no gradient), averaged over the B items; 0 with an empty memory.
+
+    student, teacher [B, D]; memory [M, D]; valid bool [M].
+    """
+    p_teacher = jax.nn.softmax(jax.lax.stop_gradient(_memory_logits(teacher, memory, valid, temperature)), -1)
+    log_p = jax.nn.log_softmax(_memory_logits(student, memory, valid, temperature), -1)
+    per_item = -jnp.sum(jnp.where(valid[None, :], p_teacher * log_p, 0.0), -1)
+    return jnp.where(jnp.any(valid), jnp.mean(per_item), 0.0)
+
+
+def memory_update(memory: jax.Array, features: jax.Array, labels: jax.Array, momentum: float) -> jax.Array:
+    """m_y ← normalise(μ m_y + (1 − μ) f) for each item in batch order (Cluster-Contrast's update: later
+    items of a cluster see the earlier ones' update); outliers (y < 0) change nothing.
+
+    memory [M, D]; features [B, D] (normalised here, no gradient); labels int32 [B].
+    """
+    f = _l2_normalize(jax.lax.stop_gradient(features).astype(jnp.float32))
+    labels = jnp.asarray(labels)
+
+    def one(i, mem):
+        y = labels[i]
+        slot = jnp.maximum(y, 0)
+        moved = _l2_normalize(momentum * mem[slot] + (1.0 - momentum) * f[i])
+        return mem.at[slot].set(jnp.where(y >= 0, moved, mem[slot]))
+
+    return jax.lax.fori_loop(0, labels.shape[0], one, memory)
+
+

@@ -12,6 +12,7 @@ from clu import parameter_overview
 from svreid_jax import builders, config_checks, parallel, variants
 from svreid_jax.data import pipeline
 from svreid_jax.evaluation import evaluate as evaluation
+from svreid_jax.evaluation import features as features_lib
 from svreid_jax.evaluation import protocols
 from svreid_jax.state import learning_rate_schedule
 from svreid_jax.utils import progress as progress_lib
@@ -155,7 +156,8 @@ def _train_and_evaluate(config, workdir: str, stop: signals.StopOnSignals) -> di
     uses_target = variants.uses_target(config)
     total_steps = config.train.num_epochs * steps_per_epoch
     model = builders.create_model(config, num_classes)
-    state = builders.create_state(config, model, steps_per_epoch, jax.random.PRNGKey(config.seed))
+    state = builders.create_state(config, model, steps_per_epoch, jax.random.PRNGKey(config.seed),
+                                  num_target_train=len(target.train))
     if is_main:
         # The full table (one row per parameter array) goes to a file; the console gets the total.
         table_path = os.path.join(workdir, "parameters.txt")
@@ -179,7 +181,10 @@ def _train_and_evaluate(config, workdir: str, stop: signals.StopOnSignals) -> di
     def place_target(b):
         # An unused target is cut to one clip per device before the transfer.
         video = b["video"] if uses_target else b["video"][: jax.local_device_count()]
-        return {**par.put_batch({"video": video, "camid": b["camid"][: len(video)]}), "bad_frames": b["bad_frames"]}
+        # 'index' (the tracklet's position in target.train) is how the plus variant finds a clip's
+        # pseudo-label; 'pid' never leaves the host.
+        placed = {"video": video, "camid": b["camid"][: len(video)], "index": b["index"][: len(video)]}
+        return {**par.put_batch(placed), "bad_frames": b["bad_frames"]}
 
     source_it = pipeline.prefetch_to_device(source_it, config.data.device_prefetch, place_source)
     target_it = pipeline.prefetch_to_device(target_it, config.data.device_prefetch, place_target)
@@ -203,6 +208,21 @@ def _train_and_evaluate(config, workdir: str, stop: signals.StopOnSignals) -> di
     logging.info("training %d steps (%d epochs × %d steps) from step %d", total_steps,
                  config.train.num_epochs, steps_per_epoch, start_step)
 
+    epoch_hook = variants.epoch_start(config)
+    target_camids = np.asarray([t.camid for t in target.train], np.int32)
+
+    def start_epoch(placed_state, epoch: int):
+        # The variant's per-epoch state (plus: the target's pseudo-identities and cluster memory),
+        # computed from the replicated state and placed again like any state.
+        new_state, stats = epoch_hook(
+            config, par.get_state(placed_state),
+            lambda variables: features_lib.tracklet_features(config, model, variables, target.train, mesh),
+            target_camids, epoch)
+        if stats:
+            writer.write_scalars(epoch * steps_per_epoch, stats, prefix="cluster/")
+            logging.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+        return par.put_state(parallel.replicate(new_state, mesh))
+
     best = (BestCheckpoint(os.path.join(workdir, "best"), {"config": stored_config})
             if selection is not None else None)
     pending_metrics: list[dict] = []
@@ -213,6 +233,10 @@ def _train_and_evaluate(config, workdir: str, stop: signals.StopOnSignals) -> di
     try:
         for step in range(start_step, total_steps):
             stop.check()  # a SIGTERM/SIGINT since the last step: save and stop here
+            if epoch_hook is not None and step % steps_per_epoch == 0:
+                # Also on resuming at an epoch boundary: the hook is deterministic, so it recomputes
+                # exactly what the uninterrupted run had (a mid-epoch checkpoint carries it already).
+                state = start_epoch(state, step // steps_per_epoch)
             # Data positions before this step's batches: an interrupt inside the step must save these,
             # or the resumed run would skip the batches the unfinished step had drawn.
             unconsumed = {name: it.get_state() for name, it in iterators.items()}

@@ -42,7 +42,7 @@ def _trained_variables(config, workdir):
     return restored
 
 
-@pytest.mark.parametrize("variant", ["paper"])
+@pytest.mark.parametrize("variant", ["paper", "plus"])
 def test_permuting_target_identities_on_disk_changes_no_trained_parameter(tmp_path, variant):
     config = demo.get_config(f"{variant},micro")
     paths = demo_data.ensure(str(tmp_path / "data"), **config.data.demo_options.to_dict())

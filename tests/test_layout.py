@@ -17,7 +17,7 @@ PACKAGE = "svreid_jax"
 # Layer name -> module prefixes (a prefix matches itself and its submodules; absent modules are fine).
 LAYERS = {
     "base": ("svreid_jax.data", "svreid_jax.models", "svreid_jax.losses", "svreid_jax.clustering",
-             "svreid_jax.interop"),
+             "svreid_jax.interop", "svreid_jax.kreciprocal"),
     "utils": ("svreid_jax.utils", "svreid_jax.state"),
     "variants": ("svreid_jax.variants",),
     "parallel": ("svreid_jax.parallel",),

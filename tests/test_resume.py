@@ -4,15 +4,16 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from configs import demo
 from svreid_jax import parallel, train
 
 
-def _config(data_root):
+def _config(data_root, variant="paper"):
     # The micro config's 2 steps per epoch: the learning-rate schedule is compiled into the step, so
     # this run shares its compiled step with the other micro runs of the suite (tests/conftest.py).
-    config = demo.get_config("paper,micro")
+    config = demo.get_config(f"{variant},micro")
     config.train.num_epochs = 3
     config.train.checkpoint_every_epochs = 1
     config.data.demo_root = str(data_root)
@@ -30,9 +31,16 @@ class _Interrupted(KeyboardInterrupt):
     pass
 
 
-def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant, interrupt_call, saved_step", [
+    ("paper", 4, 3),
+    # plus clusters the target before epochs 1 and 2: interrupted in the first step of epoch 1, the run
+    # resumes at the epoch boundary and must recompute the same pseudo-labels and memory.
+    pytest.param("plus", 3, 2, marks=pytest.mark.slow),
+])
+def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, variant, interrupt_call,
+                                                                 saved_step):
     data_root = tmp_path / "data"
-    train.train_and_evaluate(_config(data_root), str(tmp_path / "straight"))
+    train.train_and_evaluate(_config(data_root, variant), str(tmp_path / "straight"))
 
     # Ctrl-C arrives inside the 4th step (the 2nd of epoch 2): its batches were already drawn from
     # the iterators, so the saved data position must be the one *before* them.
@@ -44,7 +52,7 @@ def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monke
 
         def step(state, batch):
             calls["n"] += 1
-            if calls["n"] == 4:
+            if calls["n"] == interrupt_call:
                 raise _Interrupted()
             return compiled(state, batch)
 
@@ -52,16 +60,16 @@ def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monke
 
     monkeypatch.setattr(parallel, "jit_train_step", interrupting_jit)
     try:
-        train.train_and_evaluate(_config(data_root), str(tmp_path / "resumed"))
+        train.train_and_evaluate(_config(data_root, variant), str(tmp_path / "resumed"))
     except _Interrupted:
         pass
     else:
         raise AssertionError("the run was not interrupted")
     monkeypatch.setattr(parallel, "jit_train_step", real_jit_train_step)
     saved = ocp.CheckpointManager(os.path.join(tmp_path / "resumed", "checkpoints"))
-    assert saved.latest_step() == 3  # the interrupt saved the last finished step
+    assert saved.latest_step() == saved_step  # the interrupt saved the last finished step
     saved.close()
-    train.train_and_evaluate(_config(data_root), str(tmp_path / "resumed"))
+    train.train_and_evaluate(_config(data_root, variant), str(tmp_path / "resumed"))
 
     straight = _final_state(tmp_path / "straight", 6)
     resumed = _final_state(tmp_path / "resumed", 6)

@@ -2,6 +2,7 @@
 
   paper      the method as the paper describes it (variants/paper.py)
   reference  what the authors' PyTorch code does (variants/reference.py, docs/REPRODUCIBILITY.md)
+  plus       beyond the paper: per-epoch clustering of the target into a cluster memory (variants/plus.py)
 
 Both are built from the shared pieces in variants/common.py and the loss-term table in
 variants/terms.py. Adding a variant: one file with `make_train_step(model, config, axis_name)` (and,
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from svreid_jax.utils.registry import Registry
-from svreid_jax.variants import common, divergence, paper, reference, terms
+from svreid_jax.variants import common, divergence, paper, plus, reference, terms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,13 +29,20 @@ class Variant:
     """make_train_step(model, config, axis_name) -> step; axis_name is None (one device / jit) or the pmap axis.
     init_state(config, model, params, rng, steps_per_epoch) -> TrainState.reference (None: the variant keeps none).
     uses_target(config) -> whether the step reads the target clips (the loop then skips shipping them).
-    check_config(config) -> None, or ValueError naming the field that cannot work (before any data is read)."""
+    check_config(config) -> None, or ValueError naming the field that cannot work (before any data is read).
+    sized_by_target: init_state also gets num_target_train= (the number of target training tracklets).
+    epoch_start(config, state, extract, camids, epoch) -> (state, stats): called by the loop before every
+      epoch's first step (also when a run resumes there); extract(variables) -> float32 [N_target_train, D]
+      eval-mode features of target.train, camids int [N_target_train] their cameras; stats are logged.
+      It must be deterministic in (state, config, epoch) so a resumed run recomputes the same state."""
 
     make_train_step: Callable[..., Callable]
     init_state: Callable[..., Any] | None = None
     uses_target: Callable[[Any], bool] = lambda config: True
     description: str = ""
     check_config: Callable[[Any], None] = common.check_config
+    sized_by_target: bool = False
+    epoch_start: Callable[..., tuple[Any, dict]] | None = None
 
 
 VARIANTS = Registry("variant", "config.variant", {
@@ -42,6 +50,9 @@ VARIANTS = Registry("variant", "config.variant", {
                      description="the method as the paper describes it"),
     "reference": Variant(reference.make_train_step, init_state=reference.init_state,
                          description="what the authors' PyTorch code does", check_config=reference.check_config),
+    "plus": Variant(plus.make_train_step, init_state=plus.init_state, sized_by_target=True,
+                    epoch_start=plus.epoch_start, check_config=plus.check_config,
+                    description="beyond the paper: target pseudo-identities, cluster memory, MMT, target BN"),
 })
 register, unregister, get = VARIANTS.register, VARIANTS.unregister, VARIANTS.get
 
@@ -56,12 +67,19 @@ def make_train_step(model, config, axis_name: str | None = None):
     return divergence.guarded(get(config.variant).make_train_step(model, config, axis_name=axis_name), config)
 
 
-def init_state(config, model, params, rng, steps_per_epoch: int) -> Any:
+def init_state(config, model, params, rng, steps_per_epoch: int, num_target_train: int = 0) -> Any:
     """The variant's extra state (TrainState.reference), or None."""
     variant = get(config.variant)
     if variant.init_state is None:
         return None
+    if variant.sized_by_target:
+        return variant.init_state(config, model, params, rng, steps_per_epoch, num_target_train=num_target_train)
     return variant.init_state(config, model, params, rng, steps_per_epoch)
+
+
+def epoch_start(config):
+    """The variant's per-epoch hook (see Variant), or None."""
+    return get(config.variant).epoch_start
 
 
 def uses_target(config) -> bool:

@@ -20,15 +20,21 @@ from svreid_jax.state import TrainState, ema_decay, ema_update
 from svreid_jax.variants import common, terms as terms_lib
 
 
-def make_train_step(model, config, axis_name: str | None = None):
+def make_train_step(model, config, axis_name: str | None = None, *, after_update=None):
     """Build the pure train step. axis_name: None for one device or jit (the batch is the global batch);
-    the pmap axis (parallel.PMAP_AXIS) when each call sees one device's share; gradients are averaged over it."""
+    the pmap axis (parallel.PMAP_AXIS) when each call sees one device's share; gradients are averaged over it.
+
+    after_update(extra, kept) -> extra: how a variant built on this step (variants/plus.py) moves its own
+    state (TrainState.reference) after the update, from what the terms kept (TermContext.keep, whole
+    batch, identical on every device). With `plus.target_bn` the student's BN running statistics come
+    from its target forward only (the source forward still normalises with its batch statistics)."""
     common.check_config(config)
     active = terms_lib.active(config)
     needs = terms_lib.inputs_needed(active)
     uses_target = bool(needs & {terms_lib.TARGET, terms_lib.TEACHER})
     uses_teacher = terms_lib.TEACHER in needs
     camera_centred = uses_teacher and config.adaptation.camera_centred
+    target_bn = uses_target and config.plus.target_bn
     ramped = any(t.ramped for t in active) and config.adaptation.consistency_rampup_steps > 0
     model = parallel.parallel_model(model, config, axis_name)
     gather = functools.partial(parallel.gather_batch, axis_name=axis_name)
@@ -56,7 +62,9 @@ def make_train_step(model, config, axis_name: str | None = None):
 
         def loss_fn(params):
             out_s, batch_stats = common.student_forward(model, params, state.batch_stats, source, beta, k_src_drop)
-            carried = {"batch_stats": batch_stats}
+            # target_bn: the source forward's running-statistics update is dropped, so evaluation
+            # normalises with target statistics only.
+            carried = {"batch_stats": state.batch_stats if target_bn else batch_stats}
 
             def target_forward():
                 out_t, carried["batch_stats"] = common.student_forward(model, params, carried["batch_stats"],
@@ -66,12 +74,14 @@ def make_train_step(model, config, axis_name: str | None = None):
             ctx = terms_lib.TermContext(config, source=out_s, labels=labels, gather=gather,
                                         target_forward=target_forward if uses_target else None,
                                         teacher=teacher_out, target_camid=batch["target"].get("camid"),
-                                        kmeans_key=k_kmeans)
+                                        kmeans_key=k_kmeans, extra=state.reference,
+                                        target_index=batch["target"].get("index"))
             values, aux = terms_lib.compute(active, ctx)
             total = terms_lib.weighted_sum(values, terms_lib.weights(active, config, ramp))
-            return total, (total, values, aux, carried["batch_stats"])
+            kept = {k: v for k, v in ctx.keep.items() if not k.startswith("_")}
+            return total, (total, values, aux, carried["batch_stats"], kept)
 
-        grads, (total, values, aux, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        grads, (total, values, aux, batch_stats, kept) = jax.grad(loss_fn, has_aux=True)(state.params)
         # Under pmap every device must take the same decision (the non-finite guard) and the same update.
         grads = parallel.cross_replica_mean(grads, axis_name)
         total = parallel.cross_replica_mean(total, axis_name)
@@ -88,6 +98,8 @@ def make_train_step(model, config, axis_name: str | None = None):
         decay = ema_decay(state.step, config.adaptation.ema_decay, config.adaptation.ema_warmup)
         new_state = new_state.replace(ema_params=ema_update(state.ema_params, new_state.params, decay),
                                       ema_batch_stats=ema_batch_stats, rng=rng)
+        if after_update is not None:
+            new_state = new_state.replace(reference=after_update(state.reference, kept))
         metrics = {"loss": total, **values, **aux, "grl_beta": beta, "teacher_decay": decay}
         return common.guard_and_report(state, new_state, rng, total, grad_norm, metrics)
 

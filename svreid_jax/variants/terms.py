@@ -34,13 +34,20 @@ class TermContext:
     kmeans_key: the PRNG key shared by all devices for clustering; gather: this device's items → the
     global batch (identity without pmap); infonce_sum_groups: InfoNCE normalised as the authors' code
     does, G × the mean over pairs (the reference variant's `reference.infonce_sum_groups`, docs/METHOD.md §4.3).
+    extra: the variant's own state (TrainState.reference) or None; the plus variant's cluster memory
+    {'labels': int32 [N_target_train] (−1 outlier), 'memory': float32 [M, D], 'valid': bool [M]};
+    target_index: int32 [B'] indices of the target clips' tracklets in target.train, or None.
+    keep: what terms leave for the step after the gradient (e.g. the embeddings a memory update reads).
     """
 
     def __init__(self, config, *, source: dict, labels: jax.Array, gather: Callable = lambda x: x,
                  target_forward: Callable[[], dict] | None = None, teacher: dict | None = None,
                  target_camid: jax.Array | None = None, kmeans_key: jax.Array | None = None,
-                 infonce_sum_groups: bool = False):
+                 infonce_sum_groups: bool = False, extra=None, target_index: jax.Array | None = None):
         self.config = config
+        self.extra = extra
+        self.target_index = target_index
+        self.keep: dict[str, jax.Array] = {}
         self.source = source
         self.labels = labels
         self.gather = gather
@@ -147,9 +154,36 @@ def _teacher_consistency(ctx: TermContext):
     return values, {}
 
 
+def _memory_batch(ctx: TermContext) -> tuple[jax.Array, jax.Array]:
+    """(the student's target embeddings [B', D], their pseudo-labels [B']), whole batch; also kept
+    (without gradient) for the memory update after the step."""
+    if ctx.extra is None or ctx.target_index is None:
+        raise ValueError("the cluster-memory terms need the plus variant's state and batch['target']['index']")
+    if "cluster_labels" not in ctx.keep:
+        features = ctx.gather(ctx.target["bn_embedding"])
+        ctx.keep["cluster_features"] = jax.lax.stop_gradient(features)
+        ctx.keep["cluster_labels"] = ctx.extra["labels"][ctx.gather(ctx.target_index)]
+        ctx.keep["_features_grad"] = features
+    return ctx.keep["_features_grad"], ctx.keep["cluster_labels"]
+
+
+def _cluster_contrast(ctx: TermContext):
+    features, labels = _memory_batch(ctx)
+    loss, labelled = losses.cluster_contrast(features, labels, ctx.extra["memory"], ctx.extra["valid"],
+                                             ctx.config.plus.temperature)
+    return {"cluster_contrast": loss}, {"pseudo_labelled": labelled}
+
+
+def _cluster_soft(ctx: TermContext):
+    features, _ = _memory_batch(ctx)
+    loss = losses.memory_soft_cross_entropy(features, ctx.gather(ctx.teacher["bn_embedding"]),
+                                            ctx.extra["memory"], ctx.extra["valid"], ctx.config.plus.temperature)
+    return {"cluster_soft": loss}, {}
+
+
 def _camera_alignment(ctx: TermContext):
     if ctx.target_camid is None:
-        raise ValueError("config.loss.camera_alignment > 0 needs the target batch's camera ids (batch['target']['camid'])")
+        raise ValueError("loss.camera_alignment needs batch['target']['camid'] (int32 [B'] camera ids)")
     value = losses.camera_alignment(ctx.gather(ctx.target["bn_embedding"]), ctx.gather(ctx.target_camid))
     return {"camera_alignment": value}, {}
 
@@ -162,6 +196,9 @@ TERMS: list[LossTerm] = [
     LossTerm("clip_domain", {"clip_domain": "clip_domain"}, frozenset({SOURCE, TARGET}), _domain("clip")),
     LossTerm("teacher_consistency", {"consistency_ce": "consistency_ce", "consistency_dist": "consistency_dist"},
              frozenset({TARGET, TEACHER}), _teacher_consistency, ramped=True),
+    # The plus variant's cluster memory (variants/plus.py); weight 0 elsewhere.
+    LossTerm("cluster_contrast", {"cluster_contrast": "cluster_contrast"}, frozenset({TARGET}), _cluster_contrast),
+    LossTerm("cluster_soft", {"cluster_soft": "cluster_soft"}, frozenset({TARGET, TEACHER}), _cluster_soft),
     LossTerm("camera_alignment", {"camera_alignment": "camera_alignment"}, frozenset({TARGET}), _camera_alignment),
 ]
 

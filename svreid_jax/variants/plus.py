@@ -1,0 +1,143 @@
+"""The `plus` variant: beyond the paper, unsupervised domain-adaptive re-ID ingredients (docs/METHOD.md "plus").
+
+Once per epoch (`epoch_start`, called by the loop before the epoch's first step) the EMA teacher's
+features of the whole target training set are clustered into pseudo-identities (DBSCAN on k-reciprocal
+Jaccard distances, or k-means), optionally after subtracting each target camera's mean feature; the
+clusters' mean features fill a fixed-capacity memory. The step is the paper step (variants/paper.py)
+with the cluster-memory terms of the term table: a cluster-level contrast of the student's target
+embeddings against the memory (Cluster-Contrast), optionally the teacher's soft assignment over the
+memory as a second target (MMT), and the memory's momentum update after each step.
+
+Extra state (TrainState.reference), fixed shapes so the step compiles once:
+  labels int32 [N_target_train]: the pseudo-identity of each target training tracklet, −1 = outlier or
+    not clustered yet; read at the batch's target 'index' (never its pid);
+  memory float32 [M, D]: L2-normalised cluster centroids, M = plus.max_clusters; valid bool [M].
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from svreid_jax import clustering, kreciprocal, losses
+from svreid_jax.variants import common, paper
+
+CLUSTERINGS = ("dbscan", "kmeans")  # config.plus.clustering
+
+
+def check_config(config) -> None:
+    """One line naming the field of a plus setting that cannot work."""
+    common.check_config(config)
+    p = config.plus
+    if p.clustering not in CLUSTERINGS:
+        raise ValueError(f"config.plus.clustering={p.clustering!r}; expected one of {CLUSTERINGS}")
+    if config.loss.cluster_contrast <= 0 and config.loss.cluster_soft <= 0:
+        raise ValueError("variant 'plus' needs config.loss.cluster_contrast > 0 or config.loss.cluster_soft > 0 "
+                         "(its cluster memory is read by nothing else)")
+    if p.max_clusters < 1:
+        raise ValueError(f"config.plus.max_clusters={p.max_clusters}: the memory needs at least one slot")
+    if p.clustering == "kmeans" and not 1 <= p.kmeans_clusters <= p.max_clusters:
+        raise ValueError(f"config.plus.kmeans_clusters={p.kmeans_clusters} must lie in 1..plus.max_clusters="
+                         f"{p.max_clusters}")
+
+
+def init_state(config, model, params, rng, steps_per_epoch: int, num_target_train: int) -> dict[str, jax.Array]:
+    """The empty memory: every tracklet unlabelled, no valid slot (the loss is 0 until the first clustering)."""
+    del model, rng, steps_per_epoch
+    dim = int(params["bnneck"]["scale"].shape[-1])
+    return {"labels": jnp.full((num_target_train,), -1, jnp.int32),
+            "memory": jnp.zeros((config.plus.max_clusters, dim), jnp.float32),
+            "valid": jnp.zeros((config.plus.max_clusters,), bool)}
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def camera_centred(features: np.ndarray, camids: np.ndarray) -> np.ndarray:
+    """Each row minus the mean of its camera's rows, L2-normalised ([N, D] float32, camids int [N]).
+
+    Camera ids are recording metadata, not identity labels. In the demo each camera paints its own
+    scene, and without this the clusters form around cameras rather than people.
+    """
+    f = _normalise(np.asarray(features, np.float32))
+    out = f.copy()
+    for cam in np.unique(camids):
+        rows = camids == cam
+        out[rows] = f[rows] - f[rows].mean(axis=0)
+    return _normalise(out)
+
+
+def cluster_features(config, features: np.ndarray, camids: np.ndarray, epoch: int) -> np.ndarray:
+    """Pseudo-identities int32 [N] (−1 = outlier) of target features [N, D]; deterministic in
+    (features, config.seed, epoch)."""
+    p = config.plus
+    f = camera_centred(features, camids) if p.camera_normalise else _normalise(np.asarray(features, np.float32))
+    if p.clustering == "kmeans":
+        # Seeded with distinct random points, not k-means++: its seeding costs O(N·K²·D) here (an
+        # hour at MARS size with K = 500 on 2 cores), and whole-set clusters need no per-batch care.
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
+        points = jnp.asarray(f)
+        start = points[jax.random.permutation(key, points.shape[0])[: p.kmeans_clusters]]
+        centroids = clustering.lloyd_iterations(points, start, p.kmeans_iters)
+        return np.asarray(jnp.argmin(clustering.squared_distances(points, centroids), axis=1), np.int32)
+    cosine = np.maximum(1.0 - f @ f.T, 0.0)
+    jaccard = np.asarray(kreciprocal.jaccard_distances(cosine, k1=p.k1, k2=p.k2))
+    return clustering.dbscan(jaccard, p.eps, p.min_samples)
+
+
+def fill_memory(features: np.ndarray, labels: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels int32 [N], memory float32 [capacity, D], valid bool [capacity]) from pseudo-identities.
+
+    Slot c holds the normalised mean of cluster c's L2-normalised features. With more clusters than
+    slots the largest are kept (ties: the lower cluster id) and the rest become outliers; clusters are
+    renumbered 0.. in their original order so the result does not depend on anything but the input.
+    """
+    f = _normalise(np.asarray(features, np.float32))
+    labels = np.asarray(labels, np.int32)
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    keep = np.sort(ids[np.argsort(-counts, kind="stable")[:capacity]])
+    renumber = np.full(int(labels.max(initial=-1)) + 2, -1, np.int32)
+    renumber[keep] = np.arange(keep.size, dtype=np.int32)
+    new_labels = np.where(labels >= 0, renumber[labels], -1).astype(np.int32)
+    memory = np.zeros((capacity, f.shape[1]), np.float32)
+    np.add.at(memory, new_labels[new_labels >= 0], f[new_labels >= 0])
+    memory = _normalise(memory).astype(np.float32)
+    valid = np.arange(capacity) < keep.size
+    return new_labels, memory, valid
+
+
+def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np.ndarray,
+                epoch: int) -> tuple[Any, dict[str, float]]:
+    """Re-cluster the target training set before `epoch` (0-based): state with a new TrainState.reference,
+    and stats to log ({'clusters', 'outliers' (fraction)}).
+
+    extract(variables) -> float32 [N_target_train, D]: eval-mode features (the loop's evaluation pipeline);
+    the teacher's variables are used. Before plus.start_epoch the memory stays empty. The state is
+    taken and returned as the loop holds it replicated; the new arrays are plain host values.
+    """
+    p = config.plus
+    if epoch < p.start_epoch:
+        return state, {}
+    features = extract({"params": state.ema_params, "batch_stats": state.ema_batch_stats})
+    raw = cluster_features(config, features, np.asarray(camids), epoch)
+    labels, memory, valid = fill_memory(features, raw, p.max_clusters)
+    stats = {"clusters": float(valid.sum()), "outliers": float(np.mean(labels < 0)),
+             "dropped_clusters": float(len(np.unique(raw[raw >= 0])) - valid.sum())}
+    return state.replace(reference={"labels": labels, "memory": memory, "valid": valid}), stats
+
+
+def make_train_step(model, config, axis_name: str | None = None):
+    """The paper step (its source and target terms as configured) with the memory update after it."""
+    momentum = config.plus.memory_momentum
+
+    def update(extra, kept):
+        if "cluster_labels" not in kept:
+            return extra
+        return {**extra, "memory": losses.memory_update(extra["memory"], kept["cluster_features"],
+                                                        kept["cluster_labels"], momentum)}
+
+    return paper.make_train_step(model, config, axis_name, after_update=update)

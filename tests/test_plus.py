@@ -1,0 +1,200 @@
+"""The plus variant's pieces: DBSCAN, the all-pairs Jaccard distances, the memory fill, the memory terms and
+update against numpy, and the step's memory under a named axis (what pmap runs) against jit."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import demo, mars
+from svreid_jax import clustering, kreciprocal, losses, variants
+from svreid_jax.evaluation import rerank
+from svreid_jax.models import reid
+from svreid_jax.state import create_train_state
+from svreid_jax.variants import plus
+
+
+def _dbscan_brute_force(d, eps, min_samples):
+    """Textbook DBSCAN by flood fill from each unvisited core point in index order, border points
+    given to their nearest core point (the rule of clustering.dbscan, which sklearn leaves to visit order)."""
+    n = len(d)
+    near = d <= eps
+    core = [near[i].sum() >= min_samples for i in range(n)]
+    labels = [-1] * n
+    next_id = 0
+    for start in range(n):
+        if not core[start] or labels[start] >= 0:
+            continue
+        stack = [start]
+        labels[start] = next_id
+        while stack:
+            i = stack.pop()
+            for j in range(n):
+                if near[i, j] and core[j] and labels[j] < 0:
+                    labels[j] = next_id
+                    stack.append(j)
+        next_id += 1
+    for i in range(n):
+        if not core[i]:
+            cands = [(d[i, j], j) for j in range(n) if core[j] and near[i, j]]
+            if cands:
+                labels[i] = labels[min(cands)[1]]
+    return np.asarray(labels)
+
+
+def test_dbscan_hand_checked_line():
+    # Points on a line. eps 1.5, min_samples 3 (itself included): the cores are 1.0 (with 0, 2) and 11.0
+    # (with 10, 12.5); 0, 2, 10 and 12.5 are border points of those; 5.0 is alone.
+    x = np.array([0.0, 1.0, 2.0, 5.0, 10.0, 11.0, 12.5])
+    d = np.abs(x[:, None] - x[None, :])
+    labels = clustering.dbscan(d, eps=1.5, min_samples=3)
+    np.testing.assert_array_equal(labels, [0, 0, 0, -1, 1, 1, 1])
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(clustering.dbscan(d, eps=0.5, min_samples=2), [-1] * 7)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dbscan_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(5, 3)) * 4
+    x = np.concatenate([centres[rng.integers(5, size=60)] + rng.normal(size=(60, 3)), rng.normal(size=(10, 3)) * 8])
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    for eps, min_samples in ((1.0, 3), (1.5, 4), (2.5, 6)):
+        np.testing.assert_array_equal(clustering.dbscan(d, eps, min_samples), _dbscan_brute_force(d, eps, min_samples))
+
+
+def test_jaccard_distances_are_the_rerank_jaccard_on_all_pairs():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(40, 8)).astype(np.float32)
+    dist = np.asarray(rerank.non_negative_distances(f, "cosine"))
+    full = np.asarray(kreciprocal.jaccard_distances(dist, k1=6, k2=3))
+    assert full.shape == (40, 40)
+    np.testing.assert_allclose(full, full.T, atol=1e-5)
+    np.testing.assert_allclose(np.diag(full), 0.0, atol=1e-6)
+    np.testing.assert_allclose(full[:15, 15:], np.asarray(rerank.rerank_full(dist, 15, k1=6, k2=3, lambda_value=0.0)),
+                               atol=1e-6)
+
+
+def test_fill_memory_keeps_the_largest_clusters_and_renumbers():
+    f = np.eye(4, dtype=np.float32)[[0, 0, 1, 2, 2, 2, 3, 3]]
+    raw = np.array([5, 5, 7, 2, 2, 2, -1, 9], np.int32)  # sizes: 5→2, 7→1, 2→3, 9→1
+    labels, memory, valid = plus.fill_memory(f * 3.0, raw, capacity=3)
+    # Kept: 2 (3 items), 5 (2), and of the singletons the lower id 7; renumbered in id order 2, 5, 7.
+    np.testing.assert_array_equal(labels, [1, 1, 2, 0, 0, 0, -1, -1])
+    np.testing.assert_array_equal(valid, [True, True, True])
+    np.testing.assert_allclose(memory, np.eye(4, dtype=np.float32)[[2, 0, 1]])
+    labels, memory, valid = plus.fill_memory(f, raw, capacity=6)
+    np.testing.assert_array_equal(valid, [1, 1, 1, 1, 0, 0])
+    assert not memory[4:].any()
+
+
+def test_camera_centring_removes_each_camera_mean():
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(12, 5)).astype(np.float32)
+    cams = np.arange(12) % 3
+    out = plus.camera_centred(f, cams)
+    fn = f / np.linalg.norm(f, axis=1, keepdims=True)
+    for c in range(3):
+        want = fn[cams == c] - fn[cams == c].mean(0)
+        np.testing.assert_allclose(out[cams == c], want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
+
+
+def _softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_memory_terms_and_update_match_numpy():
+    rng = np.random.default_rng(2)
+    f, t = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    memory = _unit(rng.normal(size=(5, 4)))
+    memory[4] = 0.0
+    valid = np.array([1, 1, 1, 1, 0], bool)
+    labels = np.array([0, 2, -1, 2, 3, -1], np.int32)
+    tau = 0.1
+
+    logits = _unit(f) @ memory[:4].T / tau
+    logp = np.log(_softmax(logits))
+    want = -np.mean([logp[i, labels[i]] for i in range(6) if labels[i] >= 0])
+    loss, frac = losses.cluster_contrast(jnp.asarray(f, jnp.float32), labels, jnp.asarray(memory, jnp.float32),
+                                         valid, tau)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert float(frac) == pytest.approx(4 / 6)
+
+    p_t = _softmax(_unit(t) @ memory[:4].T / tau)
+    soft = np.mean(-np.sum(p_t * logp, -1))
+    got = losses.memory_soft_cross_entropy(jnp.asarray(f, jnp.float32), jnp.asarray(t, jnp.float32),
+                                           jnp.asarray(memory, jnp.float32), valid, tau)
+    np.testing.assert_allclose(float(got), soft, rtol=1e-5)
+
+    mom = 0.2
+    want_mem = memory.copy()
+    for i in range(6):  # in batch order: item 3 sees item 1's update of slot 2
+        if labels[i] >= 0:
+            want_mem[labels[i]] = _unit(mom * want_mem[labels[i]] + (1 - mom) * _unit(f[i]))
+    got_mem = losses.memory_update(jnp.asarray(memory, jnp.float32), jnp.asarray(f, jnp.float32), labels, mom)
+    np.testing.assert_allclose(np.asarray(got_mem), want_mem, atol=1e-6)
+
+    # No labelled item / an empty memory: 0, not NaN.
+    loss, _ = losses.cluster_contrast(jnp.asarray(f, jnp.float32), np.full(6, -1, np.int32),
+                                      jnp.zeros((5, 4)), np.zeros(5, bool), tau)
+    assert float(loss) == 0.0
+    assert float(losses.memory_soft_cross_entropy(jnp.asarray(f), jnp.asarray(t), jnp.zeros((5, 4)),
+                                                  np.zeros(5, bool), tau)) == 0.0
+
+
+B, T, H, W = 8, 4, 32, 16
+
+
+@pytest.mark.slow  # compiles the step twice (jit and under a named axis): minutes on 2 shared cores
+def test_step_memory_under_a_named_axis_equals_jit():
+    """pmap semantics (vmap with the axis name over 2 replicas of one state): every replica ends with the
+    same memory, equal to the one-device step's. Per-device draws are switched off (no erasing, the
+    teacher sees the student's clips) so the two runs see the same pixels."""
+    config = demo.get_config("plus")
+    config.data.height, config.data.width = H, W
+    config.augment.erasing_probability = 0.0
+    config.adaptation.teacher_augment = False
+    model = reid.ReIDNet(num_classes=4, backbone={"depth": "tiny", "width": 8}, disc_hidden=8, disc_dropout=0.0)
+    params, batch_stats = reid.init_model(model, jax.random.PRNGKey(0), (1, T, H, W, 3))
+    n_target = 20
+    extra = variants.init_state(config, model, params, jax.random.PRNGKey(3), 10, num_target_train=n_target)
+    rng = np.random.default_rng(0)
+    extra["labels"] = jnp.asarray(rng.integers(-1, 3, n_target), jnp.int32)
+    extra["memory"] = extra["memory"].at[:3].set(jnp.asarray(_unit(rng.normal(size=(3, extra["memory"].shape[1]))),
+                                                             jnp.float32))
+    extra["valid"] = extra["valid"].at[:3].set(True)
+    state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), 10, reference=extra)
+    batch = {"source": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
+                        "pid": np.repeat(np.arange(B // 4), 4).astype(np.int32)},
+             "target": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
+                        "camid": np.arange(B, dtype=np.int32) % 3,
+                        "index": rng.permutation(n_target)[:B].astype(np.int32)}}
+    one, metrics = jax.jit(variants.make_train_step(model, config))(state, batch)
+    assert float(metrics["pseudo_labelled"]) > 0 and float(metrics["cluster_contrast"]) > 0
+    assert not np.allclose(np.asarray(one.reference["memory"]), np.asarray(extra["memory"]))
+
+    shards = jax.tree.map(lambda x: x.reshape((2, x.shape[0] // 2) + x.shape[1:]), batch)
+    states = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+    step = variants.make_train_step(model, config, axis_name="batch")
+    two, _ = jax.jit(jax.vmap(step, axis_name="batch"))(states, shards)
+    for key in ("memory", "labels", "valid"):
+        np.testing.assert_array_equal(np.asarray(two.reference[key][0]), np.asarray(two.reference[key][1]))
+    np.testing.assert_allclose(np.asarray(two.reference["memory"][0]), np.asarray(one.reference["memory"]),
+                               atol=2e-5)
+
+
+def test_plus_configs():
+    c = mars.get_config("plus")
+    assert (c.variant, c.loss.cluster_contrast > 0, c.loss.frame_domain, c.plus.clustering) == ("plus", True, 0.0,
+                                                                                                  "dbscan")
+    variants.check_config(c)
+    c.plus.clustering = "spectral"
+    with pytest.raises(ValueError, match="plus.clustering"):
+        variants.check_config(c)
+    paper = demo.get_config("paper")
+    assert paper.loss.cluster_contrast == 0 and paper.loss.cluster_soft == 0

@@ -56,6 +56,7 @@ def make_config(source_only: bool = False):
     if source_only:
         config.loss.frame_domain = config.loss.clip_domain = 0.0
         config.loss.consistency_ce = config.loss.consistency_dist = 0.0
+        config.loss.camera_alignment = 0.0
     return config
 
 

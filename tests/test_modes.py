@@ -24,10 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "--config=configs/demo.py:paper,micro"
 
 
-def _run(workdir, *extra, env=None):
+def _run(workdir, *extra, env=None, timeout=600):
     cmd = [sys.executable, "-m", "svreid_jax.main", CONFIG, f"--workdir={workdir}", *extra]
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -175,7 +175,8 @@ def test_diagnose_mode_writes_the_report(workdir):
     assert "domain probe accuracy" in done.stdout
 
 
-@pytest.mark.slow  # ten micro trainings: minutes on CPU
+@pytest.mark.slow  # ten micro trainings: minutes on CPU (over 10 on 2 busy cores)
+@pytest.mark.timeout(1800)
 def test_splits_mode_trains_ten_models_and_aggregates(workdir, tmp_path):
     """The standard protocol's command on the micro demo source and a 10-split iLIDS-VID-layout target:
     ten runs, each in its own workdir, and their mean ± std; run again, it only reads them back."""
@@ -187,7 +188,7 @@ def test_splits_mode_trains_ten_models_and_aggregates(workdir, tmp_path):
     # The ten runs compile the same programs: XLA's persistent cache makes splits 1–9 cheap.
     cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    done = _run(run, *args, env=cache)
+    done = _run(run, *args, env=cache, timeout=1700)
     per_split = []
     for k in range(10):
         final = json.load(open(run / f"split_{k}" / "results.json", encoding="utf-8"))

@@ -93,7 +93,7 @@ def test_nonfinite_update_is_skipped(compiled):
 
 
 def test_source_only_skips_target_terms():
-    config = _config(frame_domain=0.0, clip_domain=0.0, consistency_ce=0.0, consistency_dist=0.0)
+    config = _config(frame_domain=0.0, clip_domain=0.0, consistency_ce=0.0, consistency_dist=0.0, camera_alignment=0.0)
     model, state = _setup(config)
     assert [t.name for t in terms.active(config)] == ["ce", "triplet"] and not variants.uses_target(config)
     _, metrics = jax.jit(variants.make_train_step(model, config))(state, _batch(0))

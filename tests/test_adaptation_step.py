@@ -78,8 +78,8 @@ def test_backbone_gets_minus_beta_times_the_domain_loss_gradient():
 def domain_only():
     """The paper step with only the two domain terms weighing (CE/triplet at 0, no teacher), no weight
     decay, so the backbone moves only through the reversed domain gradient; compiled once."""
-    config = _config(ce=0.0, triplet=0.0, consistency_ce=0.0, consistency_dist=0.0, frame_domain=1.0,
-                     clip_domain=1.0)
+    config = _config(ce=0.0, triplet=0.0, consistency_ce=0.0, consistency_dist=0.0, camera_alignment=0.0,
+                     frame_domain=1.0, clip_domain=1.0)
     config.optimizer.weight_decay = 0.0
     config.optimizer.warmup_epochs = 0.0
     model = _model()
@@ -108,7 +108,8 @@ def test_step_uses_the_scheduled_beta(domain_only):
 
 
 def test_total_is_the_weighted_sum_with_the_consistency_ramp():
-    weights = dict(ce=0.7, triplet=1.3, frame_domain=0.4, clip_domain=0.9, consistency_ce=0.25, consistency_dist=0.6)
+    weights = dict(ce=0.7, triplet=1.3, frame_domain=0.4, clip_domain=0.9, consistency_ce=0.25, consistency_dist=0.6,
+                   camera_alignment=0.35)
     config = _config(**weights)
     config.adaptation.consistency_rampup_steps = 200
     model = _model()

@@ -181,7 +181,7 @@ def test_bad_reference_config_and_unknown_variant_are_refused():
         reference.check_config(config)
     paper = demo.get_config("paper,micro")
     paper.variant = "nope"
-    with pytest.raises(ValueError, match="config.variant='nope': unknown variant; expected one of \\['paper', 'reference'"):
+    with pytest.raises(ValueError, match="config.variant='nope': unknown variant; expected one of \\['paper', 'plus', 'reference'"):
         variants.make_train_step(reid.ReIDNet(num_classes=K, backbone={"depth": "tiny"}), paper)
 
 

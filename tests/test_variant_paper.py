@@ -100,6 +100,7 @@ def test_source_only_skips_target_terms():
     assert "frame_domain" not in metrics and "consistency_ce" not in metrics
 
 
+@pytest.mark.slow  # its own compile of the step with the projection head
 def test_infonce_term_runs_in_the_step():
     config = _config()
     config.loss.infonce = 0.001

@@ -167,6 +167,7 @@ def test_basic_block_matches_numpy_oracle(stride, conv_bias, in_ch):
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # compiles the backbone and its gradient twice (with and without remat)
 def test_remat_keeps_parameters_outputs_and_gradients():
     from svreid_jax.models import reid
 

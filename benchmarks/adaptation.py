@@ -229,9 +229,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(runs)} runs, {len(runs) - len(to_run)} already done, {len(to_run)} to run", flush=True)
     took: dict[str, list[float]] = {"train": [], "eval": []}  # seconds of the runs made so far, by kind
     ran = 0
+    trained: dict[str, bool] = {}  # workdir → whether its training finished
     for i, run in enumerate(runs, start=1):
-        metrics = _done(run)
         what = f"[{i}/{len(runs)}] {run['preset']} {run['label']} seed {run['seed']}"
+        if run["kind"] == "eval" and not trained.get(run["workdir"], False):
+            # Re-evaluating the checkpoint of an unfinished or refused training would give a row of a
+            # half-trained model (an older eval file in the workdir, too).
+            print(f"{what}: skipped, its training did not finish", flush=True)
+            continue
+        metrics = _done(run)
         if metrics is None:
             # A re-evaluation takes seconds and a training minutes: estimate each kind by its own runs.
             known = {k: sum(v) / len(v) for k, v in took.items() if v}
@@ -245,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             took[run["kind"]].append(time.perf_counter() - start)
             ran += 1
             print(f"  {took[run['kind']][-1]:.0f} s", flush=True)
+        if run["kind"] == "train":
+            trained[run["workdir"]] = metrics is not None
         if metrics is not None:
             rows[(run["preset"], run["label"])][run["seed"]] = metrics
             print(f"{what}: R-1 {100 * metrics['rank1']:.1f} mAP {100 * metrics['mAP']:.1f}", flush=True)

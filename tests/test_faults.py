@@ -31,7 +31,7 @@ from svreid_jax.data import check, datasets, decode
 from svreid_jax.data import demo as demo_data
 from svreid_jax.data.records import FrameError
 from svreid_jax.evaluation import evaluate as evaluation
-from svreid_jax.utils.checkpointing import BestCheckpoint, CheckpointError, Checkpointer
+from svreid_jax.utils.checkpointing import BestCheckpoint, CheckpointError, Checkpointer, cause
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 20  # × 2 steps: long enough for a signal sent after step 14 to land before the end
@@ -199,6 +199,31 @@ def test_truncated_newest_checkpoint_falls_back_in_eval_and_training(straight, d
     with pytest.raises(CheckpointError, match="no checkpoint under .* can be restored: step 40: "):
         train.train_and_evaluate(_config(data_root), str(workdir))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["30", str(LAST), f"{LAST}.unreadable"]
+
+
+def test_checkpoint_cause_keeps_the_reason_and_drops_tensorstores_spec():
+    # The two forms orbax raised for the same 'disk full' in the test below (which one depends on
+    # which array's write fails first): the plain write error, and the same wrapped in the opening of
+    # the zarr driver with the array's whole spec appended.
+    reason = ('Error writing "params.backbone.bn1.bias/0" in OCDBT database at local file "/tmp/run/'
+              'checkpoints/50.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": Failed '
+              'writing: "/tmp/run/checkpoints/50.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.'
+              'process_0/d/98d7b0b9544da4127f75741166280b0a": Failed to write 243342 bytes to file 9: File '
+              "too large [os_error_code='27']")
+    spec = (" [tensorstore_spec='{\"driver\":\"zarr\",\"metadata\":{\"compressor\":{\"id\":\"zstd\","
+            "\"level\":1},\"shape\":[16]},\"open\":true,\"recheck_cached_data\":false}']")
+    for text in (f"OUT_OF_RANGE: {reason}", f'OUT_OF_RANGE: Error opening "zarr" driver: {reason}{spec}'):
+        try:
+            try:
+                raise ValueError(text)
+            except ValueError as inner:
+                raise RuntimeError("orbax's own wrapper\nsecond line") from inner
+        except RuntimeError as err:
+            said = cause(err)
+        assert said.startswith("ValueError: OUT_OF_RANGE: Error ") and len(said) <= 240, said
+        assert said.endswith("File too large [os_error_code='27']"), said
+        assert "tensorstore_spec" not in said
+    assert cause(OSError(28, "No space left on device")) == "OSError: [Errno 28] No space left on device"
 
 
 def test_failing_checkpoint_write_names_the_cause_and_keeps_the_previous_step(straight, data_root, tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any, Mapping
 
@@ -30,6 +31,9 @@ class CheckpointError(RuntimeError):
     the step and the cause."""
 
 
+_TENSORSTORE_ANNOTATION = re.compile(r"\s\[(tensorstore_spec|source locations)=")
+
+
 def cause(err: BaseException, limit: int = 240) -> str:
     """The innermost cause of an error, first line only: orbax wraps tensorstore's one-line reason in
     a long message (and chains it), e.g. 'OUT_OF_RANGE: Error reading "params.…" … is not valid for
@@ -38,6 +42,11 @@ def cause(err: BaseException, limit: int = 240) -> str:
         err = err.__cause__ or err.__context__
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    # tensorstore may append the whole spec of the array it was opening (hundreds of characters of
+    # JSON) after the reason; the reason is what a user needs, so the spec goes.
+    annotation = _TENSORSTORE_ANNOTATION.search(text)
+    if annotation:
+        text = text[:annotation.start()]
     # The reason tends to come last ('… Failed to write 278494 bytes to file 8: File too large'), so
     # a long message keeps its head and its tail.
     head = limit // 3

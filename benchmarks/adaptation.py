@@ -3,11 +3,13 @@
   python benchmarks/adaptation.py                       # demo, hard × source_only, paper, plus, oracle × seeds 0 1 2
   python benchmarks/adaptation.py --presets=hard --variants=source_only,oracle --seeds=0
   python benchmarks/adaptation.py --eval-option camera_normalise=True --eval-rows   # + its own rows
+  python benchmarks/adaptation.py --variants=plus+no_soft,plus+kmeans --presets=demo   # ablation rows
   python benchmarks/adaptation.py --dry-run             # the commands, nothing run
 
 Every run is `python -m svreid_jax.main --config=configs/demo.py:<variant>[,hard] --config.seed=<s>
 --workdir=<root>/<preset>/<variant>/s<seed>`, one at a time, all presets sharing the demo data under
-<root>/data (the hard preset's goes to <root>/data_hard). A run whose results.json came from the same
+<root>/data (the hard preset's goes to <root>/data_hard). A '+' in a variant joins configs/demo.py modifiers:
+'plus+no_soft' runs configs/demo.py:plus,no_soft. A run whose results.json came from the same
 command is read, not run again, so the benchmark resumes and extends; a changed command runs again
 (a finished training then only resumes at its last step and re-evaluates).
 
@@ -119,7 +121,7 @@ def known_variants(variants: Sequence[str]) -> list[str]:
     out = []
     for variant in variants:
         try:
-            demo.get_config(variant)
+            demo.get_config(variant.replace("+", ","))
         except ValueError as e:
             print(f"skipping variant {variant!r}: configs/demo.py does not know it ({e})", flush=True)
             continue
@@ -136,7 +138,7 @@ def plan(args) -> list[dict]:
         for variant in args.variants:
             for seed in args.seeds:
                 workdir = os.path.join(root, preset, variant, f"s{seed}")
-                base = [sys.executable, "-m", "svreid_jax.main", f"--config=configs/demo.py:{variant}{PRESETS[preset]}",
+                base = [sys.executable, "-m", "svreid_jax.main", f"--config=configs/demo.py:{variant.replace('+', ',')}{PRESETS[preset]}",
                         f"--config.seed={seed}", f"--config.data.demo_root={os.path.join(root, 'data')}",
                         f"--workdir={workdir}"]
                 train_options = [] if args.eval_rows else options

@@ -11,6 +11,9 @@ Variants (--config=configs/demo.py:<variant>):
                instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, 4 k-means clusters
   plus         beyond the paper (configs/targets.py:apply_plus): per-epoch DBSCAN pseudo-identities of the
                target, cluster memory, the teacher's soft assignment, target BN; sized for the demo here
+  no_camera_normalise, no_soft, no_contrast, no_target_bn, kmeans, with_camera_alignment, with_domain_alignment
+               (combine after plus: "plus,no_soft") one ingredient of plus off or swapped, or the paper's
+               camera term (and its domain discriminators) added: the ablation rows
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
   hard         (combine: "source_only,hard", "paper,hard", …) the hard data preset: a rendered-vs-filmed
                gap shared by all target cameras instead of per-camera scenes (svreid_jax/data/demo.py,
@@ -77,6 +80,19 @@ HARD_DEMO_OPTIONS = dict(shift="hard", texture_strength=0.25, clutter_blobs=2, c
                          desaturation=(0.0, 0.1), viewpoint_strength=0.3)
 
 
+# Plus's ingredients, each switched off (or swapped, or the paper's alignment terms added) by a modifier
+# combined after plus ("plus,no_soft"): field → value. The ablation rows of BENCHMARKS.md.
+PLUS_ABLATIONS = {
+    "no_camera_normalise": {"plus.camera_normalise": False},  # camera-centred clustering
+    "no_soft": {"loss.cluster_soft": 0.0},  # the teacher's soft assignment over the memory (MMT)
+    "no_contrast": {"loss.cluster_contrast": 0.0},  # the cluster-memory contrast (the soft term remains)
+    "no_target_bn": {"plus.target_bn": False},  # target-domain BN statistics
+    "kmeans": {"plus.clustering": "kmeans"},  # k-means for DBSCAN on Jaccard distances
+    "with_camera_alignment": {"loss.camera_alignment": 1.0},  # the paper recipe's camera term (METHOD.md §4.11)
+    "with_domain_alignment": {"loss.camera_alignment": 1.0, "loss.frame_domain": 1.0, "loss.clip_domain": 1.0},
+}
+
+
 def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
     if variant == "paper":
         return c
@@ -113,6 +129,15 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
         c.plus.start_epoch = 5  # from scratch, the first epochs' features would cluster noise
         c.loss.camera_alignment = 0.0  # measured without it (docs/METHOD.md §1.4)
         return c
+    if variant in PLUS_ABLATIONS:
+        # One ingredient of plus off (combine after it: "plus,no_soft"); the ablation rows of BENCHMARKS.md.
+        if c.variant != "plus":
+            raise ValueError(f"demo variant {variant!r} changes an ingredient of plus; combine it after plus, "
+                             f"e.g. 'plus,{variant}'")
+        for field, value in PLUS_ABLATIONS[variant].items():
+            section, name = field.split(".")
+            c[section][name] = value
+        return c
     if variant in ("source_only", "oracle", "frame", "frame_clip", "reference"):
         c.data.target_views = 1  # the pairs serve the paper variant's teacher only
         c.adaptation.camera_centred = False
@@ -145,4 +170,5 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
     if variant == "frame_clip":
         c.loss.consistency_ce = c.loss.consistency_dist = 0.0
         return c
-    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame, frame_clip, reference, plus, micro or hard")
+    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame, frame_clip, reference, plus, micro, hard "
+                     f"or after plus one of {', '.join(PLUS_ABLATIONS)}")

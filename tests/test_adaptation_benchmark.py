@@ -81,6 +81,15 @@ def test_dry_run_without_eval_rows_puts_the_options_in_training(tmp_path, capsys
     assert line.endswith(f"--workdir={tmp_path}/hard/paper/s2 --config.eval.camera_normalise=True")
 
 
+def test_a_plus_joins_demo_modifiers_into_one_variant(tmp_path, capsys):
+    bench.main(["--presets=hard", "--variants=plus+no_soft,plus+no_such_switch", "--seeds=0", f"--root={tmp_path}",
+                "--dry-run"])
+    out = capsys.readouterr().out
+    (line,) = [l for l in out.splitlines() if "svreid_jax.main" in l]
+    assert "--config=configs/demo.py:plus,no_soft,hard " in line and line.endswith(f"--workdir={tmp_path}/hard/plus+no_soft/s0")
+    assert "skipping variant 'plus+no_such_switch'" in out
+
+
 def test_unknown_variant_is_skipped_with_a_message(tmp_path, capsys):
     bench.main(["--presets=demo", "--variants=source_only,no_such_variant", "--seeds=0", f"--root={tmp_path}",
                 "--dry-run"])

@@ -69,3 +69,31 @@ def test_demo_hard_preset_only_changes_the_data():
         assert hard["data"].pop("demo_options")["shift"] == "hard"
         plain["data"].pop("demo_options")
         assert plain == hard
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("ablation", sorted(demo.PLUS_ABLATIONS))
+def test_each_plus_ablation_changes_only_its_ingredient(ablation):
+    plus = _flat(demo.get_config("plus").to_dict())
+    ablated = _flat(demo.get_config(f"plus,{ablation},hard").to_dict())
+    hard_plus = _flat(demo.get_config("plus,hard").to_dict())
+    changed = {k for k in plus if ablated[k] != hard_plus[k]}
+    assert changed == set(demo.PLUS_ABLATIONS[ablation]), changed
+    for field, value in demo.PLUS_ABLATIONS[ablation].items():
+        assert ablated[field] == value != plus[field]  # each modifier really changes plus
+    from svreid_jax.variants import plus as plus_variant
+    plus_variant.check_config(demo.get_config(f"plus,{ablation}"))  # and the result still runs
+
+
+def test_a_plus_ablation_before_plus_is_refused():
+    with pytest.raises(ValueError, match="'no_soft' changes an ingredient of plus; combine it after plus, e.g. 'plus,no_soft'"):
+        demo.get_config("paper,no_soft")

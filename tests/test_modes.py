@@ -173,6 +173,8 @@ def test_diagnose_mode_writes_the_report(workdir):
     evaluated = json.load(open(workdir / "results.json", encoding="utf-8"))
     assert report["ranking"]["as_evaluated"]["rank1"] == pytest.approx(evaluated["rank1"])
     assert "domain probe accuracy" in done.stdout
+    whole = report["whole_set_clusters"]
+    assert whole["identities"] >= 2 and 0.0 <= whole["outliers"] <= 1.0 and "whole-set clusters NMI" in done.stdout
 
 
 @pytest.mark.slow  # ten micro trainings: minutes on CPU (over 10 on 2 busy cores)

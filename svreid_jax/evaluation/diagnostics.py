@@ -8,6 +8,10 @@ Writes <workdir>/diagnostics/diagnostics.json and diagnostics.png:
                    embedding, next to the majority-class rate: how much camera the embedding carries
   teacher_clusters NMI and purity of the teacher's k-means clusters on target batches of the training
                    size (with the step's camera centring when it is on) against the true identities
+  whole_set_clusters  NMI and purity (over the clustered tracklets) of plus's per-epoch clustering
+                   (plus.* settings: DBSCAN on Jaccard distances or k-means, camera-normalised when
+                   on) of the teacher's features of the whole target training set, with the outlier
+                   share and the number of clusters next to the number of identities
   camera_pairs     rank-1 of queries from camera a against the gallery tracklets of camera b (a ≠ b)
   ranking          R-1 / mAP of the test split as evaluated, and with each camera's mean embedding
                    subtracted (a label-free, test-time step) — the gap between the two is camera bias
@@ -32,6 +36,7 @@ from svreid_jax import builders, clustering, parallel
 from svreid_jax.data.records import Tracklet
 from svreid_jax.evaluation import features, protocols
 from svreid_jax.losses import centre_by_group
+from svreid_jax.variants import plus
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +163,17 @@ def teacher_clusters(config, teacher_features: np.ndarray, pids: np.ndarray, cam
     return {key: float(np.mean([s[key] for s in scores])) for key in ("nmi", "purity")}
 
 
+def whole_set_clusters(config, teacher_features: np.ndarray, pids: np.ndarray, camids: np.ndarray) -> dict[str, float]:
+    """plus's clustering of a whole split's teacher features [N, D] against the identities [N]: NMI and
+    purity over the clustered tracklets, the outlier share, the cluster and identity counts."""
+    raw = plus.cluster_features(config, teacher_features, camids, epoch=0)
+    clustered = raw >= 0
+    agreement = (cluster_agreement(raw[clustered], pids[clustered]) if clustered.any()
+                 else {"nmi": float("nan"), "purity": float("nan")})
+    return {**agreement, "outliers": float(np.mean(~clustered)), "clusters": int(len(np.unique(raw[clustered]))),
+            "identities": int(len(np.unique(pids)))}
+
+
 def _ranking_summary(q, g, query, gallery, distance: protocols.DistanceSpec) -> dict[str, float]:
     metrics = protocols.summarize(protocols.rank(protocols.distances(q, g, distance), query, gallery))
     return {"rank1": metrics["rank1"], "mAP": metrics["mAP"]}
@@ -187,6 +203,8 @@ def run_diagnostics(config, workdir: str, *, points: int = 400) -> dict:
               else {"accuracy": float("nan"), "chance": 1.0})
     tgt_teacher = embed(teacher, tgt)
     clusters = teacher_clusters(config, tgt_teacher, np.array([t.pid for t in tgt]), tgt_cams, seed=config.seed)
+    whole = whole_set_clusters(config, embed(teacher, tuple(target.train)), np.array([t.pid for t in target.train]),
+                               np.array([t.camid for t in target.train]))
 
     query, gallery = tuple(target.query), tuple(target.gallery)
     test_feats = embed(student, query + gallery)
@@ -202,6 +220,7 @@ def run_diagnostics(config, workdir: str, *, points: int = 400) -> dict:
         "domain_probe": domain,
         "camera_probe": camera,
         "teacher_clusters": clusters,
+        "whole_set_clusters": whole,
         "camera_pairs": {"rank1": _nan_to_none(pair_rank1), "queries": pair_queries.astype(int).tolist()},
         "ranking": {"as_evaluated": _ranking_summary(q, g, query, gallery, distance),
                     "camera_centred": _ranking_summary(centred[:len(query)], centred[len(query):], query, gallery,
@@ -223,11 +242,13 @@ def _nan_to_none(a: np.ndarray) -> list:
 
 
 def summary_lines(report: dict) -> str:
-    r = report["ranking"]
+    r, w = report["ranking"], report["whole_set_clusters"]
     return "\n".join([
         f"domain probe accuracy {report['domain_probe']['accuracy']:.3f} (0.5 = indistinguishable)",
         f"camera probe accuracy {report['camera_probe']['accuracy']:.3f} (majority class {report['camera_probe']['chance']:.3f})",
         f"teacher clusters NMI {report['teacher_clusters']['nmi']:.3f}, purity {report['teacher_clusters']['purity']:.3f}",
+        f"whole-set clusters NMI {w['nmi']:.3f}, purity {w['purity']:.3f}, outliers {w['outliers']:.3f}, "
+        f"{w['clusters']} clusters for {w['identities']} identities",
         f"R-1 {100 * r['as_evaluated']['rank1']:.1f} / mAP {100 * r['as_evaluated']['mAP']:.1f} as evaluated; "
         f"{100 * r['camera_centred']['rank1']:.1f} / {100 * r['camera_centred']['mAP']:.1f} with camera-centred features",
     ])
@@ -239,7 +260,7 @@ def draw_report(report: dict, cell: int = 48) -> Image.Image:
     num_cams = len(matrix)
     left, top = 150, 40
     width = left + num_cams * cell + 320
-    height = top + max(num_cams * cell, 4 * 30) + 60
+    height = top + max(num_cams * cell, 6 * 30) + 60
     image = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     draw.text((10, 10), "rank-1, query camera (rows) vs gallery camera (columns)", fill=(0, 0, 0))
@@ -257,7 +278,9 @@ def draw_report(report: dict, cell: int = 48) -> Image.Image:
     bars = [("domain probe", report["domain_probe"]["accuracy"]),
             ("camera probe", report["camera_probe"]["accuracy"]),
             ("teacher NMI", report["teacher_clusters"]["nmi"]),
-            ("teacher purity", report["teacher_clusters"]["purity"])]
+            ("teacher purity", report["teacher_clusters"]["purity"]),
+            ("whole-set NMI", report["whole_set_clusters"]["nmi"]),
+            ("whole-set purity", report["whole_set_clusters"]["purity"])]
     x0 = left + num_cams * cell + 30
     for i, (name, value) in enumerate(bars):
         y = top + i * 30

@@ -43,3 +43,24 @@ def test_linear_probe_separable_and_random():
     assert 0.3 <= result["accuracy"] <= 0.7 and 0.5 <= result["chance"] <= 0.6
     with pytest.raises(ValueError, match="at least 2 classes"):
         diagnostics.linear_probe(x, np.zeros(200, int))
+
+
+def test_whole_set_clusters_on_camera_shifted_identities():
+    from configs import demo
+
+    # 3 identities × 4 cameras, one tracklet each: identity direction plus a strong per-camera offset.
+    # Camera-normalised clustering must find the identities; without it the cameras dominate.
+    eye = np.eye(8, dtype=np.float32)
+    pids, cams = np.repeat(np.arange(3), 4), np.tile(np.arange(4), 3)
+    feats = eye[pids] + 2.0 * eye[3 + cams]
+    config = demo.get_config("plus")
+    config.plus.k1, config.plus.k2 = 4, 1  # DBSCAN (the plus default) on Jaccard distances
+    report = diagnostics.whole_set_clusters(config, feats, pids, cams)
+    assert report == {"nmi": pytest.approx(1.0), "purity": 1.0, "outliers": 0.0, "clusters": 3, "identities": 3}
+    config.plus.camera_normalise = False
+    blind = diagnostics.whole_set_clusters(config, feats, pids, cams)
+    assert blind["purity"] < 0.7, blind
+    # No core point: everything an outlier, no agreement to report.
+    config.plus.min_samples = 13
+    none = diagnostics.whole_set_clusters(config, feats, pids, cams)
+    assert math.isnan(none["nmi"]) and (none["outliers"], none["clusters"]) == (1.0, 0)

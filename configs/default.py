@@ -158,6 +158,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.plus.min_samples = 4  # DBSCAN: neighbours within eps (itself included) that make a core point
     c.plus.k1 = 30  # Jaccard distances: k of the k-reciprocal neighbourhoods
     c.plus.k2 = 6  # Jaccard distances: neighbours of the local query expansion (1 = none)
+    c.plus.reliable_delta = 0.0  # > 0: keep a DBSCAN label only if the point's cluster is stable at eps ± delta (SpCL-style reliability; 0 = off)
+    c.plus.reliable_min_iou = 0.5  # the intersection over union a stable point's cluster keeps with its cluster at eps ± reliable_delta
     c.plus.kmeans_clusters = 500  # k-means clusters (plus.clustering='kmeans')
     c.plus.kmeans_iters = 30  # k-means Lloyd iterations
     c.plus.max_clusters = 2048  # memory capacity M (slots); more clusters than this: the largest are kept

@@ -11,7 +11,8 @@ Variants (--config=configs/demo.py:<variant>):
                instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, 4 k-means clusters
   plus         beyond the paper (configs/targets.py:apply_plus): per-epoch DBSCAN pseudo-identities of the
                target, cluster memory, the teacher's soft assignment, target BN; sized for the demo here
-  no_camera_normalise, no_soft, no_contrast, no_target_bn, kmeans, with_camera_alignment, with_domain_alignment
+  no_camera_normalise, no_soft, no_contrast, no_target_bn, kmeans, with_camera_alignment, with_domain_alignment,
+  with_reliability
                (combine after plus: "plus,no_soft") one ingredient of plus off or swapped, or the paper's
                camera term (and its domain discriminators) added: the ablation rows
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
@@ -90,6 +91,7 @@ PLUS_ABLATIONS = {
     "kmeans": {"plus.clustering": "kmeans"},  # k-means for DBSCAN on Jaccard distances
     "with_camera_alignment": {"loss.camera_alignment": 1.0},  # the paper recipe's camera term (METHOD.md §4.11)
     "with_domain_alignment": {"loss.camera_alignment": 1.0, "loss.frame_domain": 1.0, "loss.clip_domain": 1.0},
+    "with_reliability": {"plus.reliable_delta": 0.05},  # only pseudo-labels stable at eps ± 0.05 (SpCL-style)
 }
 
 

@@ -163,3 +163,40 @@ def dbscan(distances: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
         to_core = np.where(near[np.ix_(border, core_index)], d[np.ix_(border, core_index)], np.inf)
         labels[border] = component[np.argmin(to_core, axis=1)]
     return labels
+
+
+def membership_iou(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """For each point, the intersection over union of its cluster in `labels` and its cluster in `other`
+    (int [N] each, −1 = outlier) → float64 [N]; NaN where `labels` has an outlier.
+
+    An outlier of `other` counts as a cluster of its own, so a clustered point that `other` leaves
+    alone scores 1 / |its cluster|.
+    """
+    labels, other = np.asarray(labels, np.int64), np.asarray(other, np.int64)
+    if labels.shape != other.shape or labels.ndim != 1:
+        raise ValueError(f"membership_iou needs two label vectors of one length, got {labels.shape} and {other.shape}")
+    alone = other < 0
+    other = other.copy()
+    other[alone] = other.max(initial=-1) + 1 + np.arange(int(alone.sum()))
+    clustered = labels >= 0
+    size_own = np.bincount(labels[clustered], minlength=1)
+    size_other = np.bincount(other)
+    pair = labels * (other.max(initial=0) + 1) + other
+    _, pair_index, pair_count = np.unique(pair[clustered], return_inverse=True, return_counts=True)
+    both = pair_count[pair_index].astype(np.float64)
+    iou = np.full(labels.shape, np.nan)
+    iou[clustered] = both / (size_own[labels[clustered]] + size_other[other[clustered]] - both)
+    return iou
+
+
+def reliable_dbscan(distances: np.ndarray, eps: float, min_samples: int, delta: float, min_iou: float) -> np.ndarray:
+    """DBSCAN (see `dbscan`) that keeps a point's cluster only when it is stable: its cluster at eps must
+    overlap by at least `min_iou` (intersection over union) both its cluster at eps + delta (the
+    cluster does not merge into others when loosened) and at eps − delta (it does not fall apart when
+    tightened). Other points become outliers (−1). Labels int32 [N], numbered as `dbscan` numbers them.
+    """
+    labels = dbscan(distances, eps, min_samples)
+    loose = dbscan(distances, eps + delta, min_samples)
+    tight = dbscan(distances, max(eps - delta, 0.0), min_samples)
+    stable = (np.nan_to_num(membership_iou(labels, loose)) >= min_iou) & (np.nan_to_num(membership_iou(labels, tight)) >= min_iou)
+    return np.where(stable, labels, -1).astype(np.int32)

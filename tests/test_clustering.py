@@ -61,3 +61,48 @@ def test_host_kmeans_recovers_separable_clusters():
     assert inertia == pytest.approx(sum(((points[truth == t] - oracle[t]) ** 2).sum() for t in range(4)))
     with pytest.raises(ValueError, match="cannot make"):
         clustering.kmeans_numpy(points[:3], 4)
+
+
+def _iou_by_sets(labels, other):
+    out = []
+    for i, a in enumerate(labels):
+        if a < 0:
+            out.append(np.nan)
+            continue
+        own = {j for j, x in enumerate(labels) if x == a}
+        theirs = {i} if other[i] < 0 else {j for j, x in enumerate(other) if x == other[i]}
+        out.append(len(own & theirs) / len(own | theirs))
+    return np.array(out)
+
+
+def test_membership_iou_hand_case():
+    labels = np.array([0, 0, 0, 1, 1, -1])
+    other = np.array([0, 0, 1, 1, -1, 1])
+    # point 0: {0,1,2} vs {0,1} → 2/3; point 2: {0,1,2} vs {2,3,5} → 1/5; point 3: {3,4} vs {2,3,5} → 1/4;
+    # point 4: {3,4} vs itself alone → 1/2; point 5: an outlier of `labels`.
+    np.testing.assert_allclose(clustering.membership_iou(labels, other), [2 / 3, 2 / 3, 1 / 5, 1 / 4, 1 / 2, np.nan])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_membership_iou_matches_sets(seed):
+    rng = np.random.default_rng(seed)
+    labels, other = rng.integers(-1, 5, 40), rng.integers(-1, 7, 40)
+    np.testing.assert_allclose(clustering.membership_iou(labels, other), _iou_by_sets(labels, other))
+    with pytest.raises(ValueError, match="two label vectors of one length"):
+        clustering.membership_iou(labels, other[:-1])
+
+
+def test_reliable_dbscan_drops_a_bridge_that_merges_when_loosened():
+    # Two tight groups on a line and a loose pair between them: at eps the pair is its own cluster; at
+    # eps + delta it bridges both groups into one, so it is not independent and becomes outliers,
+    # while each group, which only grows by the pair, keeps most of its overlap.
+    x = np.array([0.0, 0.1, 0.2, 0.3, 0.75, 1.05, 1.5, 1.6, 1.7, 1.8])
+    d = np.abs(x[:, None] - x[None, :])
+    plain = clustering.dbscan(d, 0.4, 2)
+    assert plain.tolist() == [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
+    loose = clustering.dbscan(d, 0.6, 2)
+    assert len(set(loose.tolist())) == 1
+    kept = clustering.reliable_dbscan(d, 0.4, 2, delta=0.2, min_iou=0.3)
+    # The groups overlap their merged loose cluster by 4/10 ≥ 0.3, the pair by 2/10 < 0.3.
+    assert kept.tolist() == [0, 0, 0, 0, -1, -1, 2, 2, 2, 2]
+    assert np.array_equal(clustering.reliable_dbscan(d, 0.4, 2, delta=0.2, min_iou=0.0), plain)

@@ -198,3 +198,24 @@ def test_plus_configs():
         variants.check_config(c)
     paper = demo.get_config("paper")
     assert paper.loss.cluster_contrast == 0 and paper.loss.cluster_soft == 0
+
+
+def test_reliability_switch_reclusters_at_eps_plus_minus_delta():
+    c = demo.get_config("plus")
+    rng = np.random.default_rng(0)
+    feats = np.repeat(rng.normal(size=(6, 16)), 4, axis=0) + 0.3 * rng.normal(size=(24, 16))
+    cams = np.tile(np.arange(4), 6)
+    plain = plus.cluster_features(c, feats, cams, epoch=0)
+    c.plus.reliable_delta, c.plus.reliable_min_iou = 0.05, 0.5
+    f = plus.camera_centred(feats, cams)
+    jaccard = np.asarray(kreciprocal.jaccard_distances(np.maximum(1.0 - f @ f.T, 0.0), k1=c.plus.k1, k2=c.plus.k2))
+    kept = plus.cluster_features(c, feats, cams, epoch=0)
+    np.testing.assert_array_equal(kept, clustering.reliable_dbscan(jaccard, c.plus.eps, c.plus.min_samples, 0.05, 0.5))
+    assert np.all((kept == plain) | (kept == -1))  # it only ever turns labels into outliers
+    variants.check_config(c)
+    c.plus.clustering = "kmeans"
+    with pytest.raises(ValueError, match=r"config.plus.reliable_delta=0.05 re-runs DBSCAN .* needs config.plus.clustering='dbscan'"):
+        variants.check_config(c)
+    c.plus.clustering, c.plus.reliable_min_iou = "dbscan", 1.5
+    with pytest.raises(ValueError, match=r"reliable_min_iou=1.5 in \[0, 1\]"):
+        variants.check_config(c)

@@ -37,6 +37,12 @@ def check_config(config) -> None:
     if config.loss.cluster_contrast <= 0 and config.loss.cluster_soft <= 0:
         raise ValueError("variant 'plus' needs config.loss.cluster_contrast > 0 or config.loss.cluster_soft > 0 "
                          "(its cluster memory is read by nothing else)")
+    if p.reliable_delta < 0 or not 0.0 <= p.reliable_min_iou <= 1.0:
+        raise ValueError(f"config.plus.reliable_delta={p.reliable_delta} must be ≥ 0 and config.plus.reliable_min_iou="
+                         f"{p.reliable_min_iou} in [0, 1]")
+    if p.reliable_delta > 0 and p.clustering != "dbscan":
+        raise ValueError(f"config.plus.reliable_delta={p.reliable_delta} re-runs DBSCAN at eps ± delta; it needs "
+                         f"config.plus.clustering='dbscan', not {p.clustering!r}")
     if p.max_clusters < 1:
         raise ValueError(f"config.plus.max_clusters={p.max_clusters}: the memory needs at least one slot")
     if p.clustering == "kmeans" and not 1 <= p.kmeans_clusters <= p.max_clusters:
@@ -86,6 +92,8 @@ def cluster_features(config, features: np.ndarray, camids: np.ndarray, epoch: in
         return np.asarray(jnp.argmin(clustering.squared_distances(points, centroids), axis=1), np.int32)
     cosine = np.maximum(1.0 - f @ f.T, 0.0)
     jaccard = np.asarray(kreciprocal.jaccard_distances(cosine, k1=p.k1, k2=p.k2))
+    if p.reliable_delta > 0:
+        return clustering.reliable_dbscan(jaccard, p.eps, p.min_samples, p.reliable_delta, p.reliable_min_iou)
     return clustering.dbscan(jaccard, p.eps, p.min_samples)
 
 

@@ -66,6 +66,29 @@ RESUME_SAFE = (
 )
 
 
+# Fields added to configs/default.py after checkpoints began to store their config, with the value that
+# does what the code did before the field existed. A checkpoint whose stored config lacks such a field
+# resumes when the current value is that one (an upgrade alone does not refuse the resume); any other
+# value is a change. 'plus.*' came with the plus variant, which nothing read before, so a stored config
+# without them resumes whatever they say (a switch to plus changes `variant`, which is refused).
+# tests/test_config_checks.py fails when a newer field is missing here.
+ADDED_FIELDS: dict[str, Any] = {
+    "augment.erasing_sampler": "log_aspect",
+    "model.bnneck_torch_stats": False,
+    "reference.infonce_sum_groups": False,
+    "loss.camera_alignment": 0.0,
+    "loss.cluster_contrast": 0.0,
+    "loss.cluster_soft": 0.0,
+}
+ADDED_GROUPS = ("plus.*",)
+
+
+def _added_at_its_old_behaviour(field: str, value: Any) -> bool:
+    if any(fnmatch.fnmatchcase(field, pattern) for pattern in ADDED_GROUPS):
+        return True
+    return field in ADDED_FIELDS and value == ADDED_FIELDS[field]
+
+
 def flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
     """{'data.source.name': 'svreid', …}: every leaf of a ConfigDict (or nested mapping) by dotted path."""
     out: dict[str, Any] = {}
@@ -157,13 +180,17 @@ def _safe(field: str) -> bool:
 def resume_changes(saved: Mapping, current: Any) -> list[tuple[str, Any, Any]]:
     """[(field, saved value, current value)] for the fields that differ and matter (see RESUME_SAFE).
 
-    A field only one side has counts as a change, with None on the other side.
+    A field only one side has counts as a change, with None on the other side, except a field added
+    since (ADDED_FIELDS, ADDED_GROUPS) that the stored config lacks and the current one sets to what the
+    code did before it.
     """
     old, new = flat_fields(saved), flat_fields(as_json(current))
     missing = object()
     changes = []
     for field in sorted(set(old) | set(new)):
         a, b = old.get(field, missing), new.get(field, missing)
+        if a is missing and _added_at_its_old_behaviour(field, b):
+            continue
         if a != b and not _safe(field):
             changes.append((field, None if a is missing else a, None if b is missing else b))
     return changes

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import os
+
 from configs import default, demo
 from svreid_jax import config_checks, losses
 from svreid_jax.config_checks import ConfigError
@@ -90,3 +92,33 @@ def test_resume_changes_that_matter_and_those_that_cannot():
     assert (config_checks.describe_changes([("model.width", 8, 16)]) == "model.width (8 → 16)")
     del saved["seed"]
     assert config_checks.resume_changes(saved, demo.get_config("paper,micro")) == [("seed", None, 0)]
+
+
+def test_a_checkpoint_from_before_a_field_existed_resumes_at_its_old_behaviour():
+    current = demo.get_config("paper,micro")
+    saved = config_checks.as_json(current)
+    for section, name in (("loss", "camera_alignment"), ("augment", "erasing_sampler"), ("plus", "eps")):
+        del saved[section][name]
+    del saved["plus"]["reliable_delta"]
+    current.loss.camera_alignment = 0.0  # the demo recipe turns it on; 0 is what the code did before
+    assert config_checks.resume_changes(saved, current) == []
+    current.plus.eps = 0.1  # plus.* is read by nothing but plus
+    assert config_checks.resume_changes(saved, current) == []
+    current.loss.camera_alignment = 1.0  # a new field switched on does change the run
+    current.augment.erasing_sampler = "authors"
+    assert config_checks.resume_changes(saved, current) == [("augment.erasing_sampler", None, "authors"),
+                                                            ("loss.camera_alignment", None, 1.0)]
+
+
+def test_every_field_added_since_configs_were_stored_says_its_old_behaviour():
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "config_fields_51ad9d8.txt"), encoding="utf-8") as f:
+        then = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    now = config_checks.flat_fields(default.get_config())
+    import fnmatch
+
+    added = {field for field in set(now) - then
+             if not any(fnmatch.fnmatchcase(field, p) for p in config_checks.RESUME_SAFE + config_checks.ADDED_GROUPS)}
+    assert added == set(config_checks.ADDED_FIELDS), sorted(added ^ set(config_checks.ADDED_FIELDS))
+    for field, old in config_checks.ADDED_FIELDS.items():
+        assert now[field] == old, f"{field}: the default {now[field]!r} is not the old behaviour {old!r}"

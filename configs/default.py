@@ -83,6 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.cluster_contrast = 0.0  # plus: weight of the cluster-memory contrast of target clips with a pseudo-identity
     c.loss.camera_alignment = 0.0  # weight of the between-camera share of the target batch's embedding variance (label-free camera ids; 0 disables)
     c.loss.cluster_soft = 0.0  # plus: weight of the MMT soft cross-entropy to the teacher's assignment over the memory
+    c.loss.intra_camera = 0.0  # plus with plus.camera_proxies: weight of the proxy contrast within the clip's camera (CAP)
+    c.loss.inter_camera = 0.0  # plus with plus.camera_proxies: weight of the contrast of a clip's proxies in every camera against hard negatives (CAP)
 
     c.adaptation = ml_collections.ConfigDict()
     c.adaptation.grl_max_steps = 20000  # I_max of the GRL schedule β = 2/(1+exp(−10·step/I_max)) − 1
@@ -167,6 +169,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.plus.memory_momentum = 0.2  # μ of the memory update m_y ← normalise(μ m_y + (1 − μ) f)
     c.plus.temperature = 0.05  # τ of the softmax over the memory
     c.plus.camera_normalise = True  # cluster features after subtracting each target camera's mean (camids are metadata, not labels)
+    c.plus.camera_proxies = False  # memory slots per (pseudo-identity, camera) instead of per pseudo-identity (CAP); read by loss.intra_camera / inter_camera
+    c.plus.hard_negatives = 50  # inter_camera: the most similar proxies of other pseudo-identities each clip is contrasted with
     c.plus.target_bn = True  # the student's BN running statistics (used at evaluation) come from its target forwards only
 
     # The reference variant (variant='reference', svreid_jax.variants.reference; docs/REPRODUCIBILITY.md).

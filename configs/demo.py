@@ -12,7 +12,7 @@ Variants (--config=configs/demo.py:<variant>):
   plus         beyond the paper (configs/targets.py:apply_plus): per-epoch DBSCAN pseudo-identities of the
                target, cluster memory, the teacher's soft assignment, target BN; sized for the demo here
   no_camera_normalise, no_soft, no_contrast, no_target_bn, kmeans, with_camera_alignment, with_domain_alignment,
-  with_reliability
+  with_reliability, camera_proxies
                (combine after plus: "plus,no_soft") one ingredient of plus off or swapped, or the paper's
                camera term (and its domain discriminators) added: the ablation rows
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
@@ -92,6 +92,10 @@ PLUS_ABLATIONS = {
     "with_camera_alignment": {"loss.camera_alignment": 1.0},  # the paper recipe's camera term (METHOD.md §4.11)
     "with_domain_alignment": {"loss.camera_alignment": 1.0, "loss.frame_domain": 1.0, "loss.clip_domain": 1.0},
     "with_reliability": {"plus.reliable_delta": 0.05},  # only pseudo-labels stable at eps ± 0.05 (SpCL-style)
+    # Camera-aware proxies (CAP, Wang et al. 2021; its weights: intra 1, inter 0.5, 50 hard negatives) for the
+    # one cluster-level contrast: the slots become (pseudo-identity, camera) pairs.
+    "camera_proxies": {"plus.camera_proxies": True, "loss.cluster_contrast": 0.0, "loss.intra_camera": 1.0,
+                       "loss.inter_camera": 0.5},
 }
 
 

@@ -79,6 +79,8 @@ ADDED_FIELDS: dict[str, Any] = {
     "loss.camera_alignment": 0.0,
     "loss.cluster_contrast": 0.0,
     "loss.cluster_soft": 0.0,
+    "loss.intra_camera": 0.0,
+    "loss.inter_camera": 0.0,
 }
 ADDED_GROUPS = ("plus.*",)
 

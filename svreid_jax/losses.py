@@ -275,6 +275,47 @@ def memory_soft_cross_entropy(student: jax.Array, teacher: jax.Array, memory: ja
     return jnp.where(jnp.any(valid), jnp.mean(per_item), 0.0)
 
 
+def intra_camera_contrast(features: jax.Array, labels: jax.Array, memory: jax.Array, valid: jax.Array,
+                          slot_camera: jax.Array, temperature: float = 0.05) -> jax.Array:
+    """Camera-aware proxies, within a camera (CAP): −log softmax(memory · f / τ)[y] over the valid slots of
+    y's own camera only, averaged over the items with a pseudo-label (0 when none has one).
+
+    Every candidate shares the clip's camera, so the loss cannot be lowered by coding the camera: it
+    separates the people that one camera saw. features [B, D] (normalised here); labels int32 [B]
+    (a proxy slot, −1: outlier); memory [M, D]; valid bool [M]; slot_camera int32 [M].
+    """
+    logits = _memory_logits(features, memory, valid, temperature)
+    own_camera = slot_camera[jnp.maximum(labels, 0)]
+    logits = jnp.where(slot_camera[None, :] == own_camera[:, None], logits, _MASKED)
+    labelled = labels >= 0
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), jnp.maximum(labels, 0)[:, None], -1)[:, 0]
+    return jnp.sum(jnp.where(labelled, nll, 0.0)) / jnp.maximum(jnp.sum(labelled), 1)
+
+
+def inter_camera_contrast(features: jax.Array, labels: jax.Array, memory: jax.Array, valid: jax.Array,
+                          slot_cluster: jax.Array, temperature: float = 0.05, hard_negatives: int = 50) -> jax.Array:
+    """Camera-aware proxies, across cameras (CAP): every proxy of the clip's pseudo-identity, in whichever
+    camera, is a positive against the `hard_negatives` most similar proxies of other pseudo-identities:
+
+        L_i = −(1/|P_i|) Σ_{p ∈ P_i} log( e^{s_p} / (Σ_{q ∈ P_i} e^{s_q} + Σ_{n ∈ N_i} e^{s_n}) ),  s = memory · f_i / τ,
+
+    averaged over the items with a pseudo-label (0 when none has one). It pulls a clip towards how its
+    person looks in the other cameras, which is what removes the camera from the embedding.
+    features [B, D]; labels int32 [B] (a proxy slot, −1: outlier); memory [M, D]; valid bool [M];
+    slot_cluster int32 [M] (the pseudo-identity of each slot). hard_negatives ≤ M.
+    """
+    logits = _memory_logits(features, memory, valid, temperature)
+    cluster = slot_cluster[jnp.maximum(labels, 0)]
+    positive = (slot_cluster[None, :] == cluster[:, None]) & valid[None, :]
+    negatives, _ = jax.lax.top_k(jnp.where(positive, _MASKED, logits), hard_negatives)
+    # A masked candidate's exp underflows to 0, so missing negatives (fewer than asked) count for nothing.
+    log_denominator = jax.nn.logsumexp(jnp.concatenate([jnp.where(positive, logits, _MASKED), negatives], -1), -1)
+    per_item = -jnp.sum(jnp.where(positive, logits - log_denominator[:, None], 0.0), -1) / jnp.maximum(
+        jnp.sum(positive, -1), 1)
+    labelled = labels >= 0
+    return jnp.sum(jnp.where(labelled, per_item, 0.0)) / jnp.maximum(jnp.sum(labelled), 1)
+
+
 def memory_update(memory: jax.Array, features: jax.Array, labels: jax.Array, momentum: float) -> jax.Array:
     """m_y ← normalise(μ m_y + (1 − μ) f) for each item in batch order (Cluster-Contrast's update: later
     items of a cluster see the earlier ones' update); outliers (y < 0) change nothing.

@@ -219,3 +219,64 @@ def test_reliability_switch_reclusters_at_eps_plus_minus_delta():
     c.plus.clustering, c.plus.reliable_min_iou = "dbscan", 1.5
     with pytest.raises(ValueError, match=r"reliable_min_iou=1.5 in \[0, 1\]"):
         variants.check_config(c)
+
+
+def test_camera_proxy_memory_and_terms_match_numpy():
+    """CAP's proxies: one slot per (pseudo-identity, camera); the intra-camera contrast sees only the
+    clip's camera; the inter-camera contrast takes every proxy of its pseudo-identity as a positive
+    against the k most similar other proxies (a per-item numpy loop as the oracle)."""
+    rng = np.random.default_rng(4)
+    feats = rng.normal(size=(9, 5)).astype(np.float32)
+    raw = np.array([3, 3, 3, -1, 8, 8, 1, 1, 1], np.int32)
+    cams = np.array([0, 1, 1, 0, 2, 0, 2, 2, 2])
+    out = plus.fill_proxy_memory(feats, raw, cams, capacity=6)
+    # Ids 1 (1 camera), 3 (cameras 0, 1), 8 (cameras 0, 2) → new ids 0, 1, 2; slots in (id, camera) order.
+    np.testing.assert_array_equal(out["slot_cluster"], [0, 1, 1, 2, 2, -1])
+    np.testing.assert_array_equal(out["slot_camera"], [2, 0, 1, 0, 2, -1])
+    np.testing.assert_array_equal(out["labels"], [1, 2, 2, -1, 4, 3, 0, 0, 0])
+    np.testing.assert_allclose(out["memory"][2], _unit(_unit(feats[1]) + _unit(feats[2])), atol=1e-6)
+    assert not out["memory"][5].any() and list(out["valid"]) == [1, 1, 1, 1, 1, 0]
+    # Four slots: id 3 (3 tracklets, 2 proxies) and id 1 (3, 1) fit; id 8 (2 proxies) no longer does.
+    small = plus.fill_proxy_memory(feats, raw, cams, capacity=4)
+    np.testing.assert_array_equal(small["labels"], [1, 2, 2, -1, -1, -1, 0, 0, 0])
+
+    f = rng.normal(size=(7, 5))
+    memory, valid = out["memory"], out["valid"]
+    labels = np.array([0, 1, 2, 3, 4, -1, 2], np.int32)
+    tau, k = 0.1, 2
+    s = _unit(f) @ memory.T / tau
+    intra, inter = [], []
+    for i in range(7):
+        if labels[i] < 0:
+            continue
+        same_cam = [j for j in range(6) if valid[j] and out["slot_camera"][j] == out["slot_camera"][labels[i]]]
+        intra.append(-(s[i, labels[i]] - np.log(np.exp(s[i, same_cam]).sum())))
+        pos = [j for j in range(6) if valid[j] and out["slot_cluster"][j] == out["slot_cluster"][labels[i]]]
+        neg = sorted((j for j in range(6) if valid[j] and j not in pos), key=lambda j: -s[i, j])[:k]
+        denom = np.log(np.exp(s[i, pos]).sum() + np.exp(s[i, neg]).sum())
+        inter.append(-np.mean([s[i, p] - denom for p in pos]))
+    args = (jnp.asarray(f, jnp.float32), labels, jnp.asarray(memory), valid)
+    np.testing.assert_allclose(float(losses.intra_camera_contrast(*args, out["slot_camera"], tau)), np.mean(intra),
+                               rtol=1e-5)
+    np.testing.assert_allclose(float(losses.inter_camera_contrast(*args, out["slot_cluster"], tau, k)),
+                               np.mean(inter), rtol=1e-5)
+    # More negatives asked for than there are: only the real ones count (the masked slot adds nothing).
+    wide = float(losses.inter_camera_contrast(*args, out["slot_cluster"], tau, 6))
+    assert np.isfinite(wide) and wide > float(losses.inter_camera_contrast(*args, out["slot_cluster"], tau, k))
+
+
+def test_camera_proxy_config_checks():
+    c = demo.get_config("plus,camera_proxies")
+    variants.check_config(c)
+    assert (c.plus.camera_proxies, c.loss.cluster_contrast, c.loss.intra_camera, c.loss.inter_camera) == (
+        True, 0.0, 1.0, 0.5)
+    c.loss.cluster_contrast = 1.0
+    with pytest.raises(ValueError, match=r"cluster_contrast=1.0 with plus.camera_proxies"):
+        variants.check_config(c)
+    c.loss.cluster_contrast, c.plus.hard_negatives = 0.0, c.plus.max_clusters + 1
+    with pytest.raises(ValueError, match=r"config.plus.hard_negatives=257 must lie in 1..plus.max_clusters=256"):
+        variants.check_config(c)
+    c = demo.get_config("plus")
+    c.loss.inter_camera = 0.5
+    with pytest.raises(ValueError, match=r"set config.plus.camera_proxies=True"):
+        variants.check_config(c)

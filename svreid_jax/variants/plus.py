@@ -34,9 +34,20 @@ def check_config(config) -> None:
     p = config.plus
     if p.clustering not in CLUSTERINGS:
         raise ValueError(f"config.plus.clustering={p.clustering!r}; expected one of {CLUSTERINGS}")
-    if config.loss.cluster_contrast <= 0 and config.loss.cluster_soft <= 0:
-        raise ValueError("variant 'plus' needs config.loss.cluster_contrast > 0 or config.loss.cluster_soft > 0 "
-                         "(its cluster memory is read by nothing else)")
+    proxy_weights = config.loss.intra_camera > 0 or config.loss.inter_camera > 0
+    if config.loss.cluster_contrast <= 0 and config.loss.cluster_soft <= 0 and not proxy_weights:
+        raise ValueError("variant 'plus' needs config.loss.cluster_contrast, cluster_soft, intra_camera or "
+                         "inter_camera > 0 (its cluster memory is read by nothing else)")
+    if proxy_weights and not p.camera_proxies:
+        raise ValueError(f"config.loss.intra_camera={config.loss.intra_camera} / inter_camera="
+                         f"{config.loss.inter_camera} read camera-aware proxies; set config.plus.camera_proxies=True")
+    if p.camera_proxies and config.loss.cluster_contrast > 0:
+        raise ValueError(f"config.loss.cluster_contrast={config.loss.cluster_contrast} with plus.camera_proxies would "
+                         "push a clip away from its own pseudo-identity's proxies in other cameras; use "
+                         "config.loss.intra_camera / inter_camera instead (set cluster_contrast=0)")
+    if p.camera_proxies and not 1 <= p.hard_negatives <= p.max_clusters:
+        raise ValueError(f"config.plus.hard_negatives={p.hard_negatives} must lie in 1..plus.max_clusters="
+                         f"{p.max_clusters}")
     if p.reliable_delta < 0 or not 0.0 <= p.reliable_min_iou <= 1.0:
         raise ValueError(f"config.plus.reliable_delta={p.reliable_delta} must be ≥ 0 and config.plus.reliable_min_iou="
                          f"{p.reliable_min_iou} in [0, 1]")
@@ -54,9 +65,13 @@ def init_state(config, model, params, rng, steps_per_epoch: int, num_target_trai
     """The empty memory: every tracklet unlabelled, no valid slot (the loss is 0 until the first clustering)."""
     del model, rng, steps_per_epoch
     dim = int(params["bnneck"]["scale"].shape[-1])
-    return {"labels": jnp.full((num_target_train,), -1, jnp.int32),
-            "memory": jnp.zeros((config.plus.max_clusters, dim), jnp.float32),
-            "valid": jnp.zeros((config.plus.max_clusters,), bool)}
+    slots = config.plus.max_clusters
+    state = {"labels": jnp.full((num_target_train,), -1, jnp.int32),
+             "memory": jnp.zeros((slots, dim), jnp.float32),
+             "valid": jnp.zeros((slots,), bool)}
+    if config.plus.camera_proxies:
+        state.update(slot_cluster=jnp.full((slots,), -1, jnp.int32), slot_camera=jnp.full((slots,), -1, jnp.int32))
+    return state
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -118,6 +133,41 @@ def fill_memory(features: np.ndarray, labels: np.ndarray, capacity: int) -> tupl
     return new_labels, memory, valid
 
 
+def fill_proxy_memory(features: np.ndarray, labels: np.ndarray, camids: np.ndarray,
+                      capacity: int) -> dict[str, np.ndarray]:
+    """Camera-aware proxies (CAP) from pseudo-identities: one slot per (pseudo-identity, camera) pair.
+
+    features [N, D], labels int32 [N] (−1 outlier), camids int [N]. Returns {'labels': int32 [N], each
+    tracklet's proxy slot (−1 outlier), 'memory': float32 [capacity, D], each slot the normalised mean of
+    its tracklets' normalised features, 'valid': bool [capacity], 'slot_cluster': int32 [capacity], the
+    pseudo-identity of each slot (renumbered 0..), 'slot_camera': int32 [capacity]} (−1 for empty slots).
+    With more proxies than slots, whole pseudo-identities are kept, largest first (ties: the lower id),
+    while their proxies fit; the rest become outliers. Slots are ordered by (pseudo-identity id, camera).
+    """
+    f = _normalise(np.asarray(features, np.float32))
+    labels, camids = np.asarray(labels, np.int32), np.asarray(camids, np.int64)
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    cameras_of = {int(i): np.unique(camids[labels == i]) for i in ids}
+    kept, used = [], 0
+    for i in ids[np.argsort(-counts, kind="stable")]:
+        if used + cameras_of[int(i)].size <= capacity:
+            kept.append(int(i))
+            used += cameras_of[int(i)].size
+    out_labels = np.full(labels.shape, -1, np.int32)
+    slot_cluster = np.full(capacity, -1, np.int32)
+    slot_camera = np.full(capacity, -1, np.int32)
+    slot = 0
+    for new_id, i in enumerate(sorted(kept)):
+        for cam in cameras_of[i]:
+            out_labels[(labels == i) & (camids == cam)] = slot
+            slot_cluster[slot], slot_camera[slot] = new_id, cam
+            slot += 1
+    memory = np.zeros((capacity, f.shape[1]), np.float32)
+    np.add.at(memory, out_labels[out_labels >= 0], f[out_labels >= 0])
+    return {"labels": out_labels, "memory": _normalise(memory).astype(np.float32), "valid": slot_cluster >= 0,
+            "slot_cluster": slot_cluster, "slot_camera": slot_camera}
+
+
 def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np.ndarray,
                 epoch: int) -> tuple[Any, dict[str, float]]:
     """Re-cluster the target training set before `epoch` (0-based): state with a new TrainState.reference,
@@ -132,10 +182,18 @@ def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np
         return state, {}
     features = extract({"params": state.ema_params, "batch_stats": state.ema_batch_stats})
     raw = cluster_features(config, features, np.asarray(camids), epoch)
-    labels, memory, valid = fill_memory(features, raw, p.max_clusters)
-    stats = {"clusters": float(valid.sum()), "outliers": float(np.mean(labels < 0)),
-             "dropped_clusters": float(len(np.unique(raw[raw >= 0])) - valid.sum())}
-    return state.replace(reference={"labels": labels, "memory": memory, "valid": valid}), stats
+    found = len(np.unique(raw[raw >= 0]))
+    if p.camera_proxies:
+        reference = fill_proxy_memory(features, raw, camids, p.max_clusters)
+        clusters = len(np.unique(reference["slot_cluster"][reference["valid"]]))
+        stats = {"clusters": float(clusters), "proxies": float(reference["valid"].sum())}
+    else:
+        labels, memory, valid = fill_memory(features, raw, p.max_clusters)
+        reference = {"labels": labels, "memory": memory, "valid": valid}
+        clusters = int(valid.sum())
+        stats = {"clusters": float(clusters)}
+    stats.update(outliers=float(np.mean(reference["labels"] < 0)), dropped_clusters=float(found - clusters))
+    return state.replace(reference=reference), stats
 
 
 def make_train_step(model, config, axis_name: str | None = None):

@@ -9,12 +9,13 @@ Variants (--config=configs/demo.py:<variant>):
   frame_clip   source + both discriminators
   reference    the authors' code (configs/targets.py:apply_reference) at demo sizes: the tiny plain ResNet
                instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, 4 k-means clusters
-  plus         beyond the paper (configs/targets.py:apply_plus): per-epoch DBSCAN pseudo-identities of the
-               target, cluster memory, the teacher's soft assignment, target BN; sized for the demo here
-  no_camera_normalise, no_soft, no_contrast, no_target_bn, kmeans, with_camera_alignment, with_domain_alignment,
-  with_reliability, camera_proxies
-               (combine after plus: "plus,no_soft") one ingredient of plus off or swapped, or the paper's
-               camera term (and its domain discriminators) added: the ablation rows
+  plus         beyond the paper (configs/targets.py:apply_plus): the paper recipe, and from epoch 20 on per-epoch
+               DBSCAN pseudo-identities of the target, cluster memory, the teacher's soft assignment, target BN;
+               sized for the demo here
+  no_camera_normalise, no_soft, no_contrast, no_target_bn, kmeans, no_camera_alignment, no_domain_alignment,
+  no_consistency, early_start, standalone, with_reliability, camera_proxies
+               (combine after plus: "plus,no_soft") one ingredient of plus off, swapped or added; standalone
+               is plus without the paper's target terms, clustering from epoch 5: the ablation rows
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
   hard         (combine: "source_only,hard", "paper,hard", …) the hard data preset: a rendered-vs-filmed
                gap shared by all target cameras instead of per-camera scenes (svreid_jax/data/demo.py,
@@ -89,8 +90,13 @@ PLUS_ABLATIONS = {
     "no_contrast": {"loss.cluster_contrast": 0.0},  # the cluster-memory contrast (the soft term remains)
     "no_target_bn": {"plus.target_bn": False},  # target-domain BN statistics
     "kmeans": {"plus.clustering": "kmeans"},  # k-means for DBSCAN on Jaccard distances
-    "with_camera_alignment": {"loss.camera_alignment": 1.0},  # the paper recipe's camera term (METHOD.md §4.11)
-    "with_domain_alignment": {"loss.camera_alignment": 1.0, "loss.frame_domain": 1.0, "loss.clip_domain": 1.0},
+    "no_camera_alignment": {"loss.camera_alignment": 0.0},  # the paper recipe's camera term (METHOD.md §4.11)
+    "no_domain_alignment": {"loss.frame_domain": 0.0, "loss.clip_domain": 0.0},  # both discriminators
+    "no_consistency": {"loss.consistency_ce": 0.0, "loss.consistency_dist": 0.0},  # the teacher's per-batch clusters
+    "early_start": {"plus.start_epoch": 5},  # clustering from epoch 5 instead of half-way
+    # plus as it was until 2026-11-27: none of the paper's target terms, clustering from epoch 5.
+    "standalone": {"loss.camera_alignment": 0.0, "loss.frame_domain": 0.0, "loss.clip_domain": 0.0,
+                   "loss.consistency_ce": 0.0, "loss.consistency_dist": 0.0, "plus.start_epoch": 5},
     "with_reliability": {"plus.reliable_delta": 0.05},  # only pseudo-labels stable at eps ± 0.05 (SpCL-style)
     # Camera-aware proxies (CAP, Wang et al. 2021; its weights: intra 1, inter 0.5, 50 hard negatives) for the
     # one cluster-level contrast: the slots become (pseudo-identity, camera) pairs.
@@ -132,8 +138,6 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.
         c.plus.min_samples = 2
         c.plus.max_clusters = 256
         c.plus.kmeans_clusters = 50
-        c.plus.start_epoch = 5  # from scratch, the first epochs' features would cluster noise
-        c.loss.camera_alignment = 0.0  # measured without it (docs/METHOD.md §1.4)
         return c
     if variant in PLUS_ABLATIONS:
         # One ingredient of plus off (combine after it: "plus,no_soft"); the ablation rows of BENCHMARKS.md.

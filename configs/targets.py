@@ -98,15 +98,19 @@ def apply_reference(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def apply_plus(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The plus variant (svreid_jax/variants/plus.py): source CE + triplet, and on the target the
-    cluster-memory contrast on per-epoch pseudo-identities with the teacher's soft assignment over the
-    memory, camera-normalised clustering and target BN statistics. The paper's domain discriminators
-    and per-batch teacher k-means are off: the pseudo-identities take their place (docs/METHOD.md "plus")."""
+    """The plus variant (svreid_jax/variants/plus.py): the paper's recipe as this config has it (source
+    CE + triplet, both domain discriminators, the mean teacher's consistency terms, any camera term), and
+    from half-way on the cluster-memory contrast on per-epoch pseudo-identities of the whole target set,
+    with the teacher's soft assignment over the memory, camera-normalised clustering and target BN
+    statistics (docs/METHOD.md "plus").
+
+    It clusters the paper's features rather than replacing the paper: run alone from an unaligned model,
+    the clustering locked in camera-bound clusters no purer than a source-only model's (BENCHMARKS.md,
+    "Why plus falls short"), while the paper's aligned features cluster purer and carry no camera."""
     c.variant = "plus"
-    c.loss.frame_domain = c.loss.clip_domain = 0.0
-    c.loss.consistency_ce = c.loss.consistency_dist = 0.0
     c.loss.cluster_contrast = 1.0
     c.loss.cluster_soft = 0.5
+    c.plus.start_epoch = c.train.num_epochs // 2  # the paper's alignment first; set it after num_epochs
     c.data.target_sampling = "random"
     c.data.target_views = 2  # two clips of a tracklet per batch: the memory sees each pseudo-identity twice
     return c

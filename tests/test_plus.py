@@ -190,8 +190,14 @@ def test_step_memory_under_a_named_axis_equals_jit():
 
 def test_plus_configs():
     c = mars.get_config("plus")
-    assert (c.variant, c.loss.cluster_contrast > 0, c.loss.frame_domain, c.plus.clustering) == ("plus", True, 0.0,
-                                                                                                  "dbscan")
+    paper = mars.get_config("paper")
+    assert (c.variant, c.loss.cluster_contrast > 0, c.plus.clustering) == ("plus", True, "dbscan")
+    # Built on the paper: its target terms as the paper config has them, the clustering from half-way.
+    for name in ("frame_domain", "clip_domain", "consistency_ce", "consistency_dist", "camera_alignment"):
+        assert c.loss[name] == paper.loss[name], name
+    assert c.plus.start_epoch == c.train.num_epochs // 2 == 75
+    standalone = demo.get_config("plus,standalone")
+    assert (standalone.loss.frame_domain, standalone.loss.consistency_ce, standalone.plus.start_epoch) == (0.0, 0.0, 5)
     variants.check_config(c)
     c.plus.clustering = "spectral"
     with pytest.raises(ValueError, match="plus.clustering"):

@@ -110,7 +110,8 @@ def apply_plus(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.variant = "plus"
     c.loss.cluster_contrast = 1.0
     c.loss.cluster_soft = 0.5
-    c.plus.start_epoch = c.train.num_epochs // 2  # the paper's alignment first; set it after num_epochs
+    # The paper's alignment first. A reference: a --config.train.num_epochs override moves it along.
+    c.plus.start_epoch = c.train.get_ref("num_epochs") // 2
     c.data.target_sampling = "random"
     c.data.target_views = 2  # two clips of a tracklet per batch: the memory sees each pseudo-identity twice
     return c

@@ -196,6 +196,8 @@ def test_plus_configs():
     for name in ("frame_domain", "clip_domain", "consistency_ce", "consistency_dist", "camera_alignment"):
         assert c.loss[name] == paper.loss[name], name
     assert c.plus.start_epoch == c.train.num_epochs // 2 == 75
+    c.train.num_epochs = 30  # what --config.train.num_epochs=30 does: the start follows
+    assert c.plus.start_epoch == 15
     standalone = demo.get_config("plus,standalone")
     assert (standalone.loss.frame_domain, standalone.loss.consistency_ce, standalone.plus.start_epoch) == (0.0, 0.0, 5)
     variants.check_config(c)

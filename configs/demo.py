@@ -10,10 +10,10 @@ Variants (--config=configs/demo.py:<variant>):
   reference    the authors' code (configs/targets.py:apply_reference) at demo sizes: the tiny plain ResNet
                instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, 4 k-means clusters
   plus         beyond the paper (configs/targets.py:apply_plus): the paper recipe, and from epoch 20 on per-epoch
-               DBSCAN pseudo-identities of the target, cluster memory, the teacher's soft assignment, target BN;
-               sized for the demo here
+               DBSCAN pseudo-identities of the target, a memory of camera-aware proxies, the teacher's soft
+               assignment, target BN; sized for the demo here
   no_camera_normalise, no_soft, no_contrast, no_target_bn, kmeans, no_camera_alignment, no_domain_alignment,
-  no_consistency, early_start, standalone, with_reliability, camera_proxies
+  no_consistency, early_start, no_camera_proxies, standalone, with_reliability
                (combine after plus: "plus,no_soft") one ingredient of plus off, swapped or added; standalone
                is plus without the paper's target terms, clustering from epoch 5: the ablation rows
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
@@ -87,21 +87,22 @@ HARD_DEMO_OPTIONS = dict(shift="hard", texture_strength=0.25, clutter_blobs=2, c
 PLUS_ABLATIONS = {
     "no_camera_normalise": {"plus.camera_normalise": False},  # camera-centred clustering
     "no_soft": {"loss.cluster_soft": 0.0},  # the teacher's soft assignment over the memory (MMT)
-    "no_contrast": {"loss.cluster_contrast": 0.0},  # the cluster-memory contrast (the soft term remains)
+    "no_contrast": {"loss.intra_camera": 0.0, "loss.inter_camera": 0.0},  # the proxy contrasts (the soft term remains)
     "no_target_bn": {"plus.target_bn": False},  # target-domain BN statistics
     "kmeans": {"plus.clustering": "kmeans"},  # k-means for DBSCAN on Jaccard distances
     "no_camera_alignment": {"loss.camera_alignment": 0.0},  # the paper recipe's camera term (METHOD.md §4.11)
     "no_domain_alignment": {"loss.frame_domain": 0.0, "loss.clip_domain": 0.0},  # both discriminators
     "no_consistency": {"loss.consistency_ce": 0.0, "loss.consistency_dist": 0.0},  # the teacher's per-batch clusters
     "early_start": {"plus.start_epoch": 5},  # clustering from epoch 5 instead of half-way
-    # plus as it was until 2026-11-27: none of the paper's target terms, clustering from epoch 5.
+    # One slot per pseudo-identity and its plain contrast instead of camera-aware proxies (CAP).
+    "no_camera_proxies": {"plus.camera_proxies": False, "loss.cluster_contrast": 1.0, "loss.intra_camera": 0.0,
+                          "loss.inter_camera": 0.0},
+    # plus as it was until 2026-11-27: none of the paper's target terms, clustering from epoch 5, no proxies.
     "standalone": {"loss.camera_alignment": 0.0, "loss.frame_domain": 0.0, "loss.clip_domain": 0.0,
-                   "loss.consistency_ce": 0.0, "loss.consistency_dist": 0.0, "plus.start_epoch": 5},
+                   "loss.consistency_ce": 0.0, "loss.consistency_dist": 0.0, "plus.start_epoch": 5,
+                   "plus.camera_proxies": False, "loss.cluster_contrast": 1.0, "loss.intra_camera": 0.0,
+                   "loss.inter_camera": 0.0},
     "with_reliability": {"plus.reliable_delta": 0.05},  # only pseudo-labels stable at eps ± 0.05 (SpCL-style)
-    # Camera-aware proxies (CAP, Wang et al. 2021; its weights: intra 1, inter 0.5, 50 hard negatives) for the
-    # one cluster-level contrast: the slots become (pseudo-identity, camera) pairs.
-    "camera_proxies": {"plus.camera_proxies": True, "loss.cluster_contrast": 0.0, "loss.intra_camera": 1.0,
-                       "loss.inter_camera": 0.5},
 }
 
 

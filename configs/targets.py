@@ -100,15 +100,21 @@ def apply_reference(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def apply_plus(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The plus variant (svreid_jax/variants/plus.py): the paper's recipe as this config has it (source
     CE + triplet, both domain discriminators, the mean teacher's consistency terms, any camera term), and
-    from half-way on the cluster-memory contrast on per-epoch pseudo-identities of the whole target set,
-    with the teacher's soft assignment over the memory, camera-normalised clustering and target BN
-    statistics (docs/METHOD.md "plus").
+    from half-way on per-epoch pseudo-identities of the whole target set (camera-normalised clustering),
+    a memory of camera-aware proxies contrasted within and across cameras, the teacher's soft
+    assignment over the memory and target BN statistics (docs/METHOD.md "plus").
 
     It clusters the paper's features rather than replacing the paper: run alone from an unaligned model,
     the clustering locked in camera-bound clusters no purer than a source-only model's (BENCHMARKS.md,
     "Why plus falls short"), while the paper's aligned features cluster purer and carry no camera."""
     c.variant = "plus"
-    c.loss.cluster_contrast = 1.0
+    # Camera-aware proxies (CAP's weights: intra 1, inter 0.5, 50 hard negatives) rather than one slot per
+    # cluster: on the paper's features the plain cluster contrast brought the camera back into the
+    # embedding (BENCHMARKS.md, "plus on the paper recipe"). MARS: ~600 clusters × up to 6 cameras.
+    c.plus.camera_proxies = True
+    c.plus.max_clusters = 4096
+    c.loss.intra_camera = 1.0
+    c.loss.inter_camera = 0.5
     c.loss.cluster_soft = 0.5
     # The paper's alignment first. A reference: a --config.train.num_epochs override moves it along.
     c.plus.start_epoch = c.train.get_ref("num_epochs") // 2

@@ -151,11 +151,12 @@ B, T, H, W = 8, 4, 32, 16
 
 
 @pytest.mark.slow  # compiles the step twice (jit and under a named axis): minutes on 2 shared cores
-def test_step_memory_under_a_named_axis_equals_jit():
+@pytest.mark.parametrize("variant,term", [("plus", "inter_camera"), ("plus,no_camera_proxies", "cluster_contrast")])
+def test_step_memory_under_a_named_axis_equals_jit(variant, term):
     """pmap semantics (vmap with the axis name over 2 replicas of one state): every replica ends with the
     same memory, equal to the one-device step's. Per-device draws are switched off (no erasing, the
     teacher sees the student's clips) so the two runs see the same pixels."""
-    config = demo.get_config("plus")
+    config = demo.get_config(variant)
     config.data.height, config.data.width = H, W
     config.augment.erasing_probability = 0.0
     config.adaptation.teacher_augment = False
@@ -168,6 +169,9 @@ def test_step_memory_under_a_named_axis_equals_jit():
     extra["memory"] = extra["memory"].at[:3].set(jnp.asarray(_unit(rng.normal(size=(3, extra["memory"].shape[1]))),
                                                              jnp.float32))
     extra["valid"] = extra["valid"].at[:3].set(True)
+    if config.plus.camera_proxies:  # slots 0 and 1: one pseudo-identity in cameras 0 and 1; slot 2 another
+        extra["slot_cluster"] = extra["slot_cluster"].at[:3].set(jnp.asarray([0, 0, 1], jnp.int32))
+        extra["slot_camera"] = extra["slot_camera"].at[:3].set(jnp.asarray([0, 1, 0], jnp.int32))
     state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), 10, reference=extra)
     batch = {"source": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
                         "pid": np.repeat(np.arange(B // 4), 4).astype(np.int32)},
@@ -175,14 +179,14 @@ def test_step_memory_under_a_named_axis_equals_jit():
                         "camid": np.arange(B, dtype=np.int32) % 3,
                         "index": rng.permutation(n_target)[:B].astype(np.int32)}}
     one, metrics = jax.jit(variants.make_train_step(model, config))(state, batch)
-    assert float(metrics["pseudo_labelled"]) > 0 and float(metrics["cluster_contrast"]) > 0
+    assert float(metrics["pseudo_labelled"]) > 0 and float(metrics[term]) > 0
     assert not np.allclose(np.asarray(one.reference["memory"]), np.asarray(extra["memory"]))
 
     shards = jax.tree.map(lambda x: x.reshape((2, x.shape[0] // 2) + x.shape[1:]), batch)
     states = jax.tree.map(lambda x: jnp.stack([x, x]), state)
     step = variants.make_train_step(model, config, axis_name="batch")
     two, _ = jax.jit(jax.vmap(step, axis_name="batch"))(states, shards)
-    for key in ("memory", "labels", "valid"):
+    for key in extra:
         np.testing.assert_array_equal(np.asarray(two.reference[key][0]), np.asarray(two.reference[key][1]))
     np.testing.assert_allclose(np.asarray(two.reference["memory"][0]), np.asarray(one.reference["memory"]),
                                atol=2e-5)
@@ -191,7 +195,8 @@ def test_step_memory_under_a_named_axis_equals_jit():
 def test_plus_configs():
     c = mars.get_config("plus")
     paper = mars.get_config("paper")
-    assert (c.variant, c.loss.cluster_contrast > 0, c.plus.clustering) == ("plus", True, "dbscan")
+    assert (c.variant, c.plus.camera_proxies, c.loss.inter_camera > 0, c.plus.clustering) == ("plus", True, True,
+                                                                                              "dbscan")
     # Built on the paper: its target terms as the paper config has them, the clustering from half-way.
     for name in ("frame_domain", "clip_domain", "consistency_ce", "consistency_dist", "camera_alignment"):
         assert c.loss[name] == paper.loss[name], name
@@ -274,17 +279,20 @@ def test_camera_proxy_memory_and_terms_match_numpy():
 
 
 def test_camera_proxy_config_checks():
-    c = demo.get_config("plus,camera_proxies")
+    c = demo.get_config("plus")
     variants.check_config(c)
     assert (c.plus.camera_proxies, c.loss.cluster_contrast, c.loss.intra_camera, c.loss.inter_camera) == (
         True, 0.0, 1.0, 0.5)
+    single = demo.get_config("plus,no_camera_proxies")
+    variants.check_config(single)
+    assert (single.plus.camera_proxies, single.loss.cluster_contrast, single.loss.intra_camera) == (False, 1.0, 0.0)
     c.loss.cluster_contrast = 1.0
     with pytest.raises(ValueError, match=r"cluster_contrast=1.0 with plus.camera_proxies"):
         variants.check_config(c)
     c.loss.cluster_contrast, c.plus.hard_negatives = 0.0, c.plus.max_clusters + 1
     with pytest.raises(ValueError, match=r"config.plus.hard_negatives=257 must lie in 1..plus.max_clusters=256"):
         variants.check_config(c)
-    c = demo.get_config("plus")
+    c = demo.get_config("plus,no_camera_proxies")
     c.loss.inter_camera = 0.5
     with pytest.raises(ValueError, match=r"set config.plus.camera_proxies=True"):
         variants.check_config(c)

@@ -65,16 +65,22 @@ def main() -> None:
     for method in plus.CLUSTERINGS:
         config.plus.clustering = method
         seconds, labels = timed(lambda: plus.cluster_features(config, x, cams, epoch=0), args.repeats)
-        fill, (kept, _, valid) = timed(lambda: plus.fill_memory(x, labels, config.plus.max_clusters), args.repeats)
-        found = int(valid.sum())
+        if config.plus.camera_proxies:  # the memory :plus fills: one slot per (pseudo-identity, camera)
+            fill, memory = timed(lambda: plus.fill_proxy_memory(x, labels, cams, config.plus.max_clusters),
+                                 args.repeats)
+            kept, slots = memory["labels"], int(memory["valid"].sum())
+            found = len(np.unique(memory["slot_cluster"][memory["valid"]]))
+        else:
+            fill, (kept, _, valid) = timed(lambda: plus.fill_memory(x, labels, config.plus.max_clusters), args.repeats)
+            found = slots = int(valid.sum())
         outliers = float(np.mean(kept < 0))
-        rows.append((method, seconds, fill, found, outliers))
+        rows.append((method, seconds, fill, found, slots, outliers))
     print(f"host: {platform.node()}, {os.cpu_count()} CPUs, JAX {jax.__version__} on {jax.default_backend()}; "
           f"{args.num_ids} identities, {args.cameras} cameras\n")
-    print("| N | D | method | seconds | memory fill (s) | clusters | outliers |")
-    print("|---|---|---|---|---|---|---|")
-    for method, seconds, fill, found, outliers in rows:
-        print(f"| {args.num} | {args.dim} | {method} | {seconds:.2f} | {fill:.2f} | {found} | {outliers:.3f} |")
+    print("| N | D | method | seconds | memory fill (s) | clusters | memory slots | outliers |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method, seconds, fill, found, slots, outliers in rows:
+        print(f"| {args.num} | {args.dim} | {method} | {seconds:.2f} | {fill:.2f} | {found} | {slots} | {outliers:.3f} |")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,14 @@ with the cluster-memory terms of the term table: a cluster-level contrast of the
 embeddings against the memory (Cluster-Contrast), optionally the teacher's soft assignment over the
 memory as a second target (MMT), and the memory's momentum update after each step.
 
+With plus.camera_proxies (CAP, on in `:plus`) each slot of the memory is one (pseudo-identity, camera)
+pair and the contrast is the intra-camera and inter-camera pair of terms instead.
+
 Extra state (TrainState.reference), fixed shapes so the step compiles once:
-  labels int32 [N_target_train]: the pseudo-identity of each target training tracklet, −1 = outlier or
-    not clustered yet; read at the batch's target 'index' (never its pid);
-  memory float32 [M, D]: L2-normalised cluster centroids, M = plus.max_clusters; valid bool [M].
+  labels int32 [N_target_train]: the memory slot of each target training tracklet (its pseudo-identity,
+    or its proxy), −1 = outlier or not clustered yet; read at the batch's target 'index' (never its pid);
+  memory float32 [M, D]: L2-normalised slot centroids, M = plus.max_clusters; valid bool [M];
+  with camera_proxies also slot_cluster, slot_camera int32 [M]: each slot's pseudo-identity and camera.
 """
 from __future__ import annotations
 

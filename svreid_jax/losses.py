@@ -255,11 +255,14 @@ def cluster_contrast(features: jax.Array, labels: jax.Array, memory: jax.Array, 
     valid bool [M]. Returns (loss, fraction of items with a label); 0 when none has one.
     """
     logits = _memory_logits(features, memory, valid, temperature)
+    return _labelled_nll(logits, labels), jnp.sum(labels >= 0) / labels.shape[0]
+
+
+def _labelled_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """−log softmax(logits)[y] averaged over the items with a label y ≥ 0 (0 when none has one)."""
     labelled = labels >= 0
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), jnp.maximum(labels, 0)[:, None], -1)[:, 0]
-    count = jnp.sum(labelled)
-    loss = jnp.sum(jnp.where(labelled, nll, 0.0)) / jnp.maximum(count, 1)
-    return loss, count / labels.shape[0]
+    return jnp.sum(jnp.where(labelled, nll, 0.0)) / jnp.maximum(jnp.sum(labelled), 1)
 
 
 def memory_soft_cross_entropy(student: jax.Array, teacher: jax.Array, memory: jax.Array, valid: jax.Array,
@@ -286,10 +289,7 @@ def intra_camera_contrast(features: jax.Array, labels: jax.Array, memory: jax.Ar
     """
     logits = _memory_logits(features, memory, valid, temperature)
     own_camera = slot_camera[jnp.maximum(labels, 0)]
-    logits = jnp.where(slot_camera[None, :] == own_camera[:, None], logits, _MASKED)
-    labelled = labels >= 0
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), jnp.maximum(labels, 0)[:, None], -1)[:, 0]
-    return jnp.sum(jnp.where(labelled, nll, 0.0)) / jnp.maximum(jnp.sum(labelled), 1)
+    return _labelled_nll(jnp.where(slot_camera[None, :] == own_camera[:, None], logits, _MASKED), labels)
 
 
 def inter_camera_contrast(features: jax.Array, labels: jax.Array, memory: jax.Array, valid: jax.Array,

@@ -130,11 +130,16 @@ def fill_memory(features: np.ndarray, labels: np.ndarray, capacity: int) -> tupl
     renumber = np.full(int(labels.max(initial=-1)) + 2, -1, np.int32)
     renumber[keep] = np.arange(keep.size, dtype=np.int32)
     new_labels = np.where(labels >= 0, renumber[labels], -1).astype(np.int32)
-    memory = np.zeros((capacity, f.shape[1]), np.float32)
-    np.add.at(memory, new_labels[new_labels >= 0], f[new_labels >= 0])
-    memory = _normalise(memory).astype(np.float32)
     valid = np.arange(capacity) < keep.size
-    return new_labels, memory, valid
+    return new_labels, _slot_means(f, new_labels, capacity), valid
+
+
+def _slot_means(f: np.ndarray, slots: np.ndarray, capacity: int) -> np.ndarray:
+    """float32 [capacity, D]: slot s the normalised sum of the rows of normalised features f with slots == s
+    (zero for an empty slot; rows with slot −1 count nowhere)."""
+    memory = np.zeros((capacity, f.shape[1]), np.float32)
+    np.add.at(memory, slots[slots >= 0], f[slots >= 0])
+    return _normalise(memory).astype(np.float32)
 
 
 def fill_proxy_memory(features: np.ndarray, labels: np.ndarray, camids: np.ndarray,
@@ -166,9 +171,7 @@ def fill_proxy_memory(features: np.ndarray, labels: np.ndarray, camids: np.ndarr
             out_labels[(labels == i) & (camids == cam)] = slot
             slot_cluster[slot], slot_camera[slot] = new_id, cam
             slot += 1
-    memory = np.zeros((capacity, f.shape[1]), np.float32)
-    np.add.at(memory, out_labels[out_labels >= 0], f[out_labels >= 0])
-    return {"labels": out_labels, "memory": _normalise(memory).astype(np.float32), "valid": slot_cluster >= 0,
+    return {"labels": out_labels, "memory": _slot_means(f, out_labels, capacity), "valid": slot_cluster >= 0,
             "slot_cluster": slot_cluster, "slot_camera": slot_camera}
 
 

@@ -181,21 +181,19 @@ def _cluster_soft(ctx: TermContext):
     return {"cluster_soft": loss}, {}
 
 
-def _camera_proxies(ctx: TermContext):
+def _intra_camera(ctx: TermContext):
     features, labels = _memory_batch(ctx)
-    p, extra = ctx.config.plus, ctx.extra
-    values = {}
-    if ctx.config.loss.intra_camera > 0:
-        values["intra_camera"] = losses.intra_camera_contrast(features, labels, extra["memory"], extra["valid"],
-                                                              extra["slot_camera"], p.temperature)
-    else:
-        values["intra_camera"] = jnp.zeros((), jnp.float32)
-    if ctx.config.loss.inter_camera > 0:
-        values["inter_camera"] = losses.inter_camera_contrast(features, labels, extra["memory"], extra["valid"],
-                                                              extra["slot_cluster"], p.temperature, p.hard_negatives)
-    else:
-        values["inter_camera"] = jnp.zeros((), jnp.float32)
-    return values, {"pseudo_labelled": jnp.mean(labels >= 0)}
+    loss = losses.intra_camera_contrast(features, labels, ctx.extra["memory"], ctx.extra["valid"],
+                                        ctx.extra["slot_camera"], ctx.config.plus.temperature)
+    return {"intra_camera": loss}, {"pseudo_labelled": jnp.mean(labels >= 0)}
+
+
+def _inter_camera(ctx: TermContext):
+    features, labels = _memory_batch(ctx)
+    p = ctx.config.plus
+    loss = losses.inter_camera_contrast(features, labels, ctx.extra["memory"], ctx.extra["valid"],
+                                        ctx.extra["slot_cluster"], p.temperature, p.hard_negatives)
+    return {"inter_camera": loss}, {"pseudo_labelled": jnp.mean(labels >= 0)}
 
 
 def _camera_alignment(ctx: TermContext):
@@ -217,8 +215,8 @@ TERMS: list[LossTerm] = [
     LossTerm("cluster_contrast", {"cluster_contrast": "cluster_contrast"}, frozenset({TARGET}), _cluster_contrast),
     LossTerm("cluster_soft", {"cluster_soft": "cluster_soft"}, frozenset({TARGET, TEACHER}), _cluster_soft),
     # plus.camera_proxies: the memory's slots are (pseudo-identity, camera) proxies (CAP).
-    LossTerm("camera_proxies", {"intra_camera": "intra_camera", "inter_camera": "inter_camera"}, frozenset({TARGET}),
-             _camera_proxies),
+    LossTerm("intra_camera", {"intra_camera": "intra_camera"}, frozenset({TARGET}), _intra_camera),
+    LossTerm("inter_camera", {"inter_camera": "inter_camera"}, frozenset({TARGET}), _inter_camera),
     LossTerm("camera_alignment", {"camera_alignment": "camera_alignment"}, frozenset({TARGET}), _camera_alignment),
 ]
 

@@ -127,6 +127,84 @@ def clip_spec(config, train: bool) -> pipeline.ClipSpec:
                              temporal=config.eval.temporal, flip=False, **decoding)
 
 
+@dataclasses.dataclass
+class TrainStreams:
+    """The source and target training streams of a run.
+
+    next() → ({'source': …, 'target': …}, frames the pipeline could not decode): one step's batches,
+    placed on device once `to_device` has wrapped the streams. `iterators` are what checkpoints store
+    (the item names are part of the checkpoint layout); positions()/rewind() let an interrupted step
+    give back the batches it had drawn.
+    """
+
+    source: Any
+    target: Any
+    steps_per_epoch: int
+
+    @property
+    def iterators(self) -> dict[str, Any]:
+        return {"source_iter": self.source, "target_iter": self.target}
+
+    def next(self) -> tuple[dict, int]:
+        # The target stream advances even when no loss reads it, so every variant of a config sees
+        # the same source batches.
+        batch = {"source": next(self.source), "target": next(self.target)}
+        bad_frames = sum(int(b.pop("bad_frames", 0)) for b in batch.values())
+        return batch, bad_frames
+
+    def positions(self) -> dict[str, Any]:
+        return {name: it.get_state() for name, it in self.iterators.items()}
+
+    def rewind(self, positions: dict[str, Any]) -> None:
+        for name, it in self.iterators.items():
+            it.set_state(positions[name])
+
+    def to_device(self, put_batch, config) -> "TrainStreams":
+        """The streams with batches placed by `put_batch` (parallel.ParallelStep.put_batch),
+        data.device_prefetch steps ahead. The checkpointed positions count only the batches handed to
+        the step (pipeline.DevicePrefetch). The count of undecodable frames stays on the host."""
+        uses_target = variants.uses_target(config)
+
+        def place_source(b):
+            return {**put_batch({"video": b["video"], "pid": b["pid"]}), "bad_frames": b["bad_frames"]}
+
+        def place_target(b):
+            # An unused target is cut to one clip per device before the transfer.
+            video = b["video"] if uses_target else b["video"][: jax.local_device_count()]
+            # 'index' (the tracklet's position in target.train) is how the plus variant finds a clip's
+            # pseudo-label; 'pid' never leaves the host.
+            placed = {"video": video, "camid": b["camid"][: len(video)], "index": b["index"][: len(video)]}
+            return {**put_batch(placed), "bad_frames": b["bad_frames"]}
+
+        ahead = config.data.device_prefetch
+        return TrainStreams(pipeline.prefetch_to_device(self.source, ahead, place_source),
+                            pipeline.prefetch_to_device(self.target, ahead, place_target), self.steps_per_epoch)
+
+
+def train_streams(config, source: DatasetSplits, target: DatasetSplits) -> TrainStreams:
+    """P×K identity batches of the source and label-free batches of the target (data.target_sampling=
+    'identity' samples by target labels, with a warning), this process's share of each, on the host;
+    steps per epoch from the source sampler, capped by train.steps_per_epoch."""
+    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    spec = clip_spec(config, train=True)
+    d = config.data
+    source_it, steps_per_epoch = pipeline.source_stream(
+        source.train, num_identities=config.batch.num_identities, num_instances=config.batch.num_instances,
+        spec=spec, seed=config.seed, num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers,
+        **process)
+    if config.train.steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, config.train.steps_per_epoch)
+    identity_balanced = d.target_sampling == "identity"
+    if identity_balanced:
+        logging.warning("data.target_sampling='identity' samples target batches by target ground-truth "
+                        "labels (the reference's behaviour, docs/METHOD.md §8 D7): this is not unsupervised.")
+    target_it = pipeline.target_stream(
+        target.train, batch_size=config.batch.target_size, spec=spec, seed=config.seed, num_threads=d.num_threads,
+        prefetch=d.prefetch, identity_balanced=identity_balanced, num_instances=config.batch.num_instances,
+        num_workers=d.num_workers, views_per_tracklet=d.target_views, **process)
+    return TrainStreams(source_it, target_it, steps_per_epoch)
+
+
 # ---------------------------------------------------------------------------------------------
 # Model and state
 
@@ -192,13 +270,13 @@ def init_variables(config, model, rng: jax.Array) -> tuple[Any, Any]:
 def create_state(config, model, num_steps_per_epoch: int, seed_key: jax.Array,
                  num_target_train: int = 0) -> TrainState:
     """A fresh TrainState for `config.variant`: initial variables, optimiser, teacher, RNG and the
-    variant's own extra state (TrainState.reference; num_target_train sizes the plus variant's labels)."""
+    variant's own state (TrainState.variant_state; num_target_train sizes the plus variant's labels)."""
     init_rng, state_rng = jax.random.split(seed_key)
     params, batch_stats = init_variables(config, model, init_rng)
     extra = variants.init_state(config, model, params, state_rng, num_steps_per_epoch,
                                 num_target_train=num_target_train)
     return create_train_state(config, model.apply, params, batch_stats, state_rng, num_steps_per_epoch,
-                              reference=extra)
+                              variant_state=extra)
 
 
 def eval_variables(config, state: TrainState) -> dict:

@@ -1,7 +1,7 @@
 """Train state (student, optimiser, EMA teacher, RNG) and the optimiser built from the config."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax
 import jax
@@ -17,10 +17,12 @@ class TrainState(train_state.TrainState):
     ema_params / ema_batch_stats: the mean teacher. Its parameters are an EMA of the student's; its
       BN statistics come from its own train-mode forwards on target clips.
     rng: the key that drives dropout, erasing and k-means; split every step.
-    reference: None in the paper variant; in the reference variant the extra state of the authors'
-      training (svreid_jax.variants.reference.init_reference_state): the MS-TCN + discriminator
-      variables and their Adam state, the loss weights a_i with their accumulated gradient and Adam
-      state, and steps_per_epoch. Part of the pytree, so checkpoints and resume include it.
+    variant_state: the state a variant keeps beyond the student and teacher (variants.Variant.init_state),
+      None for the paper variant. The reference variant's: the MS-TCN + discriminator variables and
+      their Adam state, the loss weights a_i with their accumulated gradient and Adam state, and
+      steps_per_epoch (variants/reference.py). The plus variant's: the target's pseudo-identities and
+      the cluster or camera-aware proxy memory (variants/plus.py). Part of the pytree, so checkpoints
+      and resume include it; checkpoints that stored it as `reference` restore too (SAVED_AS).
     guard: the divergence guard's memory (variants/divergence.py): the losses and gradient norms of
       the last accepted updates, {'loss', 'grad_norm': float32 [window] (NaN where empty),
       'count': int32 []}. In the state so that the guard decides inside the step and resumes exactly.
@@ -30,8 +32,12 @@ class TrainState(train_state.TrainState):
     ema_params: Any = None
     ema_batch_stats: Any = None
     rng: jax.Array | None = None
-    reference: Any = None
+    variant_state: Any = None
     guard: Any = None
+
+    # Fields that earlier checkpoints stored under another name: field → the name on disk
+    # (utils/checkpointing.Checkpointer restores those into today's fields).
+    SAVED_AS: ClassVar[dict[str, str]] = {"variant_state": "reference"}
 
 
 def empty_guard(window: int) -> dict[str, jax.Array]:
@@ -120,9 +126,9 @@ def make_optimizer(config, params: Any, steps_per_epoch: int) -> optax.GradientT
 
 
 def create_train_state(config, apply_fn, params, batch_stats, rng: jax.Array, steps_per_epoch: int,
-                       reference: Any = None) -> TrainState:
+                       variant_state: Any = None) -> TrainState:
     """A fresh state; the teacher starts as a copy of the student (separate buffers, so the state
-    can be donated). `reference`: the reference variant's extra state (TrainState.reference)."""
+    can be donated). `variant_state`: the variant's own state (TrainState.variant_state)."""
     tx = make_optimizer(config, params, steps_per_epoch)
     return TrainState.create(
         apply_fn=apply_fn,
@@ -132,6 +138,6 @@ def create_train_state(config, apply_fn, params, batch_stats, rng: jax.Array, st
         ema_params=jax.tree.map(jnp.copy, params),
         ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
         rng=rng,
-        reference=reference,
+        variant_state=variant_state,
         guard=empty_guard(config.train.divergence_window),
     )

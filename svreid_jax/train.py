@@ -1,7 +1,9 @@
 """The training loop: data, model, state, steps, evaluation, logs and checkpoints. No model maths here."""
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 import jax
 import numpy as np
@@ -10,9 +12,8 @@ from clu import metrics as clu_metrics
 from clu import parameter_overview
 
 from svreid_jax import builders, config_checks, parallel, variants
-from svreid_jax.data import pipeline
+from svreid_jax.data.records import DatasetSplits
 from svreid_jax.evaluation import evaluate as evaluation
-from svreid_jax.evaluation import features as features_lib
 from svreid_jax.evaluation import protocols
 from svreid_jax.state import learning_rate_schedule
 from svreid_jax.utils import progress as progress_lib
@@ -111,251 +112,310 @@ def _stopped_results(workdir: str, status: str, message: str, step: int) -> None
                             f"**No result: the run stopped ({status}) at step {step}.** {message}\n")
 
 
+@dataclasses.dataclass
+class _Run:
+    """Everything one training run is built from (`_build_run`), so that the loop and its helpers
+    read it instead of rebuilding it."""
+
+    config: Any
+    workdir: str
+    is_main: bool
+    checkpointer: Checkpointer
+    writer: MetricWriter
+    mesh: Any
+    model: Any
+    par: parallel.ParallelStep
+    streams: builders.TrainStreams
+    target: DatasetSplits
+    selection: DatasetSplits | None  # model selection's query/gallery (None: the last state is reported)
+    best: BestCheckpoint | None
+    evaluator: evaluation.Evaluator
+    stored_config: dict
+    total_steps: int
+    lr_schedule: Any
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.streams.steps_per_epoch
+
+    def evaluate(self, state, splits: DatasetSplits, **kwargs) -> dict[str, float]:
+        """`splits` evaluated with the state's student (or teacher, eval.use_teacher)."""
+        return self.evaluator(builders.eval_variables(self.config, state), splits, **kwargs)
+
+    def save(self, step: int, state, **meta) -> None:
+        self.checkpointer.save(step, state, self.streams.iterators,
+                               {"step": step, **meta, "config": self.stored_config})
+
+
 def _train_and_evaluate(config, workdir: str, stop: signals.StopOnSignals) -> dict[str, float]:
+    run, state = _build_run(config, workdir)
+    state, start_step = _resume(run, state)
+    epoch_hook = variants.epoch_start(config)
+    log = _LogInterval(run, start_step)
+    step, positions = start_step, None
+    try:
+        for step in range(start_step, run.total_steps):
+            stop.check()  # a SIGTERM/SIGINT since the last step: save and stop here
+            if epoch_hook is not None and step % run.steps_per_epoch == 0:
+                # Also on resuming at an epoch boundary: the hook is deterministic, so it recomputes
+                # exactly what the uninterrupted run had (a mid-epoch checkpoint carries it already).
+                state = _start_epoch(run, epoch_hook, state, step // run.steps_per_epoch)
+            # An interrupt inside the step saves the data positions from before its batches, or the
+            # resumed run would skip the batches the unfinished step had drawn.
+            positions = run.streams.positions()
+            batch, bad_frames = run.streams.next()
+            state, metrics = run.par.step(state, batch)
+            positions = None
+            log.add(metrics, bad_frames)
+            done = step + 1
+            if log.due(done):
+                log.write(done)
+            if done % run.steps_per_epoch == 0 and done < run.total_steps:
+                _end_epoch(run, state, done)
+    except BaseException as err:
+        stop.saving()  # the grace timer must not interrupt the save below
+        saved = _save_on_stop(run, state, err, positions, log, trained=bool(log.pending) or step > start_step)
+        _raise_stopped(run, err, saved, step, stop)
+    return _finish(run, state, start_step)
+
+
+def _build_run(config, workdir: str) -> tuple[_Run, Any]:
+    """(the run, its fresh train state replicated on the mesh). Refuses another run's checkpoints and
+    fetches weights before any data is read."""
     if config.parallel.multihost:
         jax.distributed.initialize()
     parallel.log_devices()
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
+    _refuse_other_runs(config, checkpointer)
+    writer = MetricWriter(workdir, enabled=is_main)
+    mesh = parallel.data_mesh()
+    builders.initial_weights(config)  # refuse a silent random start, fetch ImageNet weights: before any data
+    source, target, selection = builders.prepare_data(config, workdir)
+    logging.info("source: %d train tracklets / %d ids; target: %d train, %d query, %d gallery tracklets",
+                 len(source.train), source.num_train_pids, len(target.train), len(target.query), len(target.gallery))
+    streams = builders.train_streams(config, source, target)
+    model = builders.create_model(config, source.num_train_pids)
+    state = builders.create_state(config, model, streams.steps_per_epoch, jax.random.PRNGKey(config.seed),
+                                  num_target_train=len(target.train))
+    if is_main:
+        _write_parameter_table(config, workdir, state.params)
+    state = parallel.replicate(state, mesh)
+    # The loop holds the placed state; par.get_state gives the mesh-replicated layout that checkpoints
+    # and evaluation use in every mode (a checkpoint does not depend on the mode).
+    par = parallel.parallelize(variants.make_train_step, model, config, mesh)
     stored_config = config_checks.as_json(config)
-    # Refuse another run's checkpoint before reading data or compiling anything (the restore below
-    # checks again, on the step it actually restores).
+    best = (BestCheckpoint(os.path.join(workdir, "best"), {"config": stored_config})
+            if selection is not None else None)
+    run = _Run(config=config, workdir=workdir, is_main=is_main, checkpointer=checkpointer, writer=writer, mesh=mesh,
+               model=model, par=par, streams=streams.to_device(par.put_batch, config), target=target,
+               selection=selection, best=best, evaluator=evaluation.Evaluator.from_config(config, model, mesh),
+               stored_config=stored_config, total_steps=config.train.num_epochs * streams.steps_per_epoch,
+               lr_schedule=learning_rate_schedule(config, streams.steps_per_epoch))
+    return run, state
+
+
+def _refuse_other_runs(config, checkpointer: Checkpointer) -> None:
+    """Refuse another run's checkpoint before reading data or compiling anything (the restore checks
+    again, on the step it actually restores)."""
     for step in checkpointer.steps():
         try:
             meta = checkpointer.read_meta(step)
         except Exception:  # noqa: BLE001 — a damaged step: the restore names it and falls back
             continue
         check_resume(config, checkpointer.directory, step, meta)
-        break
-    writer = MetricWriter(workdir, enabled=is_main)
-    mesh = parallel.data_mesh()
+        return
 
-    builders.initial_weights(config)  # refuse a silent random start, fetch ImageNet weights: before any data
-    source, target, selection = builders.prepare_data(config, workdir)
-    num_classes = source.num_train_pids
-    logging.info("source: %d train tracklets / %d ids; target: %d train, %d query, %d gallery tracklets",
-                 len(source.train), num_classes, len(target.train), len(target.query), len(target.gallery))
 
-    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    source_it, steps_per_epoch = pipeline.source_stream(
-        source.train, num_identities=config.batch.num_identities, num_instances=config.batch.num_instances,
-        spec=builders.clip_spec(config, train=True), seed=config.seed, num_threads=config.data.num_threads,
-        prefetch=config.data.prefetch, num_workers=config.data.num_workers, **process)
-    if config.train.steps_per_epoch > 0:
-        steps_per_epoch = min(steps_per_epoch, config.train.steps_per_epoch)
-    identity_balanced = config.data.target_sampling == "identity"
-    if identity_balanced:
-        logging.warning("data.target_sampling='identity' samples target batches by target ground-truth "
-                        "labels (the reference's behaviour, docs/METHOD.md §8 D7): this is not unsupervised.")
-    target_it = pipeline.target_stream(
-        target.train, batch_size=config.batch.target_size, spec=builders.clip_spec(config, train=True),
-        seed=config.seed, num_threads=config.data.num_threads, prefetch=config.data.prefetch,
-        identity_balanced=identity_balanced, num_instances=config.batch.num_instances,
-        num_workers=config.data.num_workers, views_per_tracklet=config.data.target_views, **process)
-    uses_target = variants.uses_target(config)
-    total_steps = config.train.num_epochs * steps_per_epoch
-    model = builders.create_model(config, num_classes)
-    state = builders.create_state(config, model, steps_per_epoch, jax.random.PRNGKey(config.seed),
-                                  num_target_train=len(target.train))
-    if is_main:
-        # The full table (one row per parameter array) goes to a file; the console gets the total.
-        table_path = os.path.join(workdir, "parameters.txt")
-        with open(table_path, "w", encoding="utf-8") as f:
-            f.write(parameter_overview.get_parameter_overview(state.params, include_stats=False) + "\n")
-        logging.info("model: %s backbone, %s parameters (table in %s)", config.model.arch,
-                     f"{parameter_overview.count_parameters(state.params):,}", table_path)
-    state = parallel.replicate(state, mesh)
-    # `state` holds the placed state while training; par.get_state gives the mesh-replicated layout
-    # that checkpoints and evaluation use in every mode (a checkpoint does not depend on the mode).
-    par = parallel.parallelize(variants.make_train_step, model, config, mesh)
+def _write_parameter_table(config, workdir: str, params) -> None:
+    """The full table (one row per parameter array) to a file; the console gets the total."""
+    table_path = os.path.join(workdir, "parameters.txt")
+    with open(table_path, "w", encoding="utf-8") as f:
+        f.write(parameter_overview.get_parameter_overview(params, include_stats=False) + "\n")
+    logging.info("model: %s backbone, %s parameters (table in %s)", config.model.arch,
+                 f"{parameter_overview.count_parameters(params):,}", table_path)
 
-    # Batches go to the devices `data.device_prefetch` steps ahead, placed as the parallel mode wants
-    # them; the checkpointed iterator state counts only the batches handed to the step
-    # (pipeline.DevicePrefetch).
-    # The count of frames the pipeline could not decode (data.skip_bad_frames) stays on the host; the
-    # loop takes it out before the step.
-    def place_source(b):
-        return {**par.put_batch({"video": b["video"], "pid": b["pid"]}), "bad_frames": b["bad_frames"]}
 
-    def place_target(b):
-        # An unused target is cut to one clip per device before the transfer.
-        video = b["video"] if uses_target else b["video"][: jax.local_device_count()]
-        # 'index' (the tracklet's position in target.train) is how the plus variant finds a clip's
-        # pseudo-label; 'pid' never leaves the host.
-        placed = {"video": video, "camid": b["camid"][: len(video)], "index": b["index"][: len(video)]}
-        return {**par.put_batch(placed), "bad_frames": b["bad_frames"]}
-
-    source_it = pipeline.prefetch_to_device(source_it, config.data.device_prefetch, place_source)
-    target_it = pipeline.prefetch_to_device(target_it, config.data.device_prefetch, place_target)
-
-    iterators = {"source_iter": source_it, "target_iter": target_it}
+def _resume(run: _Run, state) -> tuple[Any, int]:
+    """(the placed state to train from, its step): the newest intact checkpoint's, if any."""
+    checkpointer = run.checkpointer
     if checkpointer.steps():
-        state, meta = checkpointer.restore(state, iterators, set_aside_broken=True,
-                                           check=lambda step, meta: check_resume(config, checkpointer.directory,
+        state, meta = checkpointer.restore(state, run.streams.iterators, set_aside_broken=True,
+                                           check=lambda step, meta: check_resume(run.config, checkpointer.directory,
                                                                                  step, meta))
         logging.info("resumed from %s at step %d", checkpointer.directory, int(meta["step"]))
     start_step = int(jax.device_get(state.step))
     # Rows a killed run logged after its last checkpoint are logged again by this one.
-    dropped = writer.drop_after(start_step, final_rows_at_step=start_step >= total_steps)
+    dropped = run.writer.drop_after(start_step, final_rows_at_step=start_step >= run.total_steps)
     if dropped:
         logging.info("metrics.jsonl: dropped %d row(s) logged after step %d, which this run repeats", dropped,
                      start_step)
+    logging.info("training %d steps (%d epochs × %d steps) from step %d", run.total_steps,
+                 run.config.train.num_epochs, run.steps_per_epoch, start_step)
+    return run.par.put_state(state), start_step
 
-    state = par.put_state(state)
-    progress = progress_lib.Progress(total_steps, start_step)
-    lr_schedule = learning_rate_schedule(config, steps_per_epoch)
-    logging.info("training %d steps (%d epochs × %d steps) from step %d", total_steps,
-                 config.train.num_epochs, steps_per_epoch, start_step)
 
-    epoch_hook = variants.epoch_start(config)
-    target_camids = np.asarray([t.camid for t in target.train], np.int32)
+def _start_epoch(run: _Run, epoch_hook, placed_state, epoch: int):
+    """The variant's per-epoch state (plus: the target's pseudo-identities and cluster memory),
+    computed from the replicated state and placed again like any state."""
+    camids = np.asarray([t.camid for t in run.target.train], np.int32)
+    new_state, stats = epoch_hook(run.config, run.par.get_state(placed_state),
+                                  lambda variables: run.evaluator.features(variables, run.target.train), camids, epoch)
+    if stats:
+        run.writer.write_scalars(epoch * run.steps_per_epoch, stats, prefix="cluster/")
+        logging.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+    return run.par.put_state(parallel.replicate(new_state, run.mesh))
 
-    def start_epoch(placed_state, epoch: int):
-        # The variant's per-epoch state (plus: the target's pseudo-identities and cluster memory),
-        # computed from the replicated state and placed again like any state.
-        new_state, stats = epoch_hook(
-            config, par.get_state(placed_state),
-            lambda variables: features_lib.tracklet_features(config, model, variables, target.train, mesh),
-            target_camids, epoch)
-        if stats:
-            writer.write_scalars(epoch * steps_per_epoch, stats, prefix="cluster/")
-            logging.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
-        return par.put_state(parallel.replicate(new_state, mesh))
 
-    best = (BestCheckpoint(os.path.join(workdir, "best"), {"config": stored_config})
-            if selection is not None else None)
-    pending_metrics: list[dict] = []
-    bad_frames = 0
-    nonfinite_run = diverged_run = 0
-    step = start_step
-    unconsumed = None
+class _LogInterval:
+    """The steps since the last log line: their metrics, undecodable frames, and how many updates in a
+    row the non-finite and divergence guards dropped (the loop stops at train.max_consecutive_*)."""
+
+    def __init__(self, run: _Run, start_step: int):
+        self.run = run
+        self.pending: list[dict] = []
+        self.bad_frames = 0
+        self.nonfinite_run = self.diverged_run = 0
+        self.progress = progress_lib.Progress(run.total_steps, start_step)
+
+    def add(self, metrics: dict, bad_frames: int) -> None:
+        self.pending.append(metrics)
+        self.bad_frames += bad_frames
+
+    def due(self, done: int) -> bool:
+        return done % self.run.config.train.log_every_steps == 0 or done == self.run.total_steps
+
+    def write(self, done: int) -> None:
+        """Log the interval ending at step `done`; raise _Stop when a guard's run reached its limit."""
+        t = self.run.config.train
+        fetched = jax.device_get(self.pending)
+        self.pending = []
+        stopping = None
+        for i, m in enumerate(fetched):
+            at = done - len(fetched) + i + 1
+            self.nonfinite_run = self.nonfinite_run + 1 if m["skipped"] > 0 else 0
+            self.diverged_run = self.diverged_run + 1 if m.get("diverged", 0) > 0 else 0
+            if stopping is None and self.nonfinite_run >= t.max_consecutive_nonfinite:
+                stopping = _Stop("non_finite", f"{self.nonfinite_run} consecutive non-finite losses or gradients "
+                                               f"at step {at}")
+            if stopping is None and self.diverged_run >= t.max_consecutive_diverged:
+                stopping = _Stop("diverged", f"diverged: {self.diverged_run} consecutive updates skipped at step "
+                                             f"{at}, loss {float(m['loss']):.4g} against a median of "
+                                             f"{float(m['loss_median']):.4g} over the last accepted ones "
+                                             f"(train.divergence_factor={t.divergence_factor:g})")
+        summary = self.summary(fetched, done)
+        if self.run.config.data.skip_bad_frames:
+            summary["bad_frames"], self.bad_frames = float(self.bad_frames), 0
+        self.run.writer.write_scalars(done, summary, prefix="train/")
+        logging.info("%s | loss %.4f", self.progress.line(done), summary["loss"])
+        if summary.get("diverged", 0) > 0:
+            logging.warning("step %d: %d update(s) of the last %d skipped by the divergence guard (loss or "
+                            "gradient norm > %g × the median of the last accepted; %d in a row, the run "
+                            "stops at %d)", done, int(summary["diverged"]), len(fetched), t.divergence_factor,
+                            self.diverged_run, t.max_consecutive_diverged)
+        if stopping is not None:
+            raise stopping
+
+    def summary(self, fetched: list[dict], step: int) -> dict[str, float]:
+        summary = summarise_interval(fetched)
+        summary["learning_rate"] = float(self.run.lr_schedule(step))
+        summary["epoch"] = step / self.run.steps_per_epoch
+        return summary
+
+
+def _end_epoch(run: _Run, placed_state, done: int) -> None:
+    """After an epoch that is not the last: evaluate and checkpoint as train.*_every_epochs say."""
+    epoch = done // run.steps_per_epoch
+    t = run.config.train
+    evaluating = t.eval_every_epochs and epoch % t.eval_every_epochs == 0
+    saving = t.checkpoint_every_epochs and epoch % t.checkpoint_every_epochs == 0
+    if not (evaluating or saving):
+        return
+    state = run.par.get_state(placed_state)
+    if evaluating:
+        if run.selection is not None:
+            chosen = run.evaluate(state, run.selection)
+            run.writer.write_scalars(done, chosen, prefix="select/")
+            run.best.offer(done, state, chosen["rank1"])
+        if run.selection is not run.target:
+            run.writer.write_scalars(done, run.evaluate(state, run.target), prefix="eval/")
+    if saving:
+        run.save(done, state, epoch=epoch)
+
+
+def _save_on_stop(run: _Run, placed_state, err: BaseException, positions: dict | None, log: _LogInterval,
+                  trained: bool) -> int | None:
+    """Keep what was learnt when the loop ends early (a signal, a guard's stop, any error): save the
+    last finished step with the data positions before any unfinished step. Returns the saved step, or
+    None when nothing new was saved."""
+    if not trained:
+        return None
     try:
-        for step in range(start_step, total_steps):
-            stop.check()  # a SIGTERM/SIGINT since the last step: save and stop here
-            if epoch_hook is not None and step % steps_per_epoch == 0:
-                # Also on resuming at an epoch boundary: the hook is deterministic, so it recomputes
-                # exactly what the uninterrupted run had (a mid-epoch checkpoint carries it already).
-                state = start_epoch(state, step // steps_per_epoch)
-            # Data positions before this step's batches: an interrupt inside the step must save these,
-            # or the resumed run would skip the batches the unfinished step had drawn.
-            unconsumed = {name: it.get_state() for name, it in iterators.items()}
-            # The target stream advances even when no loss reads it, so every variant of a config sees
-            # the same source batches.
-            batch = {"source": next(source_it), "target": next(target_it)}
-            bad_frames += sum(int(b.pop("bad_frames", 0)) for b in batch.values())
-            state, metrics = par.step(state, batch)
-            unconsumed = None
-            pending_metrics.append(metrics)
-            done = step + 1
-            if done % config.train.log_every_steps == 0 or done == total_steps:
-                fetched = jax.device_get(pending_metrics)
-                pending_metrics = []
-                stopping = None
-                for i, m in enumerate(fetched):
-                    at = done - len(fetched) + i + 1
-                    nonfinite_run = nonfinite_run + 1 if m["skipped"] > 0 else 0
-                    diverged_run = diverged_run + 1 if m.get("diverged", 0) > 0 else 0
-                    if stopping is None and nonfinite_run >= config.train.max_consecutive_nonfinite:
-                        stopping = _Stop("non_finite", f"{nonfinite_run} consecutive non-finite losses or gradients "
-                                                       f"at step {at}")
-                    if stopping is None and diverged_run >= config.train.max_consecutive_diverged:
-                        stopping = _Stop("diverged", f"diverged: {diverged_run} consecutive updates skipped at step {at}, "
-                                                     f"loss {float(m['loss']):.4g} against a median of "
-                                                     f"{float(m['loss_median']):.4g} over the last accepted ones "
-                                                     f"(train.divergence_factor={config.train.divergence_factor:g})")
-                summary = summarise_interval(fetched)
-                summary["learning_rate"] = float(lr_schedule(done))
-                summary["epoch"] = done / steps_per_epoch
-                if config.data.skip_bad_frames:
-                    summary["bad_frames"], bad_frames = float(bad_frames), 0
-                writer.write_scalars(done, summary, prefix="train/")
-                logging.info("%s | loss %.4f", progress.line(done), summary["loss"])
-                if summary.get("diverged", 0) > 0:
-                    logging.warning("step %d: %d update(s) of the last %d skipped by the divergence guard (loss or "
-                                    "gradient norm > %g × the median of the last accepted; %d in a row, the run "
-                                    "stops at %d)", done, int(summary["diverged"]), len(fetched),
-                                    config.train.divergence_factor, diverged_run, config.train.max_consecutive_diverged)
-                if stopping is not None:
-                    raise stopping
-            epoch_done = done % steps_per_epoch == 0
-            epoch = done // steps_per_epoch
-            if epoch_done and done < total_steps:
-                saved_state = par.get_state(state)
-                if config.train.eval_every_epochs and epoch % config.train.eval_every_epochs == 0:
-                    if selection is not None:
-                        chosen = evaluation.evaluate(config, model, builders.eval_variables(config, saved_state),
-                                                     selection, mesh)
-                        writer.write_scalars(done, chosen, prefix="select/")
-                        best.offer(done, saved_state, chosen["rank1"])
-                    if selection is not target:
-                        metrics = evaluation.evaluate(config, model, builders.eval_variables(config, saved_state),
-                                                      target, mesh)
-                        writer.write_scalars(done, metrics, prefix="eval/")
-                if config.train.checkpoint_every_epochs and epoch % config.train.checkpoint_every_epochs == 0:
-                    checkpointer.save(done, saved_state, iterators,
-                                      {"step": done, "epoch": epoch, "config": stored_config})
-    except BaseException as err:
-        stop.saving()
-        # Keep what was learnt: save the last finished step before re-raising (interrupts included).
-        saved = None
-        if pending_metrics or step > start_step:
-            try:
-                if unconsumed is not None:
-                    for name, it in iterators.items():
-                        it.set_state(unconsumed[name])
-                state = par.get_state(state)
-                saved = int(jax.device_get(state.step))
-                if pending_metrics and not isinstance(err, _Stop):
-                    # The finished steps since the last log line, so that a stopped run's log is complete.
-                    summary = summarise_interval(jax.device_get(pending_metrics))
-                    summary.update(learning_rate=float(lr_schedule(saved)), epoch=saved / steps_per_epoch)
-                    writer.write_scalars(saved, summary, prefix="train/")
-                checkpointer.wait()
-                if saved not in checkpointer.steps():  # not already the last scheduled save
-                    checkpointer.save(saved, state, iterators,
-                                      {"step": saved, "interrupted": True, "config": stored_config})
-                checkpointer.close()
-            except Exception as save_error:  # noqa: BLE001 — report, but surface the original error
-                saved = None
-                logging.error("could not save the interrupted state: %s", save_error)
-        where = (f"the state without the skipped updates is saved as {checkpointer.directory}/{saved}"
-                 if isinstance(err, _Stop) and saved is not None else
-                 f"the last finished step is saved as {checkpointer.directory}/{saved}" if saved is not None
-                 else "nothing new was saved")
-        if isinstance(err, _Stop):
-            message = f"{err}; {where}"
-            if is_main:
-                _stopped_results(workdir, err.status, message, saved if saved is not None else step)
-            writer.close()
-            raise TrainingStopped(f"training stopped: {message}", EXIT_STOPPED) from None
-        writer.close()
-        if stop.signum is not None and isinstance(err, (signals.StopRequested, KeyboardInterrupt)):
-            raise TrainingStopped(f"stopped by {stop.name} at step {saved if saved is not None else step}; {where}; "
-                                  "run the same command to resume", 128 + stop.signum) from None
-        raise
+        if positions is not None:
+            run.streams.rewind(positions)
+        state = run.par.get_state(placed_state)
+        saved = int(jax.device_get(state.step))
+        if log.pending and not isinstance(err, _Stop):
+            # The finished steps since the last log line, so that a stopped run's log is complete.
+            run.writer.write_scalars(saved, log.summary(jax.device_get(log.pending), saved), prefix="train/")
+        run.checkpointer.wait()
+        if saved not in run.checkpointer.steps():  # not already the last scheduled save
+            run.save(saved, state, interrupted=True)
+        run.checkpointer.close()
+        return saved
+    except Exception as save_error:  # noqa: BLE001 — report, but surface the original error
+        logging.error("could not save the interrupted state: %s", save_error)
+        return None
 
-    state = par.get_state(state)
-    if total_steps > start_step:
-        checkpointer.save(total_steps, state, iterators,
-                          {"step": total_steps, "epoch": config.train.num_epochs, "config": stored_config})
-    if best is not None:
-        # The last state competes too (and wins ties); then the selected one is evaluated and reported.
-        last = evaluation.evaluate(config, model, builders.eval_variables(config, state), selection, mesh)
-        writer.write_scalars(total_steps, last, prefix="select/")
-        best.offer(total_steps, state, last["rank1"], ties=True)
-        state = best.restore(state)
-        logging.info("evaluating the selected checkpoint from step %d", best.step)
-        best.close()
-    final = evaluation.evaluate(config, model, builders.eval_variables(config, state), target, mesh,
-                                all_protocols=config.eval.protocols)
-    checkpointer.close()
-    writer.write_scalars(total_steps, final, prefix="eval/")
+
+def _raise_stopped(run: _Run, err: BaseException, saved: int | None, step: int, stop: signals.StopOnSignals):
+    """Re-raise how the loop ended: TrainingStopped with the exit code for a guard's stop or a signal
+    (a guard's stop also writes results.json saying why), the original error otherwise."""
+    where = (f"the state without the skipped updates is saved as {run.checkpointer.directory}/{saved}"
+             if isinstance(err, _Stop) and saved is not None else
+             f"the last finished step is saved as {run.checkpointer.directory}/{saved}" if saved is not None
+             else "nothing new was saved")
+    run.writer.close()
+    if isinstance(err, _Stop):
+        message = f"{err}; {where}"
+        if run.is_main:
+            _stopped_results(run.workdir, err.status, message, saved if saved is not None else step)
+        raise TrainingStopped(f"training stopped: {message}", EXIT_STOPPED) from None
+    if stop.signum is not None and isinstance(err, (signals.StopRequested, KeyboardInterrupt)):
+        raise TrainingStopped(f"stopped by {stop.name} at step {saved if saved is not None else step}; {where}; "
+                              "run the same command to resume", 128 + stop.signum) from None
+    raise err
+
+
+def _finish(run: _Run, placed_state, start_step: int) -> dict[str, float]:
+    """The last checkpoint, model selection's pick, the final evaluation on the target test split
+    (every protocol with eval.protocols), results.json / results.md and the printed table."""
+    config = run.config
+    state = run.par.get_state(placed_state)
+    if run.total_steps > start_step:
+        run.save(run.total_steps, state, epoch=config.train.num_epochs)
+    if run.best is not None:
+        state = _select(run, state)
+    final = run.evaluate(state, run.target, all_protocols=config.eval.protocols)
+    run.checkpointer.close()
+    run.writer.write_scalars(run.total_steps, final, prefix="eval/")
     table = evaluation.results_table(final, f"{config.data.source.name} → {config.data.target.name}")
-    if is_main:
-        protocols.write_results(workdir, "results", final, table)
-    writer.close()
+    if run.is_main:
+        protocols.write_results(run.workdir, "results", final, table)
+    run.writer.close()
     print(table, flush=True)
     print(f"target rank-1 {100 * final['rank1']:.1f}%, mAP {100 * final['mAP']:.1f}% "
           f"({int(final['num_valid_queries'])} queries)", flush=True)
     return final
+
+
+def _select(run: _Run, state):
+    """Model selection's pick among the offered states and the last one (which wins ties)."""
+    last = run.evaluate(state, run.selection)
+    run.writer.write_scalars(run.total_steps, last, prefix="select/")
+    run.best.offer(run.total_steps, state, last["rank1"], ties=True)
+    state = run.best.restore(state)
+    logging.info("evaluating the selected checkpoint from step %d", run.best.step)
+    run.best.close()
+    return state

@@ -172,7 +172,7 @@ def test_step_memory_under_a_named_axis_equals_jit(variant, term):
     if config.plus.camera_proxies:  # slots 0 and 1: one pseudo-identity in cameras 0 and 1; slot 2 another
         extra["slot_cluster"] = extra["slot_cluster"].at[:3].set(jnp.asarray([0, 0, 1], jnp.int32))
         extra["slot_camera"] = extra["slot_camera"].at[:3].set(jnp.asarray([0, 1, 0], jnp.int32))
-    state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), 10, reference=extra)
+    state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), 10, variant_state=extra)
     batch = {"source": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
                         "pid": np.repeat(np.arange(B // 4), 4).astype(np.int32)},
              "target": {"video": rng.integers(0, 255, (B, T, H, W, 3), dtype=np.uint8),
@@ -180,15 +180,15 @@ def test_step_memory_under_a_named_axis_equals_jit(variant, term):
                         "index": rng.permutation(n_target)[:B].astype(np.int32)}}
     one, metrics = jax.jit(variants.make_train_step(model, config))(state, batch)
     assert float(metrics["pseudo_labelled"]) > 0 and float(metrics[term]) > 0
-    assert not np.allclose(np.asarray(one.reference["memory"]), np.asarray(extra["memory"]))
+    assert not np.allclose(np.asarray(one.variant_state["memory"]), np.asarray(extra["memory"]))
 
     shards = jax.tree.map(lambda x: x.reshape((2, x.shape[0] // 2) + x.shape[1:]), batch)
     states = jax.tree.map(lambda x: jnp.stack([x, x]), state)
     step = variants.make_train_step(model, config, axis_name="batch")
     two, _ = jax.jit(jax.vmap(step, axis_name="batch"))(states, shards)
     for key in extra:
-        np.testing.assert_array_equal(np.asarray(two.reference[key][0]), np.asarray(two.reference[key][1]))
-    np.testing.assert_allclose(np.asarray(two.reference["memory"][0]), np.asarray(one.reference["memory"]),
+        np.testing.assert_array_equal(np.asarray(two.variant_state[key][0]), np.asarray(two.variant_state[key][1]))
+    np.testing.assert_allclose(np.asarray(two.variant_state["memory"][0]), np.asarray(one.variant_state["memory"]),
                                atol=2e-5)
 
 

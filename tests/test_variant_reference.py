@@ -38,7 +38,7 @@ def _setup(config):
     ref = reference.init_reference_state(config, temporal, jax.random.PRNGKey(2), STEPS_PER_EPOCH,
                                                params["bnneck"]["scale"].shape[-1])
     state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), STEPS_PER_EPOCH,
-                               reference=ref)
+                               variant_state=ref)
     return model, temporal, state
 
 
@@ -87,11 +87,11 @@ def test_loss_weights_accumulate_gradients_and_all_fall_by_about_lr(run):
     lr = config.reference.weight_lr
     grad_sum = np.zeros(3)
     for i, m in enumerate(metrics):
-        a_before = np.asarray(states[i].reference["weights"])
-        a_after = np.asarray(states[i + 1].reference["weights"])
+        a_before = np.asarray(states[i].variant_state["weights"])
+        a_after = np.asarray(states[i + 1].variant_state["weights"])
         # ∂L/∂a_i = e^{a_i}·L_i, summed over every step so far (the reference never zeroes it, D4).
         grad_sum += np.exp(a_before) * np.array([m["reid"], m["stage"], m["consistency"]])
-        np.testing.assert_allclose(np.asarray(states[i + 1].reference["weight_grad_sum"]), grad_sum, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(states[i + 1].variant_state["weight_grad_sum"]), grad_sum, rtol=1e-5)
         step = a_after - a_before
         assert np.all(step < -0.9 * lr) and np.all(step > -1.01 * lr), (i, step)
 
@@ -99,12 +99,12 @@ def test_loss_weights_accumulate_gradients_and_all_fall_by_about_lr(run):
 @pytest.mark.slow  # compiles the reference step or its jacobian (about a minute each on CPU)
 def test_temporal_optimizer_is_recreated_every_epoch(run):
     _, states, _ = run
-    counts = [int(states[i].reference["temporal_opt_state"][0].count) for i in range(4)]
+    counts = [int(states[i].variant_state["temporal_opt_state"][0].count) for i in range(4)]
     # Epoch 0: steps 0, 1 → count 1, 2; step 2 starts epoch 1 with a fresh Adam → count 1 again (D12).
     assert counts == [0, 1, 2, 1]
     # A fresh Adam's first update is ±lr on every coordinate with a non-negligible gradient.
     delta = np.concatenate([np.ravel(a - b) for a, b in zip(
-        jax.tree.leaves(states[3].reference["temporal_params"]), jax.tree.leaves(states[2].reference["temporal_params"]))])
+        jax.tree.leaves(states[3].variant_state["temporal_params"]), jax.tree.leaves(states[2].variant_state["temporal_params"]))])
     # (|Δ| = lr·|g|/(|g| + ε): coordinates with |g| near ε = 1e-8 move less.)
     moved = delta[delta != 0]
     assert moved.size > 0.5 * delta.size
@@ -119,16 +119,16 @@ def _jacobian(config):
     keys = dict(zip(("src_drop", "tgt_drop", "tmp_src", "tmp_tgt", "kmeans"), jax.random.split(jax.random.key(9), 5)))
     source = jnp.asarray(batch["source"]["video"], jnp.float32) / 255.0
     target = jnp.asarray(batch["target"]["video"], jnp.float32) / 255.0
-    ctx = dict(batch_stats=state.batch_stats, temporal_batch_stats=state.reference["temporal_batch_stats"],
+    ctx = dict(batch_stats=state.batch_stats, temporal_batch_stats=state.variant_state["temporal_batch_stats"],
                source=source, labels=jnp.asarray(batch["source"]["pid"]), target=target,
                teacher_embedding=jnp.asarray(np.random.default_rng(0).normal(size=(B, 64)), jnp.float32),
                beta=jnp.float32(grl.grl_beta(3000, 20000)), sequence_beta=jnp.float32(0.4), keys=keys)
 
     def outputs(params, temporal_params):
-        objective, (_, terms, *_) = loss_fn(params, temporal_params, state.reference["weights"], ctx)
+        objective, (_, terms, *_) = loss_fn(params, temporal_params, state.variant_state["weights"], ctx)
         return jnp.stack([objective, terms["stage"], terms["consistency"], terms["reid"]])
 
-    jac = jax.jit(jax.jacrev(outputs, argnums=(0, 1)))(state.params, state.reference["temporal_params"])
+    jac = jax.jit(jax.jacrev(outputs, argnums=(0, 1)))(state.params, state.variant_state["temporal_params"])
     return state, jac
 
 
@@ -148,7 +148,7 @@ def test_detached_inputs_zero_backbone_gradient_and_double_counted_stage_loss():
     assert _norm(_row(jp, 1)) == 0.0 and _norm(_row(jp, 2)) == 0.0
     assert _norm(_row(jp, 3)) > 0 and _norm(_row(jt, 1)) > 0
     # The student's gradient is e^{a0}·∇L_reid.
-    a = np.asarray(state.reference["weights"])
+    a = np.asarray(state.variant_state["weights"])
     for got, want in zip(jax.tree.leaves(_row(jp, 0)), jax.tree.leaves(_row(jp, 3))):
         np.testing.assert_allclose(np.asarray(got), np.exp(a[0]) * np.asarray(want), rtol=1e-4, atol=1e-7)
     # D5: the temporal module's gradient is (1 + e^{a1})·∇L_st.
@@ -165,7 +165,7 @@ def test_without_detach_and_double_count_the_stage_losses_reach_the_backbone():
     backbone_stage = _row(jp, 1)["backbone"]
     assert _norm(backbone_stage) > 0
     assert _norm(_row(jp, 2)["backbone"]) > 0 and _norm(_row(jt, 2)) == 0.0
-    a = np.asarray(state.reference["weights"])
+    a = np.asarray(state.variant_state["weights"])
     for got, want in zip(jax.tree.leaves(_row(jt, 0)), jax.tree.leaves(_row(jt, 1))):
         np.testing.assert_allclose(np.asarray(got), np.exp(a[1]) * np.asarray(want), rtol=1e-4, atol=1e-7)
 
@@ -202,7 +202,7 @@ def test_step_under_a_named_axis_as_pmap_runs_it(monkeypatch):
     ref = reference.init_reference_state(config, temporal, jax.random.PRNGKey(2), STEPS_PER_EPOCH,
                                          params["bnneck"]["scale"].shape[-1])
     state = create_train_state(config, model.apply, params, batch_stats, jax.random.PRNGKey(1), STEPS_PER_EPOCH,
-                               reference=ref)
+                               variant_state=ref)
     # The prepared clips of every device, by call (source, then target), sent to the host as they are made.
     prepared, calls = {}, []
     original = common.prepare_clips
@@ -247,8 +247,8 @@ def test_step_under_a_named_axis_as_pmap_runs_it(monkeypatch):
     assert abs(np.mean(per_device) - want) > 0.1 * want  # per device it would be another number
 
     # The replicas stay identical: pmean'ed gradients, averaged running statistics.
-    for leaf in jax.tree.leaves((new.params, new.reference["temporal_params"], new.reference["weights"],
-                                 new.batch_stats, new.ema_batch_stats, new.reference["temporal_batch_stats"])):
+    for leaf in jax.tree.leaves((new.params, new.variant_state["temporal_params"], new.variant_state["weights"],
+                                 new.batch_stats, new.ema_batch_stats, new.variant_state["temporal_batch_stats"])):
         np.testing.assert_array_equal(np.asarray(leaf[0]), np.asarray(leaf[1]))
     assert float(metrics["triplet"][0]) == float(metrics["triplet"][1])
     assert _max_abs_diff(_row(new.params, 0), state.params) > 0

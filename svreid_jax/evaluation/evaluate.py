@@ -3,44 +3,88 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 
 from svreid_jax import builders, parallel
-from svreid_jax.data import datasets
-from svreid_jax.data.records import DatasetSplits
+from svreid_jax.data import datasets, pipeline
+from svreid_jax.data.records import DatasetSplits, Tracklet
 from svreid_jax.evaluation import evaluators, features, protocols
 
 
-def evaluate(config, model, variables, splits: DatasetSplits, mesh, *, all_protocols: bool = False) -> dict[str, float]:
-    """Query/gallery evaluation: {'rank1','rank5','rank10','rank20','mAP','num_valid_queries', 'extract_sec', ...}.
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """The evaluation setup of one run, built once (`from_config`): how evaluation clips are cut
+    (eval.temporal, eval.seq_len, no flip), the eval forward, how distances are made (eval.distance,
+    eval.rerank), the target's protocol (data.target.protocol) and eval.camera_normalise.
 
-    With eval.camera_normalise every feature first loses its camera's mean over the query and gallery
-    features (protocols.camera_normalised), and the metrics carry 'camera_normalised': 1.0 so that
-    results.json records it. Distances follow eval.distance (and eval.rerank); the protocol is `data.target.protocol`
-    (evaluation/evaluators.py). With `all_protocols` its other results are added as
-    '<protocol>/<metric>' keys (e.g. the MARS include_query and all galleries, CCVID SC/CC); the
-    unprefixed keys are always the primary protocol (the authors').
+    evaluator(variables, splits) → the query/gallery metrics; evaluator.features(variables, tracklets)
+    → float32 [N, D] features of any tracklets with the same clips (plus's per-epoch clustering).
     """
-    start = time.perf_counter()
-    tracklets = tuple(splits.query) + tuple(splits.gallery)
-    feats = features.tracklet_features(config, model, variables, tracklets, mesh)
-    extract_sec = time.perf_counter() - start
-    nq = len(splits.query)
-    q_feats, g_feats = feats[:nq], feats[nq:]
-    if config.eval.camera_normalise:
-        q_feats, g_feats = protocols.camera_normalised(q_feats, g_feats, splits.query, splits.gallery)
-    target = config.data.target
-    inputs = evaluators.ProtocolInputs(q_feats, g_feats, splits.query, splits.gallery,
-                                       distance=protocols.DistanceSpec.from_config(config),
-                                       max_rank=config.eval.max_rank, all_protocols=all_protocols,
-                                       options=target.options.to_dict())
-    metrics = protocols.flatten(evaluators.get(target.protocol)(inputs))
-    metrics["extract_sec"] = extract_sec
-    if config.eval.camera_normalise:
-        metrics["camera_normalised"] = 1.0
-    return metrics
+
+    model: Any
+    mesh: Any
+    spec: pipeline.ClipSpec
+    distance: protocols.DistanceSpec
+    protocol: Callable[[evaluators.ProtocolInputs], dict]
+    protocol_options: dict
+    batch_size: int
+    temporal: str
+    num_threads: int
+    flip_average: bool
+    max_rank: int
+    camera_normalise: bool
+
+    @classmethod
+    def from_config(cls, config, model, mesh=None) -> "Evaluator":
+        e = config.eval
+        return cls(model=model, mesh=parallel.data_mesh() if mesh is None else mesh,
+                   spec=builders.clip_spec(config, train=False), distance=protocols.DistanceSpec.from_config(config),
+                   protocol=evaluators.get(config.data.target.protocol),
+                   protocol_options=config.data.target.options.to_dict(), batch_size=e.batch_size,
+                   temporal=e.temporal, num_threads=config.data.num_threads, flip_average=bool(e.flip_average),
+                   max_rank=e.max_rank, camera_normalise=bool(e.camera_normalise))
+
+    def features(self, variables, tracklets: Sequence[Tracklet], progress=None) -> np.ndarray:
+        """float32 [N, D] features of `tracklets` (features.extract with this setup's clips)."""
+        return features.extract(features.make_embed_step(self.model), variables, tracklets, spec=self.spec,
+                                batch_size=self.batch_size, method=self.temporal, mesh=self.mesh,
+                                num_threads=self.num_threads, flip_average=self.flip_average, progress=progress)
+
+    def __call__(self, variables, splits: DatasetSplits, *, all_protocols: bool = False) -> dict[str, float]:
+        """Query/gallery evaluation: {'rank1','rank5','rank10','rank20','mAP','num_valid_queries', 'extract_sec', ...}.
+
+        With camera_normalise every feature first loses its camera's mean over the query and gallery
+        features (protocols.camera_normalised), and the metrics carry 'camera_normalised': 1.0 so that
+        results.json records it. With `all_protocols` the protocol's other results are added as
+        '<protocol>/<metric>' keys (e.g. the MARS include_query and all galleries, CCVID SC/CC); the
+        unprefixed keys are always the primary protocol (the authors').
+        """
+        start = time.perf_counter()
+        feats = self.features(variables, tuple(splits.query) + tuple(splits.gallery))
+        extract_sec = time.perf_counter() - start
+        nq = len(splits.query)
+        q_feats, g_feats = feats[:nq], feats[nq:]
+        if self.camera_normalise:
+            q_feats, g_feats = protocols.camera_normalised(q_feats, g_feats, splits.query, splits.gallery)
+        inputs = evaluators.ProtocolInputs(q_feats, g_feats, splits.query, splits.gallery, distance=self.distance,
+                                           max_rank=self.max_rank, all_protocols=all_protocols,
+                                           options=self.protocol_options)
+        metrics = protocols.flatten(self.protocol(inputs))
+        metrics["extract_sec"] = extract_sec
+        if self.camera_normalise:
+            metrics["camera_normalised"] = 1.0
+        return metrics
+
+
+def evaluate(config, model, variables, splits: DatasetSplits, mesh, *, all_protocols: bool = False) -> dict[str, float]:
+    """One evaluation with a setup built for it (`Evaluator`); a loop that evaluates often builds its
+    Evaluator once instead."""
+    return Evaluator.from_config(config, model, mesh)(variables, splits, all_protocols=all_protocols)
 
 
 def results_table(metrics: dict[str, float], title: str, primary: str | None = None) -> str:
@@ -67,7 +111,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     parallel.log_devices()
     mesh = parallel.data_mesh()
     model, variables, ckpt = builders.restore_variables(config, workdir, mesh)
-    distance = protocols.DistanceSpec.from_config(config)
+    evaluator = Evaluator.from_config(config, model, mesh)
+    distance = evaluator.distance
     name = config.data.target.name
     primary = None
     if config.eval.one_checkpoint_all_splits:
@@ -81,13 +126,13 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
                         "--mode=splits.", trained_on)
         result = protocols.evaluate_splits(
             lambda s: builders.load_target(config, workdir, split_id=s),
-            lambda tracklets: features.tracklet_features(config, model, variables, tracklets, mesh),
+            lambda tracklets: evaluator.features(variables, tracklets),
             distance=distance, max_rank=config.eval.max_rank, camera_normalise=bool(config.eval.camera_normalise))
         metrics = result.flat()
         primary = f"one checkpoint on {len(result.split_ids)} splits, transductive: mean ± std"
     else:
         target = builders.load_target(config, workdir)
-        metrics = evaluate(config, model, variables, target, mesh, all_protocols=config.eval.protocols)
+        metrics = evaluator(variables, target, all_protocols=config.eval.protocols)
     title = f"{config.data.source.name} → {name}"
     table = results_table(metrics, title, primary)
     rows, std = protocols.unflatten(metrics, primary)

@@ -14,6 +14,7 @@ place because a step only replaces it once completely written.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -192,13 +193,36 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
         def attempt(s):
-            items = {"state": ocp.args.StandardRestore(abstract)}
+            target, from_saved = self._restore_target(s, abstract)
+            items = {"state": ocp.args.StandardRestore(target)}
             for name, it in iterators.items():
                 items[name] = grain.checkpoint.CheckpointRestore(_for_grain(it))
-            return self._manager.restore(s, args=ocp.args.Composite(**items))["state"]
+            return from_saved(self._manager.restore(s, args=ocp.args.Composite(**items))["state"])
 
         _, meta, restored = self._first_intact(attempt, check, set_aside_broken, step)
         return restored, meta
+
+    def _restore_target(self, step: int, abstract: Any) -> tuple[Any, Callable[[Any], Any]]:
+        """(what orbax restores step `step` into, a function from what it restores to `abstract`'s type).
+
+        A state class may name fields that earlier checkpoints stored under another name
+        (`SAVED_AS = {field: name on disk}`, e.g. TrainState); a step that has the old name and not the
+        new one is restored field by field under the names on disk. Any other step restores into
+        `abstract` itself.
+        """
+        saved_as = getattr(abstract, "SAVED_AS", None)
+        if not saved_as or not dataclasses.is_dataclass(abstract):
+            return abstract, lambda restored: restored
+        metadata = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
+        on_disk = set(getattr(metadata, "item_metadata", metadata).keys())
+        old = {field: name for field, name in saved_as.items() if name in on_disk and field not in on_disk}
+        if not old:
+            return abstract, lambda restored: restored
+        fields = [f.name for f in dataclasses.fields(abstract) if f.metadata.get("pytree_node", True)]
+        target = {old.get(name, name): getattr(abstract, name) for name in fields}
+        logging.info("checkpoint step %d stores %s under the earlier name(s) %s", step, ", ".join(old),
+                     ", ".join(old.values()))
+        return target, lambda restored: abstract.replace(**{name: restored[old.get(name, name)] for name in fields})
 
     def restore_saved(self, step: int | None = None) -> tuple[int, dict, dict]:
         """(step, meta, the train state as saved: nested dicts of arrays) of the newest restorable step,

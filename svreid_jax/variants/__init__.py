@@ -27,7 +27,7 @@ from svreid_jax.variants import common, divergence, paper, plus, reference, term
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """make_train_step(model, config, axis_name) -> step; axis_name is None (one device / jit) or the pmap axis.
-    init_state(config, model, params, rng, steps_per_epoch) -> TrainState.reference (None: the variant keeps none).
+    init_state(config, model, params, rng, steps_per_epoch) -> TrainState.variant_state (None: the variant keeps none).
     uses_target(config) -> whether the step reads the target clips (the loop then skips shipping them).
     check_config(config) -> None, or ValueError naming the field that cannot work (before any data is read).
     sized_by_target: init_state also gets num_target_train= (the number of target training tracklets).
@@ -68,7 +68,7 @@ def make_train_step(model, config, axis_name: str | None = None):
 
 
 def init_state(config, model, params, rng, steps_per_epoch: int, num_target_train: int = 0) -> Any:
-    """The variant's extra state (TrainState.reference), or None."""
+    """The variant's extra state (TrainState.variant_state), or None."""
     variant = get(config.variant)
     if variant.init_state is None:
         return None

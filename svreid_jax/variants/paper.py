@@ -25,7 +25,7 @@ def make_train_step(model, config, axis_name: str | None = None, *, after_update
     the pmap axis (parallel.PMAP_AXIS) when each call sees one device's share; gradients are averaged over it.
 
     after_update(extra, kept) -> extra: how a variant built on this step (variants/plus.py) moves its own
-    state (TrainState.reference) after the update, from what the terms kept (TermContext.keep, whole
+    state (TrainState.variant_state) after the update, from what the terms kept (TermContext.keep, whole
     batch, identical on every device). With `plus.target_bn` the student's BN running statistics come
     from its target forward only (the source forward still normalises with its batch statistics)."""
     common.check_config(config)
@@ -74,7 +74,7 @@ def make_train_step(model, config, axis_name: str | None = None, *, after_update
             ctx = terms_lib.TermContext(config, source=out_s, labels=labels, gather=gather,
                                         target_forward=target_forward if uses_target else None,
                                         teacher=teacher_out, target_camid=batch["target"].get("camid"),
-                                        kmeans_key=k_kmeans, extra=state.reference,
+                                        kmeans_key=k_kmeans, extra=state.variant_state,
                                         target_index=batch["target"].get("index"))
             values, aux = terms_lib.compute(active, ctx)
             total = terms_lib.weighted_sum(values, terms_lib.weights(active, config, ramp))
@@ -99,7 +99,7 @@ def make_train_step(model, config, axis_name: str | None = None, *, after_update
         new_state = new_state.replace(ema_params=ema_update(state.ema_params, new_state.params, decay),
                                       ema_batch_stats=ema_batch_stats, rng=rng)
         if after_update is not None:
-            new_state = new_state.replace(reference=after_update(state.reference, kept))
+            new_state = new_state.replace(variant_state=after_update(state.variant_state, kept))
         metrics = {"loss": total, **values, **aux, "grl_beta": beta, "teacher_decay": decay}
         return common.guard_and_report(state, new_state, rng, total, grad_norm, metrics)
 

@@ -11,7 +11,7 @@ memory as a second target (MMT), and the memory's momentum update after each ste
 With plus.camera_proxies (CAP, on in `:plus`) each slot of the memory is one (pseudo-identity, camera)
 pair and the contrast is the intra-camera and inter-camera pair of terms instead.
 
-Extra state (TrainState.reference), fixed shapes so the step compiles once:
+Extra state (TrainState.variant_state), fixed shapes so the step compiles once:
   labels int32 [N_target_train]: the memory slot of each target training tracklet (its pseudo-identity,
     or its proxy), −1 = outlier or not clustered yet; read at the batch's target 'index' (never its pid);
   memory float32 [M, D]: L2-normalised slot centroids, M = plus.max_clusters; valid bool [M];
@@ -177,7 +177,7 @@ def fill_proxy_memory(features: np.ndarray, labels: np.ndarray, camids: np.ndarr
 
 def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np.ndarray,
                 epoch: int) -> tuple[Any, dict[str, float]]:
-    """Re-cluster the target training set before `epoch` (0-based): state with a new TrainState.reference,
+    """Re-cluster the target training set before `epoch` (0-based): state with a new TrainState.variant_state,
     and stats to log ({'clusters', 'outliers' (fraction)}).
 
     extract(variables) -> float32 [N_target_train, D]: eval-mode features (the loop's evaluation pipeline);
@@ -191,16 +191,16 @@ def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np
     raw = cluster_features(config, features, np.asarray(camids), epoch)
     found = len(np.unique(raw[raw >= 0]))
     if p.camera_proxies:
-        reference = fill_proxy_memory(features, raw, camids, p.max_clusters)
-        clusters = len(np.unique(reference["slot_cluster"][reference["valid"]]))
-        stats = {"clusters": float(clusters), "proxies": float(reference["valid"].sum())}
+        memory_state = fill_proxy_memory(features, raw, camids, p.max_clusters)
+        clusters = len(np.unique(memory_state["slot_cluster"][memory_state["valid"]]))
+        stats = {"clusters": float(clusters), "proxies": float(memory_state["valid"].sum())}
     else:
         labels, memory, valid = fill_memory(features, raw, p.max_clusters)
-        reference = {"labels": labels, "memory": memory, "valid": valid}
+        memory_state = {"labels": labels, "memory": memory, "valid": valid}
         clusters = int(valid.sum())
         stats = {"clusters": float(clusters)}
-    stats.update(outliers=float(np.mean(reference["labels"] < 0)), dropped_clusters=float(found - clusters))
-    return state.replace(reference=reference), stats
+    stats.update(outliers=float(np.mean(memory_state["labels"] < 0)), dropped_clusters=float(found - clusters))
+    return state.replace(variant_state=memory_state), stats
 
 
 def make_train_step(model, config, axis_name: str | None = None):

@@ -75,7 +75,7 @@ def optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTran
 
 def init_reference_state(config, temporal_model: TemporalDomainHeads, rng: jax.Array, steps_per_epoch: int,
                          feature_dim: int) -> dict[str, Any]:
-    """The extra state of the reference variant (TrainState.reference):
+    """The extra state of the reference variant (TrainState.variant_state):
 
     temporal_params / temporal_batch_stats: TemporalDomainHeads variables (init on [1, T, feature_dim]);
     temporal_opt_state: its Adam state; weights: a [3] float32 (config.reference.weight_init);
@@ -254,7 +254,7 @@ def make_reference_losses(model, temporal_model, config, axis_name: str | None =
 
 
 def make_reference_train_step(model, temporal_model, config, axis_name: str | None = None):
-    """The reference variant's `step(state, batch) -> (state, metrics)`; state.reference must be set
+    """The reference variant's `step(state, batch) -> (state, metrics)`; state.variant_state must be set
     (init_reference_state). With `axis_name` (inside pmap/shard_map) gradients are `lax.pmean`ed over it
     and the batch-coupled terms see the gathered batch; BatchNorm stays per device (the reference's
     DataParallel without SyncBN)."""
@@ -269,9 +269,9 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
         return parallel.cross_replica_mean(x, axis_name)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
-        ref = state.reference
+        ref = state.variant_state
         if ref is None:
-            raise ValueError("the reference step needs TrainState.reference (variants.reference.init_reference_state)")
+            raise ValueError("the reference step needs TrainState.variant_state (variants.reference.init_reference_state)")
         rng, k_src_aug, k_tgt_aug, k_teacher_aug, k_teacher, *k = jax.random.split(state.rng, 10)
         # Erasing, flips and dropout draw per item: each device folds in its index so that its share of
         # the batch gets its own draws (as the authors' per-clip CPU transforms and per-GPU dropout do).
@@ -329,7 +329,7 @@ def make_reference_train_step(model, temporal_model, config, axis_name: str | No
                              temporal_opt_state=t_opt, weights=weights, weight_grad_sum=grad_sum,
                              weight_opt_state=w_opt)
         new_state = new_state.replace(ema_params=ema_update(state.ema_params, new_state.params, decay),
-                                      ema_batch_stats=teacher_stats, rng=rng, reference=new_reference)
+                                      ema_batch_stats=teacher_stats, rng=rng, variant_state=new_reference)
 
         grad_norm = common.global_norm((g_params, g_temporal))
         metrics = {"loss": total, **terms, **aux, "grl_beta": beta, "teacher_decay": decay}
@@ -347,7 +347,7 @@ def make_train_step(model, config, axis_name: str | None = None):
 
 
 def init_state(config, model, params, rng: jax.Array, steps_per_epoch: int) -> dict[str, Any]:
-    """TrainState.reference for a fresh run: the MS-TCN and its optimiser, the loss weights (see
+    """TrainState.variant_state for a fresh run: the MS-TCN and its optimiser, the loss weights (see
     init_reference_state), sized from the student's BN-neck."""
     temporal_model = build_temporal_model(config, model.num_classes)
     feature_dim = int(params["bnneck"]["scale"].shape[-1])

@@ -34,7 +34,7 @@ class TermContext:
     kmeans_key: the PRNG key shared by all devices for clustering; gather: this device's items → the
     global batch (identity without pmap); infonce_sum_groups: InfoNCE normalised as the authors' code
     does, G × the mean over pairs (the reference variant's `reference.infonce_sum_groups`, docs/METHOD.md §4.3).
-    extra: the variant's own state (TrainState.reference) or None; the plus variant's cluster memory
+    extra: the variant's own state (TrainState.variant_state) or None; the plus variant's cluster memory
     {'labels': int32 [N_target_train] (−1 outlier), 'memory': float32 [M, D], 'valid': bool [M]};
     target_index: int32 [B'] indices of the target clips' tracklets in target.train, or None.
     keep: what terms leave for the step after the gradient (e.g. the embeddings a memory update reads).

@@ -3,13 +3,17 @@ import json
 import os
 import subprocess
 import sys
+import typing
 
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax.training import train_state as flax_train_state
 
+from svreid_jax import state as state_lib
 from svreid_jax.utils import progress, writers
 from svreid_jax.utils.checkpointing import Checkpointer
 
@@ -85,3 +89,45 @@ def test_checkpoint_round_trip_with_iterator_state(tmp_path):
 def test_restore_without_checkpoint_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint under .*empty"):
         Checkpointer(str(tmp_path / "empty")).restore({"a": jnp.zeros(1)}, {})
+
+
+class _StateBeforeRename(flax_train_state.TrainState):
+    """TrainState's pytree as checkpoints stored it while the variant's state was the field `reference`."""
+
+    batch_stats: typing.Any = None
+    ema_params: typing.Any = None
+    ema_batch_stats: typing.Any = None
+    rng: typing.Any = None
+    reference: typing.Any = None
+    guard: typing.Any = None
+
+
+def test_checkpoint_written_under_the_old_field_name_restores_into_variant_state(tmp_path):
+    params = {"w": jnp.arange(3.0)}
+    fields = dict(apply_fn=None, params=params, tx=optax.adam(1e-3), batch_stats={"m": jnp.ones(2)},
+                  ema_params={"w": jnp.full(3, 2.0)}, ema_batch_stats={"m": jnp.zeros(2)},
+                  rng=jax.random.PRNGKey(3), guard={"count": jnp.asarray(4, jnp.int32)})
+    memory = {"labels": jnp.asarray([1, -1, 0], jnp.int32), "memory": jnp.arange(6.0).reshape(3, 2)}
+    old = _StateBeforeRename.create(**fields, reference=memory).replace(step=7)
+    old_dir = str(tmp_path / "old")
+    ckpt = Checkpointer(old_dir)
+    ckpt.save(7, old, {}, {"step": 7})
+    ckpt.close()
+
+    fresh = state_lib.TrainState.create(**fields, variant_state=jax.tree.map(jnp.zeros_like, memory))
+    restored = Checkpointer(old_dir).restore_state_only(fresh)
+    assert isinstance(restored, state_lib.TrainState) and int(restored.step) == 7
+    for key, value in memory.items():
+        np.testing.assert_array_equal(np.asarray(restored.variant_state[key]), np.asarray(value))
+    np.testing.assert_array_equal(np.asarray(restored.ema_params["w"]), np.full(3, 2.0))
+    assert int(restored.guard["count"]) == 4
+    # Adam's moments came back too: the optimiser state has the saved structure and values.
+    assert jax.tree.structure(restored.opt_state) == jax.tree.structure(fresh.opt_state)
+
+    # A checkpoint of today's layout restores through the ordinary path.
+    new_dir = str(tmp_path / "new")
+    ckpt = Checkpointer(new_dir)
+    ckpt.save(7, restored, {}, {"step": 7})
+    ckpt.close()
+    again = Checkpointer(new_dir).restore_state_only(fresh)
+    np.testing.assert_array_equal(np.asarray(again.variant_state["memory"]), np.asarray(memory["memory"]))

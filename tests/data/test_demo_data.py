@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, features
 
 from svreid_jax.data import demo as demo_data
+from svreid_jax.data.demo import layouts
 
 SMALL = dict(num_source_ids=4, num_source_test_ids=2, num_target_train_ids=3, num_target_test_ids=3,
              num_cameras=3, tracklets_per_id=(2, 3), frames_per_tracklet=(8, 12), num_distractors=2, num_junk=1,
@@ -70,7 +71,7 @@ def test_interrupted_generation_is_redone(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo_data, "_write_target", crash)
+    monkeypatch.setattr(layouts, "write_target", crash)
     with pytest.raises(KeyboardInterrupt):
         demo_data.ensure(root, **SMALL)
     assert os.path.isdir(os.path.join(root, "source")) and not os.path.exists(os.path.join(root, "toy_stamp.json"))

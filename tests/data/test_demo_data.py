@@ -151,7 +151,7 @@ def test_hard_shift_is_deterministic_and_differs_from_the_default(tmp_path):
 
 
 def test_stamp_leaves_out_the_default_shift(tmp_path):
-    """Stamps written before the shift option existed must still match the default demo's options."""
+    """A default demo's stamp has no shift entry, so stamps without one keep matching the default options."""
     root = str(tmp_path / "demo")
     demo_data.ensure(root, **SMALL)
     with open(os.path.join(root, "toy_stamp.json")) as f:

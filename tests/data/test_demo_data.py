@@ -5,9 +5,10 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from svreid_jax.data import demo as demo_data
+from svreid_jax.data.demo import layouts
 
 SMALL = dict(num_source_ids=4, num_source_test_ids=2, num_target_train_ids=3, num_target_test_ids=3,
              num_cameras=3, tracklets_per_id=(2, 3), frames_per_tracklet=(8, 12), num_distractors=2, num_junk=1,
@@ -70,7 +71,7 @@ def test_interrupted_generation_is_redone(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo_data, "_write_target", crash)
+    monkeypatch.setattr(layouts, "write_target", crash)
     with pytest.raises(KeyboardInterrupt):
         demo_data.ensure(root, **SMALL)
     assert os.path.isdir(os.path.join(root, "source")) and not os.path.exists(os.path.join(root, "toy_stamp.json"))
@@ -150,7 +151,7 @@ def test_hard_shift_is_deterministic_and_differs_from_the_default(tmp_path):
 
 
 def test_stamp_leaves_out_the_default_shift(tmp_path):
-    """Stamps written before the shift option existed must still match the default demo's options."""
+    """A default demo's stamp has no shift entry, so stamps without one keep matching the default options."""
     root = str(tmp_path / "demo")
     demo_data.ensure(root, **SMALL)
     with open(os.path.join(root, "toy_stamp.json")) as f:
@@ -200,3 +201,67 @@ def test_hard_target_is_blurrier_and_the_source_more_saturated(tmp_path):
 
     assert saturation(frames(hard.source_root)) > 1.2 * saturation(frames(plain.source_root))
     assert sharpness(frames(hard.target_root)) < 0.7 * sharpness(frames(plain.target_root))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinned output: any edit that moves a random draw or changes an effect or a file format shows here
+
+
+PIN_MICRO = dict(num_source_ids=8, num_source_test_ids=2, num_target_train_ids=6, num_target_test_ids=6,
+                 num_cameras=3, tracklets_per_id=(2, 3), frames_per_tracklet=(4, 8), num_distractors=1, num_junk=1,
+                 height=32, width=16)  # configs/demo.py:micro's sizes, copied so that config edits leave the pins
+PIN_HARD = dict(shift="hard", texture_strength=0.25, clutter_blobs=2, colour_cast=0.08, desaturation=(0.0, 0.1),
+                viewpoint_strength=0.3)  # configs/demo.py's HARD_DEMO_OPTIONS, copied likewise
+# name → (options, digest of the images handed to the JPEG encoder and of the other files, digest of all
+# files). The first depends on numpy's random streams and scipy's .mat writer only; the second also on
+# the JPEG encoder, so it is compared only under the libjpeg-turbo it was computed with.
+PINS = {
+    "micro": (PIN_MICRO,
+              "e1086a786140185c53e7b13e10a5840ff661736e7617dfe63a33110e716acb3a",
+              "67f6ab8616b5b1b48daa31f08d75f136e13fce5eb80dcc8353a2e54119acdc8f"),
+    "micro_hard_outfits": ({**PIN_MICRO, **PIN_HARD, "num_outfits": 2},
+                           "94d463c16ed4f96f55a2138afc08dce475825d11932bd9ea5f61ab0e4515e29c",
+                           "57c4741d370fd4f9749f1d781f841e5211b47f8c36ab51c01d459b8a90aeb051"),
+}
+PINNED_LIBJPEG_TURBO = "3.2.0"
+
+
+def _combined_digest(digests: dict[str, str]) -> str:
+    listing = "".join(f"{path} {digest}\n" for path, digest in sorted(digests.items()))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _pinned_digests(root, options) -> tuple[str, str]:
+    """(images digest, files digest) of `generate(root, **options)`, as PINS records them."""
+    encoded = {}
+    save = Image.Image.save
+
+    def recording_save(image, fp, *args, **kwargs):
+        settings = repr((image.mode, image.size, sorted(kwargs.items()))).encode()
+        encoded[os.path.relpath(fp, root)] = hashlib.sha256(image.tobytes() + settings).hexdigest()
+        return save(image, fp, *args, **kwargs)
+
+    Image.Image.save = recording_save
+    try:
+        demo_data.generate(str(root), **options)
+    finally:
+        Image.Image.save = save
+    files = _tree_digest(root)
+    assert set(encoded) == {path for path in files if path.endswith(".jpg")}
+    images = {**encoded, **{path: digest for path, digest in files.items() if not path.endswith(".jpg")}}
+    return _combined_digest(images), _combined_digest(files)
+
+
+@pytest.mark.parametrize("name", sorted(PINS))
+def test_generated_bytes_are_pinned(name, tmp_path):
+    """The demo data of two micro-size configurations, byte for byte.
+
+    A failure after an edit meant to keep the data means a random draw moved (each stream's draws
+    must keep their order) or an effect changed; an intended change updates the pins here and
+    _FORMAT_VERSION, so that stamps of the old data force a regeneration.
+    """
+    options, images_pin, files_pin = PINS[name]
+    images, files = _pinned_digests(tmp_path / "demo", options)
+    assert images == images_pin
+    if features.version("libjpeg_turbo") == PINNED_LIBJPEG_TURBO:
+        assert files == files_pin

@@ -1,4 +1,4 @@
-"""The embedded demo: procedural synthetic → real-looking tracklets, a tiny ResNet, a few minutes on CPU.
+"""The embedded demo: procedural synthetic → real-looking tracklets, a tiny ResNet, sized for a CPU.
 
 Variants (--config=configs/demo.py:<variant>):
   paper        the method (default): source CE + triplet, frame and sequence discriminators, mean teacher,
@@ -7,9 +7,9 @@ Variants (--config=configs/demo.py:<variant>):
   oracle       trains on the *target* training labels (an upper bound; not UDA)
   frame        source + frame-level discriminator
   frame_clip   source + both discriminators
-  reference    the authors' code (configs/targets.py:apply_reference) at demo sizes: the tiny plain ResNet
-               instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, 4 k-means clusters
-  plus         beyond the paper (configs/targets.py:apply_plus): the paper recipe, and from epoch 20 on per-epoch
+  reference    the authors' code (configs/targets.py:REFERENCE) at demo sizes: the tiny plain ResNet
+               instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, fewer k-means restarts
+  plus         beyond the paper (configs/targets.py:PLUS): the paper recipe, and from epoch 20 on per-epoch
                DBSCAN pseudo-identities of the target, a memory of camera-aware proxies, the teacher's soft
                assignment, target BN; sized for the demo here
   no_camera_normalise, no_soft, no_contrast, no_target_bn, kmeans, no_camera_alignment, no_domain_alignment,
@@ -20,10 +20,14 @@ Variants (--config=configs/demo.py:<variant>):
   hard         (combine: "source_only,hard", "paper,hard", …) the hard data preset: a rendered-vs-filmed
                gap shared by all target cameras instead of per-camera scenes (svreid_jax/data/demo.py,
                shift="hard"); its data goes to <demo root>_hard
+
+Each name is an override table (configs/overrides.py), applied in the order given: VARIANTS train
+differently, PLUS_ABLATIONS change one ingredient of plus, SIZES shrink the run, DATA_PRESETS change
+the generated data.
 """
 import ml_collections
 
-from configs import default, targets
+from configs import default, overrides, targets
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -71,19 +75,55 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # target batch's variance as a loss (label-free camera ids; docs/METHOD.md §4.5).
     c.loss.camera_alignment = 1.0
     c.eval.batch_size = 64
-    for variant in (arg or "paper").split(","):
-        c = apply_variant(c, variant.strip())
+    for name in (arg or "paper").split(","):
+        c = overrides.apply(c, _table(c, name.strip()))
     return c
 
 
-# The hard preset: the shared filmed-look chain of shift="hard" carries the gap, so the per-camera
-# scenes are kept mild (faint texture, few blobs, small cast and viewpoint differences).
-HARD_DEMO_OPTIONS = dict(shift="hard", texture_strength=0.25, clutter_blobs=2, colour_cast=0.08,
-                         desaturation=(0.0, 0.1), viewpoint_strength=0.3)
+# The label-free clip pairs, camera-centred clusters and camera term set above serve the paper
+# variant's teacher (and plus, which keeps the paper's recipe); the other variants run without them.
+_PAPER_EXTRAS_OFF = {"data.target_views": 1, "adaptation.camera_centred": False, "loss.camera_alignment": 0.0}
+_NO_DOMAIN = {"loss.frame_domain": 0.0, "loss.clip_domain": 0.0}  # both discriminators
+_NO_CONSISTENCY = {"loss.consistency_ce": 0.0, "loss.consistency_dist": 0.0}  # the teacher's per-batch clusters
 
+VARIANTS = {
+    "paper": {},
+    "source_only": {**_PAPER_EXTRAS_OFF, **_NO_DOMAIN, **_NO_CONSISTENCY},
+    # Train on the target's own labelled training split: the upper bound the gap is measured against.
+    "oracle": {**_PAPER_EXTRAS_OFF, **_NO_DOMAIN, **_NO_CONSISTENCY,
+               "data.source.name": "mars", "data.demo_source_domain": "target"},
+    "frame": {**_PAPER_EXTRAS_OFF, "loss.clip_domain": 0.0, **_NO_CONSISTENCY},
+    "frame_clip": {**_PAPER_EXTRAS_OFF, **_NO_CONSISTENCY},
+    "reference": {
+        **_PAPER_EXTRAS_OFF, **targets.REFERENCE,
+        # Demo sizes: SINet's plug-ins need a ResNet-34/50/101, too slow here; keep the tiny ResNet.
+        "model.arch": "resnet",
+        "loss.infonce": 0.0,
+        "reference.features": 16,
+        "reference.num_layers": 4,
+        # k-means needs at least two clips per cluster of a (possibly shrunk, "micro,reference") target batch.
+        "reference.consistency_clusters": lambda c: min(c.reference.consistency_clusters, c.batch.target_size // 2),
+        "reference.consistency_n_init": 3,
+        "reference.consistency_max_iter": 50,
+        "adaptation.grl_max_steps": 500,
+        "train.select_on_target_test": False,  # the demo reports its last state (no test-set selection)
+    },
+    "plus": {
+        **targets.PLUS,
+        # About 4 training tracklets per identity (220 for 50 ids), mostly one per camera: much smaller
+        # neighbourhoods than MARS's, so smaller k-reciprocal neighbourhoods, radius and clusters; chosen
+        # by the purity of the pseudo-labels (docs/METHOD.md §1.4), which MARS's settings merged.
+        "plus.k1": 6,
+        "plus.k2": 2,
+        "plus.eps": 0.45,
+        "plus.min_samples": 2,
+        "plus.max_clusters": 256,
+        "plus.kmeans_clusters": 50,
+    },
+}
 
 # Plus's ingredients, each switched off (or swapped, or the paper's alignment terms added) by a modifier
-# combined after plus ("plus,no_soft"): field → value. The ablation rows of BENCHMARKS.md.
+# combined after plus ("plus,no_soft"). The ablation rows of BENCHMARKS.md.
 PLUS_ABLATIONS = {
     "no_camera_normalise": {"plus.camera_normalise": False},  # camera-centred clustering
     "no_soft": {"loss.cluster_soft": 0.0},  # the teacher's soft assignment over the memory (MMT)
@@ -91,94 +131,63 @@ PLUS_ABLATIONS = {
     "no_target_bn": {"plus.target_bn": False},  # target-domain BN statistics
     "kmeans": {"plus.clustering": "kmeans"},  # k-means for DBSCAN on Jaccard distances
     "no_camera_alignment": {"loss.camera_alignment": 0.0},  # the paper recipe's camera term (METHOD.md §4.11)
-    "no_domain_alignment": {"loss.frame_domain": 0.0, "loss.clip_domain": 0.0},  # both discriminators
-    "no_consistency": {"loss.consistency_ce": 0.0, "loss.consistency_dist": 0.0},  # the teacher's per-batch clusters
+    "no_domain_alignment": _NO_DOMAIN,
+    "no_consistency": _NO_CONSISTENCY,
     "early_start": {"plus.start_epoch": 5},  # clustering from epoch 5 instead of half-way
     # One slot per pseudo-identity and its plain contrast instead of camera-aware proxies (CAP).
     "no_camera_proxies": {"plus.camera_proxies": False, "loss.cluster_contrast": 1.0, "loss.intra_camera": 0.0,
                           "loss.inter_camera": 0.0},
     "with_reliability": {"plus.reliable_delta": 0.05},  # only pseudo-labels stable at eps ± 0.05 (SpCL-style)
 }
-# plus as it was until 2026-11-27: none of the paper's target terms, clustering from epoch 5, no proxies.
+# Plus on its own: none of the paper's target terms, clustering from epoch 5, one slot per pseudo-identity.
 PLUS_ABLATIONS["standalone"] = {field: value for name in ("no_camera_alignment", "no_domain_alignment", "no_consistency",
                                                           "early_start", "no_camera_proxies")
                                 for field, value in PLUS_ABLATIONS[name].items()}
 
+SIZES = {
+    # A few steps on a handful of tiny tracklets: the end-to-end smoke test of tests/test_main.py.
+    "micro": {
+        "data.demo_options": dict(num_source_ids=8, num_source_test_ids=2, num_target_train_ids=6,
+                                  num_target_test_ids=6, num_cameras=3, tracklets_per_id=(2, 3),
+                                  frames_per_tracklet=(4, 8), num_distractors=1, num_junk=1, height=32, width=16),
+        "data.height": 32,
+        "data.width": 16,
+        "model.width": 8,
+        "batch.num_identities": 2,
+        "batch.num_instances": 4,
+        "batch.target_size": 8,
+        "adaptation.kmeans_clusters": 2,
+        "reference.consistency_clusters": 2,
+        "plus.start_epoch": 1,  # epoch 0 with an empty memory, epoch 1 clusters
+        "plus.min_samples": 2,
+        "plus.kmeans_clusters": 4,
+        "train.num_epochs": 2,
+        "train.steps_per_epoch": 2,
+        "train.log_every_steps": 1,
+        "train.checkpoint_every_epochs": 1,
+        "eval.batch_size": 8,
+    },
+}
 
-def apply_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    if variant == "paper":
-        return c
-    if variant == "hard":
-        # Data only, merged into demo_options so it combines with any training variant (and micro before it).
-        c.data.demo_options = {**c.data.demo_options.to_dict(), **HARD_DEMO_OPTIONS}
-        return c
-    if variant == "micro":
-        # A few steps on a handful of tiny tracklets: the end-to-end smoke test of tests/test_main.py.
-        c.data.demo_options = dict(num_source_ids=8, num_source_test_ids=2, num_target_train_ids=6,
-                                   num_target_test_ids=6, num_cameras=3, tracklets_per_id=(2, 3),
-                                   frames_per_tracklet=(4, 8), num_distractors=1, num_junk=1, height=32, width=16)
-        c.data.height, c.data.width = 32, 16
-        c.model.width = 8
-        c.batch.num_identities, c.batch.num_instances, c.batch.target_size = 2, 4, 8
-        c.adaptation.kmeans_clusters = 2
-        c.reference.consistency_clusters = 2
-        c.plus.start_epoch, c.plus.min_samples, c.plus.kmeans_clusters = 1, 2, 4  # epoch 0 empty, epoch 1 clusters
-        c.train.num_epochs, c.train.steps_per_epoch = 2, 2
-        c.train.log_every_steps = 1
-        c.train.checkpoint_every_epochs = 1
-        c.eval.batch_size = 8
-        return c
-    if variant == "plus":
-        c = targets.apply_plus(c)
-        # About 4 training tracklets per identity (220 for 50 ids), mostly one per camera: much smaller
-        # neighbourhoods than MARS's. Chosen from the pseudo-label purity of a run's epoch-10 teacher
-        # (docs/METHOD.md §1.4): k1=10, eps=0.6 merged identities (purity 0.19); these give ~0.55.
-        c.plus.k1, c.plus.k2 = 6, 2
-        c.plus.eps = 0.45
-        c.plus.min_samples = 2
-        c.plus.max_clusters = 256
-        c.plus.kmeans_clusters = 50
-        return c
-    if variant in PLUS_ABLATIONS:
-        # One ingredient of plus off (combine after it: "plus,no_soft"); the ablation rows of BENCHMARKS.md.
+# The hard preset: the shared filmed-look chain of shift="hard" carries the gap, so the per-camera
+# scenes are kept mild (faint texture, few blobs, small cast and viewpoint differences).
+HARD_DEMO_OPTIONS = dict(shift="hard", texture_strength=0.25, clutter_blobs=2, colour_cast=0.08,
+                         desaturation=(0.0, 0.1), viewpoint_strength=0.3)
+
+DATA_PRESETS = {
+    # Merged into the demo options, so it combines with any training variant and size.
+    "hard": {"data.demo_options": lambda c: {**c.data.demo_options.to_dict(), **HARD_DEMO_OPTIONS}},
+}
+
+
+def _table(c: ml_collections.ConfigDict, name: str) -> overrides.Table:
+    for tables in (VARIANTS, SIZES, DATA_PRESETS):
+        if name in tables:
+            return tables[name]
+    if name in PLUS_ABLATIONS:
         if c.variant != "plus":
-            raise ValueError(f"demo variant {variant!r} changes an ingredient of plus; combine it after plus, "
-                             f"e.g. 'plus,{variant}'")
-        for field, value in PLUS_ABLATIONS[variant].items():
-            section, name = field.split(".")
-            c[section][name] = value
-        return c
-    if variant in ("source_only", "oracle", "frame", "frame_clip", "reference"):
-        c.data.target_views = 1  # the pairs serve the paper variant's teacher only
-        c.adaptation.camera_centred = False
-        c.loss.camera_alignment = 0.0
-    if variant == "reference":
-        c = targets.apply_reference(c)
-        # Demo sizes: SINet's plug-ins need a ResNet-34/50/101, too slow here; keep the tiny ResNet.
-        c.model.arch = "resnet"
-        c.loss.infonce = 0.0
-        c.reference.features = 16
-        c.reference.num_layers = 4
-        c.reference.consistency_clusters = min(c.reference.consistency_clusters, c.batch.target_size // 2)
-        c.reference.consistency_n_init = 3
-        c.reference.consistency_max_iter = 50
-        c.adaptation.grl_max_steps = 500
-        c.train.select_on_target_test = False  # the demo reports its last state (no test-set selection)
-        return c
-    if variant in ("source_only", "oracle"):
-        c.loss.frame_domain = c.loss.clip_domain = 0.0
-        c.loss.consistency_ce = c.loss.consistency_dist = 0.0
-        if variant == "oracle":
-            # Train on the target's own labelled training split: the upper bound the gap is measured against.
-            c.data.source.name = "mars"
-            c.data.demo_source_domain = "target"
-        return c
-    if variant == "frame":
-        c.loss.clip_domain = 0.0
-        c.loss.consistency_ce = c.loss.consistency_dist = 0.0
-        return c
-    if variant == "frame_clip":
-        c.loss.consistency_ce = c.loss.consistency_dist = 0.0
-        return c
-    raise ValueError(f"unknown demo variant {variant!r}; expected paper, source_only, oracle, frame, frame_clip, reference, plus, micro, hard "
+            raise ValueError(f"demo variant {name!r} changes an ingredient of plus; combine it after plus, "
+                             f"e.g. 'plus,{name}'")
+        return PLUS_ABLATIONS[name]
+    raise ValueError(f"unknown demo variant {name!r}; expected {', '.join([*VARIANTS, *SIZES, *DATA_PRESETS])} "
                      f"or after plus one of {', '.join(PLUS_ABLATIONS)}")

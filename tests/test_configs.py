@@ -97,3 +97,49 @@ def test_each_plus_ablation_changes_only_its_ingredient(ablation):
 def test_a_plus_ablation_before_plus_is_refused():
     with pytest.raises(ValueError, match="'no_soft' changes an ingredient of plus; combine it after plus, e.g. 'plus,no_soft'"):
         demo.get_config("paper,no_soft")
+
+
+def test_overrides_set_dotted_fields_in_order_and_call_derived_values():
+    from configs import overrides
+    c = default.get_config()
+    overrides.apply(c, {"batch.target_size": 10, "data.target.options.cut_length": 48,
+                        "reference.consistency_clusters": lambda c: c.batch.target_size // 2})
+    assert (c.batch.target_size, c.data.target.options.cut_length, c.reference.consistency_clusters) == (10, 48, 5)
+
+
+@pytest.mark.parametrize("module, arg", [("demo", "plus"), ("demo", "plus,hard"), ("demo", "plus,no_soft"),
+                                         ("mars", "plus"), ("ccvid", "plus")])
+def test_plus_start_epoch_follows_a_num_epochs_override(module, arg):
+    c = importlib.import_module(f"configs.{module}").get_config(arg)
+    assert c.plus.start_epoch == c.train.num_epochs // 2
+    c.train.num_epochs = 10  # what --config.train.num_epochs=10 does
+    assert c.plus.start_epoch == 5
+
+
+def test_demo_names_belong_to_one_kind_of_table():
+    kinds = [demo.VARIANTS, demo.SIZES, demo.DATA_PRESETS, demo.PLUS_ABLATIONS]
+    names = [name for kind in kinds for name in kind]
+    assert len(names) == len(set(names)), names
+
+
+def test_demo_tables_name_existing_fields():
+    base = default.get_config()
+    tables = [*demo.VARIANTS.values(), *demo.SIZES.values(), *demo.DATA_PRESETS.values(), *demo.PLUS_ABLATIONS.values()]
+    for table in tables:
+        for field in table:
+            section, *rest = field.split(".")
+            node = base[section]
+            for name in rest:
+                node = node[name]  # KeyError names a misspelt field
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("plus,fast", "unknown demo variant 'fast'; expected paper, source_only, oracle, frame, frame_clip, reference, "
+                  "plus, micro, hard or after plus one of no_camera_normalise, "),
+    ("micro,standalone", "demo variant 'standalone' changes an ingredient of plus; combine it after plus, "
+                         "e.g. 'plus,standalone'"),
+])
+def test_demo_errors_are_one_line(arg, message):
+    with pytest.raises(ValueError) as err:
+        demo.get_config(arg)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

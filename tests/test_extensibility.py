@@ -11,6 +11,7 @@ import pytest
 
 from configs import demo
 from svreid_jax import builders, parallel, train, variants
+from svreid_jax.data import datasets
 from svreid_jax.evaluation import evaluators, protocols
 from svreid_jax.models import backbones
 from svreid_jax.state import TrainState
@@ -167,6 +168,17 @@ def test_registries_refuse_duplicates_and_unknown_names(registered):
         evaluators.get("nope")
     with pytest.raises(ValueError, match="config.variant='nope'"):
         variants.get("nope")
+    with pytest.raises(ValueError, match="dataset 'mars' is already registered"):
+        datasets.register("mars", lambda root: None)
+    with pytest.raises(ValueError, match="unknown loss term 'nope'; expected one of"):
+        terms.TERMS.get("nope")
+
+
+def test_a_registered_term_comes_after_the_methods_terms(registered):
+    config = demo.get_config("paper,micro")
+    config.loss.toy_norm = 0.01
+    assert [t.name for t in terms.active(config)] == [
+        "ce", "triplet", "frame_domain", "clip_domain", "teacher_consistency", "camera_alignment", "toy_norm"]
 
 
 def test_a_term_whose_weight_field_is_missing_is_named(registered):

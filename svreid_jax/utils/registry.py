@@ -1,6 +1,6 @@
-"""Name → entry tables for the extension points (variants, backbones, evaluation protocols), with the
-same rules everywhere: a name is registered once, and an unknown name is an error naming the config
-field and listing the known names."""
+"""Name → entry tables for the extension points (variants, backbones, evaluation protocols, dataset
+readers, loss terms), with the same rules everywhere: a name is registered once, and an unknown name is
+an error naming the config field and listing the known names."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -9,9 +9,10 @@ from typing import Any
 
 class Registry:
     """kind: what an entry is ('variant', 'backbone', …); config_field: the field that names one
-    ('config.variant', 'model.arch', …), for error messages."""
+    ('config.variant', 'model.arch', …), for error messages, or None where no single field does (loss
+    terms are chosen by their weights)."""
 
-    def __init__(self, kind: str, config_field: str, entries: Mapping[str, Any]):
+    def __init__(self, kind: str, config_field: str | None, entries: Mapping[str, Any]):
         self.kind = kind
         self.config_field = config_field
         self._entries = dict(entries)
@@ -30,11 +31,16 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            raise ValueError(f"{self.config_field}={name!r}: unknown {self.kind}; expected one of "
-                             f"{self.names()}") from None
+            named = f"unknown {self.kind} {name!r}" if self.config_field is None else \
+                f"{self.config_field}={name!r}: unknown {self.kind}"
+            raise ValueError(f"{named}; expected one of {self.names()}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def values(self) -> list[Any]:
+        """The entries in the order they were registered (where order matters, e.g. a sum of loss terms)."""
+        return list(self._entries.values())
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -8,8 +8,8 @@ is skipped, and so is any forward that no active term reads (faster ablations). 
 gives the equations.
 
 Adding a term: write its function here (pure maths may live in svreid_jax/losses.py), add one
-`LossTerm` to TERMS (or call `register` from your own code) and its weight field, with a comment, to
-configs/default.py.
+`LossTerm` to TERMS (or call `register` from your own code; it comes after the method's terms) and its
+weight field, with a comment, to configs/default.py.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from svreid_jax import losses
+from svreid_jax.utils.registry import Registry
 
 SOURCE, TARGET, TEACHER = "source", "target", "teacher"
 _INPUTS = (SOURCE, TARGET, TEACHER)
@@ -203,7 +204,8 @@ def _camera_alignment(ctx: TermContext):
     return {"camera_alignment": value}, {}
 
 
-TERMS: list[LossTerm] = [
+# name → term. Registration order is the order terms are computed and summed in.
+TERMS = Registry("loss term", None, {term.name: term for term in (
     LossTerm("ce", {"ce": "ce"}, frozenset({SOURCE}), _cross_entropy, always=True),
     LossTerm("triplet", {"triplet": "triplet"}, frozenset({SOURCE}), _triplet, always=True),
     LossTerm("infonce", {"infonce": "infonce"}, frozenset({SOURCE}), _infonce),
@@ -218,7 +220,7 @@ TERMS: list[LossTerm] = [
     LossTerm("intra_camera", {"intra_camera": "intra_camera"}, frozenset({TARGET}), _intra_camera),
     LossTerm("inter_camera", {"inter_camera": "inter_camera"}, frozenset({TARGET}), _inter_camera),
     LossTerm("camera_alignment", {"camera_alignment": "camera_alignment"}, frozenset({TARGET}), _camera_alignment),
-]
+)})
 
 
 def check_config(config) -> None:
@@ -231,22 +233,18 @@ def check_config(config) -> None:
 
 
 def register(term: LossTerm) -> None:
-    """Append `term` to the table (after the method's own terms); a name may be registered once."""
-    if any(t.name == term.name for t in TERMS):
-        raise ValueError(f"loss term {term.name!r} is already registered")
-    TERMS.append(term)
+    """Add `term` after the terms already in the table; a name may be registered once."""
+    TERMS.register(term.name, term)
 
 
-def unregister(name: str) -> None:
-    """Remove a term added with `register` (tests and notebooks that try one out)."""
-    TERMS[:] = [t for t in TERMS if t.name != name]
+unregister = TERMS.unregister
 
 
 def active(config, *, only: Sequence[str] | None = None) -> list[LossTerm]:
     """The terms this config computes, in table order; `only` restricts them to terms whose inputs are
     all in it (e.g. only=('source',): the supervised re-ID terms)."""
     allowed = set(_INPUTS if only is None else only)
-    return [t for t in TERMS if t.needs <= allowed and t.active(config)]
+    return [t for t in TERMS.values() if t.needs <= allowed and t.active(config)]
 
 
 def inputs_needed(terms: Sequence[LossTerm]) -> frozenset[str]:

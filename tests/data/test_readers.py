@@ -7,7 +7,7 @@ import scipy.io
 
 from svreid_jax.data import datasets, demo as demo_data
 from svreid_jax.data.datasets import mars
-from svreid_jax.data.records import DatasetError
+from svreid_jax.data.records import DatasetError, DatasetSplits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,8 +84,31 @@ def _error(fn, *args, **kwargs) -> str:
 
 
 def test_unknown_name_lists_known():
-    with pytest.raises(ValueError, match="known datasets: .*mars.*svreid"):
+    with pytest.raises(ValueError, match=r"data.<source\|target>.name='nope': unknown dataset; expected one of "
+                                         r"\[.*'mars'.*'svreid'"):
         datasets.load("nope", "/tmp")
+
+
+def test_a_registered_reader_is_loaded_with_its_options(tmp_path):
+    read = []
+
+    def load_toy(root, *, gallery="all"):
+        read.append((root, gallery))
+        return DatasetSplits(train=(), query=(), gallery=())
+
+    datasets.register("toy", load_toy, with_stats=lambda root, **options: (load_toy(root, **options), "counts"))
+    try:
+        assert "toy" in datasets.names() and datasets.options("toy") == {"gallery": "all"}
+        assert datasets.load("toy", str(tmp_path), gallery="none") == DatasetSplits((), (), ())
+        assert datasets.load_with_stats("toy", str(tmp_path))[1] == "counts"
+        assert read == [(str(tmp_path), "none"), (str(tmp_path), "all")]
+        with pytest.raises(ValueError, match="dataset 'toy' is already registered"):
+            datasets.register("toy", load_toy)
+        with pytest.raises(ValueError, match="no option.*bogus.*gallery"):
+            datasets.load("toy", str(tmp_path), bogus=1)
+    finally:
+        datasets.unregister("toy")
+    assert "toy" not in datasets.names() and "toy" not in datasets.WITH_STATS
 
 
 def test_unknown_option_is_named(tmp_path):

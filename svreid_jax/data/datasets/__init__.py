@@ -1,7 +1,8 @@
 """Dataset readers behind one entry point: `load(name, root, **options) -> DatasetSplits`.
 
 Adding a dataset: write `datasets/<name>.py` with a function `(root, **options) -> DatasetSplits`
-and add one line to LOADERS below (and to WITH_STATS if it also reports what it dropped).
+and add one line to LOADERS below (and to WITH_STATS if it also reports what it dropped), or call
+`register` from your own code.
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from absl import logging
 
 from svreid_jax.data.datasets import _common, ccvid, folder, ilidsvid, lsvid, mars, prid, svreid
 from svreid_jax.data.records import DatasetSplits
+from svreid_jax.utils.registry import Registry
 
 # name → reader. Options of a reader are its keyword arguments after `root`.
-LOADERS: dict[str, Callable[..., DatasetSplits]] = {
+LOADERS = Registry("dataset", "data.<source|target>.name", {
     "svreid": svreid.load_svreid,
     "svreid_cc": svreid.load_svreid_cc,
     "svreid_plus": svreid.load_svreid_plus,
@@ -25,7 +27,7 @@ LOADERS: dict[str, Callable[..., DatasetSplits]] = {
     "lsvid": lsvid.load_lsvid,
     "ccvid": ccvid.load_ccvid,
     "folder": folder.load_folder,
-}
+})
 
 # name → the same reader returning (DatasetSplits, a dataclass of counts: rows read, rows dropped, ...),
 # with the same options.
@@ -36,17 +38,29 @@ WITH_STATS: dict[str, Callable[..., tuple[DatasetSplits, Any]]] = {
 }
 
 
+def register(name: str, loader: Callable[..., DatasetSplits],
+             with_stats: Callable[..., tuple[DatasetSplits, Any]] | None = None) -> None:
+    """Make `data.<source|target>.name=name` read with `loader` (and `load_with_stats` with `with_stats`,
+    same options); a name may be registered once."""
+    LOADERS.register(name, loader)
+    if with_stats is not None:
+        WITH_STATS[name] = with_stats
+
+
+def unregister(name: str) -> None:
+    """Remove `name` (tests and notebooks that try a reader out)."""
+    LOADERS.unregister(name)
+    WITH_STATS.pop(name, None)
+
+
 def names() -> tuple[str, ...]:
     """The registered dataset names, sorted."""
-    return tuple(sorted(LOADERS))
+    return tuple(LOADERS.names())
 
 
 def options(name: str) -> dict[str, Any]:
     """The options of dataset `name` with their defaults. Unknown name → ValueError listing the known ones."""
-    try:
-        loader = LOADERS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}") from None
+    loader = LOADERS.get(name)
     return {p.name: p.default for p in inspect.signature(loader).parameters.values() if p.name != "root"}
 
 
@@ -74,7 +88,7 @@ def load(name: str, root: str, **options) -> DatasetSplits:
     """
     _check_options(name, options)
     with _common.collect_ignored() as ignored:
-        splits = LOADERS[name](root, **options)
+        splits = LOADERS.get(name)(root, **options)
     _warn_ignored(name, ignored)
     return splits
 
@@ -86,6 +100,6 @@ def load_with_stats(name: str, root: str, **options) -> tuple[DatasetSplits, Any
         if name in WITH_STATS:
             result = WITH_STATS[name](root, **options)
         else:
-            result = LOADERS[name](root, **options), None
+            result = LOADERS.get(name)(root, **options), None
     _warn_ignored(name, ignored)
     return result

@@ -18,7 +18,7 @@ Variants (--config=configs/demo.py:<variant>):
                is plus without the paper's target terms, clustering from epoch 5: the ablation rows
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
   hard         (combine: "source_only,hard", "paper,hard", …) the hard data preset: a rendered-vs-filmed
-               gap shared by all target cameras instead of per-camera scenes (svreid_jax/data/demo.py,
+               gap shared by all target cameras instead of per-camera scenes (svreid_jax/data/demo/scenes.py,
                shift="hard"); its data goes to <demo root>_hard
 
 Each name is an override table (configs/overrides.py), applied in the order given: VARIANTS train

@@ -33,8 +33,8 @@ def _neighbours(dist: jax.Array, *, k_top: int) -> tuple[jax.Array, jax.Array]:
 def encoding(dist: jax.Array, *, k1: int, k2: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Steps 1–4 on the full [N, N] distance matrix → (normalised D [N, N], V [N, N], non-zeros per row).
 
-    Two executables: compiled together with what consumes the neighbour lists, XLA:CPU made the top-k
-    some 30× slower (MARS size: 30 s instead of 1 s on 2 cores).
+    Two executables: compiled together with what consumes the neighbour lists, XLA:CPU makes the top-k
+    an order of magnitude slower (BENCHMARKS.md, clustering).
     """
     n = dist.shape[0]
     d, rank = _neighbours(dist, k_top=_sizes(n, k1, k2)[2])

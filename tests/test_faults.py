@@ -333,7 +333,7 @@ def test_model_selection_keeps_the_best_step_across_a_resume(data_root, tmp_path
     scores = {2: 0.6, 4: 0.6, 6: 0.5}
     seen = []
 
-    def scripted_evaluate(config, model, variables, splits, mesh, *, all_protocols=False):
+    def scripted_evaluate(evaluator, variables, splits, *, all_protocols=False):
         step = int(scripted_evaluate.step)
         is_selection = splits is not scripted_evaluate.target
         seen.append((step, is_selection, splits, jax.device_get(variables["params"])))
@@ -352,7 +352,7 @@ def test_model_selection_keeps_the_best_step_across_a_resume(data_root, tmp_path
         scripted_evaluate.step = int(new.step)
         return new, metrics
 
-    monkeypatch.setattr(evaluation, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(evaluation.Evaluator, "__call__", scripted_evaluate)
     monkeypatch.setattr(builders, "prepare_data", prepare)
     _scripted_steps(monkeypatch, outcome, interrupt_at=lambda call: call == outcome.interrupt_at)
     config = _config(data_root, **{"train.num_epochs": 3, "train.checkpoint_every_epochs": 1,

@@ -15,7 +15,7 @@ from svreid_jax.data.records import FrameError, MissingFrameError
 
 DECODERS = ("auto", "pil", "simplejpeg")
 
-try:  # libjpeg-turbo without PIL's per-image overhead: 2.5-3.4x faster on 256x128 JPEGs (BENCHMARKS.md)
+try:  # libjpeg-turbo without PIL's per-image overhead: several times faster on small JPEGs (BENCHMARKS.md)
     import simplejpeg as _simplejpeg
 except ImportError:  # the PIL path gives the same pixels, only slower
     _simplejpeg = None

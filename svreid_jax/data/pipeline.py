@@ -191,7 +191,7 @@ def _train_iterator(tracklets, stream: _EpochStream, batch_size: int, spec: Clip
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     iter_ds = ds.to_iter_dataset(options)
     if num_workers > 0:
-        # Worker processes sidestep the GIL for decoding on many-core hosts (TPU VMs); on 2 cores
+        # Worker processes sidestep the GIL for decoding on many-core hosts (TPU VMs); on a few cores
         # threads are faster (docs/METHOD.md §10.3), hence 0 by default. The state still checkpoints.
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(iter_ds)

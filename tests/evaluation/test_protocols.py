@@ -283,7 +283,7 @@ def test_evaluate_applies_camera_normalise_only_when_asked(monkeypatch, protocol
     from configs import default
 
     query, gallery, q, g = _camera_bias_case()
-    monkeypatch.setattr(evaluate.features, "tracklet_features", lambda *a: np.concatenate([q, g]).astype(np.float32))
+    monkeypatch.setattr(evaluate.Evaluator, "features", lambda *a, **k: np.concatenate([q, g]).astype(np.float32))
     monkeypatch.setattr(protocols, "mars_all_gallery", lambda query: None)  # tracklets of no MARS root
     config = default.get_config()
     config.eval.distance = "euclidean"

@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svreid_jax import losses
+from configs import demo
+from svreid_jax import losses, ops
 from svreid_jax.data.records import Tracklet
 from svreid_jax.evaluation import diagnostics, protocols, ranking
 from svreid_jax.models import reid
 from svreid_jax.models import resnet as resnet_lib
-from svreid_jax.variants import plus, reference
+from svreid_jax.variants import plus
 
 EPS = 1e-12
 
@@ -112,42 +113,40 @@ def _both_modes(fn, oracle, *args):
 
 
 # ---------------------------------------------------------------------------------------------
-# The call sites as they compute now.
+# The call sites' expressions: which options each one passes. The tests further down that go
+# through a module's own function (plus.cluster_features, ReIDNet, ...) check that it really
+# computes this.
 
-def _losses_l2(x):
-    return losses._l2_normalize(x)
-
-
-def _losses_centre(x, groups):
-    return losses.centre_by_group(x, groups)
+def _losses_l2(x):  # every normalisation in losses.py
+    return ops.l2_normalise(x, zero_safe=True)
 
 
-def _test_time_centred(x, camids):
-    return protocols.camera_centred(x, camids)
+def _losses_centre(x, groups):  # losses.teacher_consistency, diagnostics.teacher_clusters
+    return ops.camera_centred(x, groups, keep_singletons=True, normalise_after=True)
 
 
-def _plus_centred(f, camids):
-    return plus.camera_centred(f, camids)
+def _test_time_centred(x, camids):  # protocols.camera_normalised
+    return ops.camera_centred(x, camids, dtype=np.float64)
 
 
-def _plus_l2(f):
-    return plus._normalise(f)
+def _plus_centred(f, camids):  # plus.cluster_features
+    return ops.camera_centred(f, camids, dtype=np.float32, normalise_before=True, normalise_after=True)
 
 
-def _flat_moments(x, axis_name):
-    mean, var, _ = reid._moments(x, axis_name)
-    return mean, var
+def _plus_l2(f):  # plus's memory fills and features; visualize's PCA input (float64)
+    return ops.l2_normalise(f)
 
 
-def _model_frame_bn(frames, scale, bias, axis_name):
-    bn = nn.BatchNorm(use_running_average=False).bind(
-        {"params": {"scale": scale, "bias": bias},
-         "batch_stats": {"mean": jnp.zeros_like(scale), "var": jnp.ones_like(scale)}})
-    return reid._frame_batch_norm(bn, frames, train=True, axis_name=axis_name)
+def _flat_moments(x, axis_name):  # reid.BNNeck's running statistics
+    return ops.batch_moments(x, axis_name, flatten=True)
 
 
-def _reference_frame_bn(frames, scale, bias, axis_name):
-    return reference.frame_batch_norm(frames, scale, bias, axis_name)
+def _model_frame_bn(frames, scale, bias, axis_name):  # ReIDNet's InfoNCE input, train mode
+    return reid.frame_batch_norm(frames, scale, bias, axis_name, statistics=None)
+
+
+def _reference_frame_bn(frames, scale, bias, axis_name):  # reference's `mid`
+    return reid.frame_batch_norm(frames, scale, bias, axis_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,26 +236,79 @@ def test_plus_centring(dtype):
     _same(_plus_centred(f, CAMS), _oracle_plus_centred(f, CAMS))
 
 
-def test_teacher_cluster_diagnostic():
+@pytest.mark.parametrize("before", [False, True])
+@pytest.mark.parametrize("after", [False, True])
+@pytest.mark.parametrize("singletons", [False, True])
+def test_numpy_and_jax_centring_are_one_operation(before, after, singletons):
+    """The two branches differ in how the means are summed, not in what they compute."""
+    x = _features()
+    x[0] = [1.0, -2.0, 0.5, 0.0, 3.0, 1.0]  # camera 7's only row, not zero here
+    kw = dict(normalise_before=before, normalise_after=after, keep_singletons=singletons)
+    on_host = ops.camera_centred(x, CAMS, dtype=np.float64, **kw)
+    on_device = np.asarray(ops.camera_centred(jnp.asarray(x), jnp.asarray(CAMS), **kw))
+    assert on_host.dtype == on_device.dtype == np.float32
+    np.testing.assert_allclose(on_device, on_host, rtol=1e-5, atol=1e-5)
+    lone = x[0] / np.linalg.norm(x[0]) if before or after else x[0]
+    np.testing.assert_allclose(on_host[0], lone if singletons else 0.0, rtol=1e-6)
+    for cam in (0, 2, 3):
+        rows = on_host[CAMS == cam]
+        if after:
+            np.testing.assert_allclose(np.linalg.norm(rows[np.any(rows != 0, axis=1)], axis=1), 1.0, rtol=1e-5)
+        else:
+            np.testing.assert_allclose(rows.mean(0), 0.0, atol=1e-5)
+
+
+def test_numpy_has_no_gradient_safe_normalisation():
+    with pytest.raises(ValueError, match="zero_safe"):
+        ops.l2_normalise(np.ones((2, 3)), zero_safe=True)
+
+
+def _recording(monkeypatch, module, name, position=0):
+    """Replace module.name by a pass-through that keeps its positional argument `position` of every call."""
+    seen, real = [], getattr(module, name)
+
+    def spy(*args, **kwargs):
+        seen.append(args[position])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen
+
+
+@pytest.mark.parametrize("camera_normalise", [True, False])
+def test_plus_clustering_input(monkeypatch, camera_normalise):
+    c = demo.get_config("plus")
+    c.plus.camera_normalise = camera_normalise
+    f = _features(n=24, seed=2)
+    cams = np.arange(24) % 5
+    cams[0] = 9  # a camera with one tracklet
+    seen = _recording(monkeypatch, plus.kreciprocal, "jaccard_distances")
+    plus.cluster_features(c, f, cams, epoch=0)
+    want = _oracle_plus_centred(f, cams) if camera_normalise else _oracle_l2_numpy(np.asarray(f, np.float32))
+    _same(seen[0], np.maximum(1.0 - want @ want.T, 0.0))
+
+
+@pytest.mark.parametrize("camera_centred", [True, False])
+def test_teacher_cluster_diagnostic(monkeypatch, camera_centred):
     class Cfg:  # the fields teacher_clusters reads
         class batch:
             target_size = 9
 
         class adaptation:
-            camera_centred = True
             kmeans_clusters = 3
             kmeans_iters = 5
 
-    x, pids = _features(n=20, seed=4), np.arange(20) % 5
-    cams = np.arange(20) % 3
-    got = diagnostics.teacher_clusters(Cfg, x, pids, cams, num_batches=3, seed=1)
-    rng, scores = np.random.default_rng(1), []
+    Cfg.adaptation.camera_centred = camera_centred
+    x, pids, cams = _features(n=20, seed=4), np.arange(20) % 5, np.arange(20) % 4
+    seen = _recording(monkeypatch, diagnostics.clustering, "kmeans", position=1)
+    diagnostics.teacher_clusters(Cfg, x, pids, cams, num_batches=3, seed=1)
+    rng = np.random.default_rng(1)
     for k in range(3):
         rows = rng.choice(20, size=9, replace=False)
-        v = _oracle_l2_jnp(_oracle_centre_by_group(jnp.asarray(x[rows]), jnp.asarray(cams[rows])))
-        _, assign = losses.clustering.kmeans(jax.random.PRNGKey(1000 + k), v, 3, 5)
-        scores.append(diagnostics.cluster_agreement(np.asarray(assign), pids[rows]))
-    assert got == {key: float(np.mean([s[key] for s in scores])) for key in ("nmi", "purity")}
+        v = jnp.asarray(x[rows])
+        if camera_centred:
+            v = _oracle_centre_by_group(v, jnp.asarray(cams[rows]))
+        _same(seen[k], _oracle_l2_jnp(v))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +352,82 @@ def test_moments_across_devices(shape):
     for site in (_model_frame_bn, _reference_frame_bn):
         _both_modes(spread(lambda f: site(f, scale, bias, "batch")),
                     spread(lambda f: _oracle_frame_bn(f, scale, bias, "batch")), x)
-    assert reid._moments(x[0], None)[2] == shape[0] * shape[1]
-    counts = jax.vmap(lambda v: jnp.asarray(reid._moments(v, "batch")[2]), axis_name="batch")(x)
-    np.testing.assert_array_equal(counts, [2 * shape[0] * shape[1]] * 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch norm inside the model, eagerly: what the InfoNCE projection receives, and the BN-neck's
+# running statistics under torch_stats (three calls: frames, clips, frames).
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    model = reid.ReIDNet(num_classes=5, backbone={"depth": "tiny"}, disc_hidden=16, infonce_projection=True,
+                         bnneck_torch_stats=True)
+    shape = (2, 4, 32, 16, 3)
+    params, batch_stats = reid.init_model(model, jax.random.key(0), shape)
+    rng = np.random.default_rng(5)
+    d = params["bnneck"]["scale"].shape[0]
+    batch_stats = {**batch_stats, "bnneck": {"mean": jnp.asarray(rng.normal(size=d), jnp.float32),
+                                             "var": jnp.asarray(rng.uniform(0.5, 2.0, size=d), jnp.float32)}}
+    video = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    return model, {"params": params, "batch_stats": batch_stats}, video
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_model_frame_batch_norm(tiny_model, train):
+    model, variables, video = tiny_model
+    seen = []
+
+    def spy(next_fun, args, kwargs, context):
+        if context.module.name == "projection" and context.method_name == "__call__":
+            seen.append(args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(spy):
+        out, _ = model.apply(variables, video, train=train, rngs={"dropout": jax.random.key(1)},
+                             mutable=["batch_stats"])
+    bn = variables["params"]["bnneck"]
+    if train:
+        want = _oracle_frame_bn(out["frame_embeddings"], bn["scale"], bn["bias"], None)
+    else:
+        running = variables["batch_stats"]["bnneck"]
+        want = ((out["frame_embeddings"] - running["mean"]) * jax.lax.rsqrt(running["var"] + resnet_lib.BN_EPSILON)
+                * bn["scale"] + bn["bias"])
+    _same(seen[0], want)
+
+
+def _oracle_torch_running_stats(mean, var, batches, axis_name, devices=1):
+    for batch in batches:
+        mu, sigma2 = _oracle_flat_moments(batch, axis_name)
+        n = batch.size // batch.shape[-1] * devices
+        mean = 0.9 * mean + (1 - 0.9) * mu
+        var = 0.9 * var + (1 - 0.9) * sigma2 * (n / max(n - 1, 1))
+    return {"mean": mean, "var": var}
+
+
+def test_model_running_statistics(tiny_model):
+    model, variables, video = tiny_model
+    out, new = model.apply(variables, video, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+    old = variables["batch_stats"]["bnneck"]
+    frames, clips = out["frame_embeddings"], out["clip_embedding"]
+    _same(new["batch_stats"]["bnneck"],
+          _oracle_torch_running_stats(old["mean"], old["var"], (frames, clips, frames), None))
+
+
+def test_bnneck_running_statistics_across_devices():
+    """BNNeck alone under jax.vmap with its axis_name: the moments and the unbiased count span both."""
+    neck = reid.BNNeck(torch_stats=True, use_running_average=False, momentum=0.9, epsilon=resnet_lib.BN_EPSILON,
+                       use_fast_variance=False, axis_name="batch")
+    frames = jnp.stack([_frames((2, 4, 8), 0), _frames((2, 4, 8), 1)])
+    clips = frames.mean(axis=2)
+    start = {"mean": jnp.full((8,), 0.3, jnp.float32), "var": jnp.full((8,), 2.0, jnp.float32)}
+    params = {"scale": jnp.ones((8,), jnp.float32), "bias": jnp.zeros((8,), jnp.float32)}
+
+    def one(x, f):
+        _, new = neck.apply({"params": params, "batch_stats": start}, x, frames=f, frame_calls=2,
+                            mutable=["batch_stats"])
+        return new["batch_stats"]
+
+    got = jax.vmap(one, axis_name="batch")(clips, frames)
+    want = jax.vmap(lambda x, f: _oracle_torch_running_stats(start["mean"], start["var"], (f, x, f), "batch",
+                                                             devices=2), axis_name="batch")(clips, frames)
+    _same(got, want)

@@ -29,9 +29,9 @@ def l2_normalise(x, *, eps: float = EPS, zero_safe: bool = False):
     """x [..., D] float divided by max(‖x‖₂ over the last axis, eps); numpy or jax as x, x's dtype.
 
     zero_safe (jax only): the gradient at a zero row is zero rather than NaN (‖x‖'s own gradient there
-    is 0/0). The values are the same either way; the losses need it because a centred or empty row
-    can be exactly zero, while code that never differentiates keeps the shorter formula, whose XLA
-    fusion its recorded numbers came from.
+    is 0/0); the losses need it because a centred or empty row can be exactly zero. The two forms
+    agree in value but XLA may fuse them differently, so code that never differentiates keeps the
+    shorter one its recorded numbers came from.
     """
     if not _is_jax(x):
         if zero_safe:

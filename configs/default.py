@@ -94,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.adaptation.kmeans_iters = 10  # Lloyd iterations (fixed, so the step is jit-able)
     c.adaptation.consistency_temperature = 0.1  # temperature of the student's soft assignment
     c.adaptation.consistency_rampup_steps = 0  # sigmoid ramp-up of the consistency weights (0 = none)
-    c.adaptation.camera_centred = False  # centre target embeddings per camera (label-free camids) before clustering
+    c.adaptation.camera_centred = False  # ops.camera_centred on the step's target batch (label-free camids) before its k-means
     c.adaptation.teacher_augment = True  # the teacher sees its own flip/erasing of each target clip
 
     c.optimizer = ml_collections.ConfigDict()
@@ -136,7 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.use_teacher = False  # evaluate the EMA teacher instead of the student
     c.eval.max_rank = 50  # CMC length
     # Label-free, but a test-time step: adaptation benchmarks apply it to every variant alike and report it apart.
-    c.eval.camera_normalise = False  # subtract each camera's mean test feature (over query ∪ gallery) before ranking
+    c.eval.camera_normalise = False  # ops.camera_centred on the test features (camera means over query ∪ gallery) before ranking
     c.eval.rerank = False  # k-reciprocal re-ranking of the distances (Zhong et al. CVPR'17; dense N² matrices)
     c.eval.rerank_k1 = 20  # re-ranking: k of the k-reciprocal neighbourhoods
     c.eval.rerank_k2 = 6  # re-ranking: neighbours averaged by the local query expansion (1 = none)
@@ -168,7 +168,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.plus.start_epoch = 0  # first epoch (0-based) that clusters; before it the memory is empty and its losses 0
     c.plus.memory_momentum = 0.2  # μ of the memory update m_y ← normalise(μ m_y + (1 − μ) f)
     c.plus.temperature = 0.05  # τ of the softmax over the memory
-    c.plus.camera_normalise = True  # cluster features after subtracting each target camera's mean (camids are metadata, not labels)
+    c.plus.camera_normalise = True  # ops.camera_centred on the target training set's features before the epoch's clustering
     c.plus.camera_proxies = False  # memory slots per (pseudo-identity, camera) instead of per pseudo-identity (CAP); read by loss.intra_camera / inter_camera
     c.plus.hard_negatives = 50  # inter_camera: the most similar proxies of other pseudo-identities each clip is contrasted with
     c.plus.target_bn = True  # the student's BN running statistics (used at evaluation) come from its target forwards only

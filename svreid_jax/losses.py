@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from svreid_jax import clustering
+from svreid_jax import clustering, ops
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -18,19 +18,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets))
 
 
-def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    # A zero row maps to zero with a zero gradient; ‖x‖'s own gradient there is 0/0 = NaN, so zero
-    # rows are swapped for ones before the norm (the "double where") and put back after.
-    nonzero = jnp.any(x != 0, axis=-1, keepdims=True)
-    safe = jnp.where(nonzero, x, jnp.ones_like(x))
-    return jnp.where(nonzero, safe / jnp.maximum(jnp.linalg.norm(safe, axis=-1, keepdims=True), eps), 0.0)
-
-
 def pairwise_distances(x: jax.Array, metric: str = "cosine") -> jax.Array:
     """[B, D] → [B, B]. cosine: −cos(x_i, x_j) (the reference's triplet distance); euclidean: ‖x_i − x_j‖."""
     x = x.astype(jnp.float32)
     if metric == "cosine":
-        xn = _l2_normalize(x)
+        xn = ops.l2_normalise(x, zero_safe=True)
         return -xn @ xn.T
     if metric == "euclidean":
         sq = jnp.sum(x * x, axis=-1)
@@ -75,16 +67,6 @@ def domain_accuracy(source_logits: jax.Array, target_logits: jax.Array) -> jax.A
     return (jnp.sum(s) + jnp.sum(t)) / (s.size + t.size)
 
 
-def centre_by_group(x: jax.Array, groups: jax.Array) -> jax.Array:
-    """x [B, D] minus the mean of the rows that share its group id (groups int [B]), L2-normalised.
-
-    A row alone in its group keeps its value: its own mean would zero it.
-    """
-    same = (groups[:, None] == groups[None, :]).astype(x.dtype)
-    count = jnp.sum(same, axis=1, keepdims=True)
-    return _l2_normalize(jnp.where(count > 1, x - (same @ x) / count, x))
-
-
 def camera_alignment(x: jax.Array, cameras: jax.Array) -> jax.Array:
     """Share of the target batch's embedding variance that lies between its cameras (label-free).
 
@@ -95,7 +77,7 @@ def camera_alignment(x: jax.Array, cameras: jax.Array) -> jax.Array:
     not the between-camera scatter alone, so the step cannot lower it by shrinking the target
     embeddings together (docs/METHOD.md §4.5).
     """
-    x = _l2_normalize(x.astype(jnp.float32))
+    x = ops.l2_normalise(x.astype(jnp.float32), zero_safe=True)
     same = (cameras[:, None] == cameras[None, :]).astype(x.dtype)
     camera_mean = (same @ x) / jnp.sum(same, axis=1, keepdims=True)
     batch_mean = jnp.mean(x, axis=0, keepdims=True)
@@ -121,14 +103,15 @@ def teacher_consistency(rng: jax.Array, student: jax.Array, teacher: jax.Array, 
     """
     student, teacher = student.astype(jnp.float32), jax.lax.stop_gradient(teacher.astype(jnp.float32))
     if groups is None:
-        s, t = _l2_normalize(student), _l2_normalize(teacher)
+        s, t = ops.l2_normalise(student, zero_safe=True), ops.l2_normalise(teacher, zero_safe=True)
     else:
         # Camera-centred clustering: whatever a camera adds to everyone it films (scene, colour cast)
         # is removed first, so clusters cannot form around cameras instead of people.
-        s, t = centre_by_group(student, groups), centre_by_group(teacher, groups)
+        s = ops.camera_centred(student, groups, keep_singletons=True, normalise_after=True)
+        t = ops.camera_centred(teacher, groups, keep_singletons=True, normalise_after=True)
     centroids, _ = clustering.kmeans(rng, t, num_clusters, num_iters)
     centroids = jax.lax.stop_gradient(centroids)
-    directions = _l2_normalize(centroids)
+    directions = ops.l2_normalise(centroids, zero_safe=True)
     # k-means' own labels (nearest un-normalised centroid) differ from the cosine ranking for a few
     # clips (their centroids have unequal norms); labelling by cosine makes the teacher's label the
     # student's argmax when they agree (docs/METHOD.md §4.5).
@@ -157,7 +140,8 @@ def temporal_infonce(projection: jax.Array, num_instances: int, temperature: flo
         raise ValueError(f"temporal InfoNCE needs at least 2 clips per identity for positives, got {num_instances}")
     if b % num_instances:
         raise ValueError(f"batch {b} is not made of whole groups of {num_instances} clips")
-    z = _l2_normalize(projection.astype(jnp.float32)).reshape(b // num_instances, num_instances * t, d)
+    z = ops.l2_normalise(projection.astype(jnp.float32), zero_safe=True)
+    z = z.reshape(b // num_instances, num_instances * t, d)
     sim = jnp.einsum("gnd,gmd->gnm", z, z) / temperature  # [G, N, N], entry n = (k, t) → k·T + t
     time = jnp.tile(jnp.arange(t), num_instances)
     clip = jnp.repeat(jnp.arange(num_instances), t)
@@ -242,7 +226,7 @@ _MASKED = -1e9  # logit of an empty slot: finite, so an all-empty memory gives n
 
 
 def _memory_logits(features: jax.Array, memory: jax.Array, valid: jax.Array, temperature: float) -> jax.Array:
-    logits = _l2_normalize(features.astype(jnp.float32)) @ memory.T / temperature
+    logits = ops.l2_normalise(features.astype(jnp.float32), zero_safe=True) @ memory.T / temperature
     return jnp.where(valid[None, :], logits, _MASKED)
 
 
@@ -322,13 +306,13 @@ def memory_update(memory: jax.Array, features: jax.Array, labels: jax.Array, mom
 
     memory [M, D]; features [B, D] (normalised here, no gradient); labels int32 [B].
     """
-    f = _l2_normalize(jax.lax.stop_gradient(features).astype(jnp.float32))
+    f = ops.l2_normalise(jax.lax.stop_gradient(features).astype(jnp.float32), zero_safe=True)
     labels = jnp.asarray(labels)
 
     def one(i, mem):
         y = labels[i]
         slot = jnp.maximum(y, 0)
-        moved = _l2_normalize(momentum * mem[slot] + (1.0 - momentum) * f[i])
+        moved = ops.l2_normalise(momentum * mem[slot] + (1.0 - momentum) * f[i], zero_safe=True)
         return mem.at[slot].set(jnp.where(y >= 0, moved, mem[slot]))
 
     return jax.lax.fori_loop(0, labels.shape[0], one, memory)

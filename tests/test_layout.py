@@ -1,4 +1,5 @@
-"""Static import-graph checks for svreid_jax: no import cycles, and imports point down the layers.
+"""Static checks of svreid_jax: no import cycles, imports point down the layers, and the array
+operations of svreid_jax/ops.py are written nowhere else.
 
 Why static: importing the package needs jax/grain/flags and hides function-level imports, which are
 exactly where the cycles live. So every .py under svreid_jax/ is parsed with `ast` and EVERY import
@@ -7,6 +8,7 @@ bodies are skipped, since they never run. Importing a.b does not count as import
 """
 import ast
 import collections
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ PACKAGE = "svreid_jax"
 # Layer name -> module prefixes (a prefix matches itself and its submodules; absent modules are fine).
 LAYERS = {
     "base": ("svreid_jax.data", "svreid_jax.models", "svreid_jax.losses", "svreid_jax.clustering",
-             "svreid_jax.interop", "svreid_jax.kreciprocal"),
+             "svreid_jax.interop", "svreid_jax.kreciprocal", "svreid_jax.ops"),
     "utils": ("svreid_jax.utils", "svreid_jax.state"),
     "variants": ("svreid_jax.variants",),
     "parallel": ("svreid_jax.parallel",),
@@ -218,3 +220,110 @@ def test_synthetic_type_checking_imports_ignored(tmp_path):
                                   "if TYPE_CHECKING:\n    from pkg import b\nelse:\n    from pkg import c\n"
                                   "if typing.TYPE_CHECKING:\n    import pkg.d\n"})
     assert set(build_graph(tmp_path, "pkg")) == {("pkg.a", "pkg.c")}
+
+
+# --- one implementation per shared array operation --------------------------------------------
+# L2 normalisation, camera centring and batch-norm moments live in svreid_jax/ops.py. Elsewhere in the
+# package these are reported: a function whose name says it is one of them, and the computations
+# themselves in the forms they have been written in:
+#   x / ... norm(...) ...                       L2 normalisation (also via sqrt of a sum)
+#   mean(square(a - b)), ((a - b) ** 2).mean()   a variance: batch moments
+#   a - x[rows].mean(...), a - (same @ x) / n    a row minus its group's mean: camera centring
+
+OPS_FILE = "svreid_jax/ops.py"
+_OPERATION_NAME = re.compile(r"l2_?normali[sz]e|centre|center|moments", re.IGNORECASE)
+
+
+def _is_call(node, *names):
+    return isinstance(node, ast.Call) and _name(node.func) in names
+
+
+def _has_call(node, *names):
+    return any(_is_call(n, *names) for n in ast.walk(node))
+
+
+def _is_difference(node):
+    return isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub)
+
+
+def _is_squared_difference(node):
+    if _is_call(node, "square") and node.args:
+        return _is_difference(node.args[0])
+    return isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and _is_difference(node.left)
+
+
+def _is_group_mean(node):
+    """x[rows].mean(...), mean(x[rows], ...) or (same @ x) / n."""
+    if _is_call(node, "mean"):
+        return isinstance(getattr(node.func, "value", None), ast.Subscript) or bool(
+            node.args and isinstance(node.args[0], ast.Subscript))
+    return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.left, ast.BinOp)
+            and isinstance(node.left.op, ast.MatMult))
+
+
+def _operation_written_out(node):
+    """What `node` computes of ops.py's operations, or None."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _OPERATION_NAME.search(node.name):
+        return f"defines {node.name}(), named as an operation of ops.py"
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and (
+            _has_call(node.right, "norm") or any(_is_call(n, "sqrt") and _has_call(n, "sum", "square")
+                                                 for n in ast.walk(node.right))):
+        return "divides by a norm: L2 normalisation (ops.l2_normalise)"
+    if _is_call(node, "mean") and (_is_squared_difference(getattr(node.func, "value", None)) or bool(
+            node.args and _is_squared_difference(node.args[0]))):
+        return "mean of a squared difference: batch moments (ops.batch_moments)"
+    if (_is_difference(node) and _is_group_mean(node.right)) or (
+            isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Sub) and _is_group_mean(node.value)):
+        return "subtracts a group's mean: camera centring (ops.camera_centred)"
+    return None
+
+
+def operations_written_out(root, package, ops_file=OPS_FILE):
+    """`file:line: what` for each place outside `ops_file` that computes one of its operations."""
+    out = []
+    for path in sorted((Path(root) / package).rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel == ops_file:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            what = _operation_written_out(node)
+            if what:
+                out.append(f"{rel}:{node.lineno}: {what}")
+    return sorted(out, key=lambda line: (line.split(":")[0], int(line.split(":")[1])))
+
+
+def test_each_array_operation_is_written_once():
+    tree = ast.parse((ROOT / OPS_FILE).read_text(encoding="utf-8"))
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert {"l2_normalise", "camera_centred", "batch_moments"} <= defined, defined
+    bad = operations_written_out(ROOT, PACKAGE)
+    if bad:
+        pytest.fail("written out again instead of calling svreid_jax/ops.py:\n" + "\n".join(bad), pytrace=False)
+
+
+def test_synthetic_copies_of_the_operations_are_reported(tmp_path):
+    # ops.py itself, copied elsewhere: every one of its operations is caught.
+    _write(tmp_path, {"svreid_jax/__init__.py": "", "svreid_jax/ops.py": (ROOT / OPS_FILE).read_text(),
+                      "svreid_jax/copy.py": (ROOT / OPS_FILE).read_text()})
+    found = "\n".join(operations_written_out(tmp_path, "svreid_jax"))
+    assert "svreid_jax/ops.py" not in found
+    for what in ("defines l2_normalise()", "defines camera_centred()", "defines batch_moments()",
+                 "divides by a norm", "mean of a squared difference", "subtracts a group's mean"):
+        assert what in found, (what, found)
+    # The other ways these have been written, each in a function of an innocent name.
+    _write(tmp_path, {"svreid_jax/copy.py": "", "svreid_jax/other.py": (
+        "def a(x):\n    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)\n"
+        "def b(x):\n    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))\n"
+        "def c(x, m):\n    return jnp.mean(jnp.square(x - m), axis=(0, 1))\n"
+        "def d(x, m):\n    return ((x - m) ** 2).mean(0)\n"
+        "def e(f, rows):\n    out = f.copy()\n    out[rows] = f[rows] - f[rows].mean(axis=0)\n"
+        "def f(x, same, n):\n    return x - (same @ x) / n\n"
+        "def g(x, rows):\n    x[rows] -= np.mean(x[rows], 0)\n")})
+    assert [line.split(": ", 1)[0] for line in operations_written_out(tmp_path, "svreid_jax")] == [
+        f"svreid_jax/other.py:{n}" for n in (2, 4, 6, 8, 11, 13, 15)]
+    # Neighbours that are other operations stay quiet: a distance, a standardisation, an RMS scale.
+    _write(tmp_path, {"svreid_jax/other.py": (
+        "def a(x, c):\n    return np.mean(np.linalg.norm(x - c, axis=1))\n"
+        "def b(x):\n    m, s = x.mean(0), x.std(0)\n    return (x - m) / s\n"
+        "def c(x):\n    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + 1e-6)\n")})
+    assert operations_written_out(tmp_path, "svreid_jax") == []

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import authors_numpy
-from svreid_jax import losses
+from svreid_jax import losses, ops
 
 
 def test_cross_entropy_uniform_logits_is_log_k():
@@ -161,17 +161,21 @@ def test_temporal_infonce_summed_over_groups_matches_the_authors_code_at_b32_k4(
     assert got / mean == pytest.approx(8.0, rel=1e-6)
 
 
-def test_centre_by_group_hand_values():
+def _centred(x, groups):  # as losses.teacher_consistency centres
+    return ops.camera_centred(x, groups, keep_singletons=True, normalise_after=True)
+
+
+def test_camera_centring_in_the_step_hand_values():
     x = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0], [1.0, 1.0]])
-    out = np.asarray(losses.centre_by_group(x, jnp.asarray([0, 0, 1, 1])))
+    out = np.asarray(_centred(x, jnp.asarray([0, 0, 1, 1])))
     r = 1 / np.sqrt(2)
     # group 0: mean (0.5, 0.5); group 1: mean (2, 2.5) → (1, 1.5)/|…| and (−1, −1.5)/|…|
     n = np.hypot(1.0, 1.5)
     np.testing.assert_allclose(out, [[r, -r], [-r, r], [1 / n, 1.5 / n], [-1 / n, -1.5 / n]], atol=1e-6)
     # A row alone in its group is only normalised (centring would zero it), and gradients stay finite.
-    lone = np.asarray(losses.centre_by_group(x, jnp.asarray([0, 0, 1, 2])))
+    lone = np.asarray(_centred(x, jnp.asarray([0, 0, 1, 2])))
     np.testing.assert_allclose(lone[2:], [[0.6, 0.8], [r, r]], atol=1e-6)
-    grad = jax.grad(lambda v: jnp.sum(losses.centre_by_group(v, jnp.asarray([0, 0, 1, 1])) ** 3))(
+    grad = jax.grad(lambda v: jnp.sum(_centred(v, jnp.asarray([0, 0, 1, 1])) ** 3))(
         jnp.asarray([[1.0, 0.0], [1.0, 0.0], [3.0, 4.0], [1.0, 1.0]]))  # group 0 centres to zero rows
     assert np.all(np.isfinite(np.asarray(grad)))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import demo, mars
-from svreid_jax import clustering, kreciprocal, losses, variants
+from svreid_jax import clustering, kreciprocal, losses, ops, variants
 from svreid_jax.evaluation import rerank
 from svreid_jax.models import reid
 from svreid_jax.state import create_train_state
@@ -87,11 +87,15 @@ def test_fill_memory_keeps_the_largest_clusters_and_renumbers():
     assert not memory[4:].any()
 
 
+def _plus_centred(f, cams):  # as plus.cluster_features centres with plus.camera_normalise
+    return ops.camera_centred(f, cams, dtype=np.float32, normalise_before=True, normalise_after=True)
+
+
 def test_camera_centring_removes_each_camera_mean():
     rng = np.random.default_rng(1)
     f = rng.normal(size=(12, 5)).astype(np.float32)
     cams = np.arange(12) % 3
-    out = plus.camera_centred(f, cams)
+    out = _plus_centred(f, cams)
     fn = f / np.linalg.norm(f, axis=1, keepdims=True)
     for c in range(3):
         want = fn[cams == c] - fn[cams == c].mean(0)
@@ -220,7 +224,7 @@ def test_reliability_switch_reclusters_at_eps_plus_minus_delta():
     cams = np.tile(np.arange(4), 6)
     plain = plus.cluster_features(c, feats, cams, epoch=0)
     c.plus.reliable_delta, c.plus.reliable_min_iou = 0.05, 0.5
-    f = plus.camera_centred(feats, cams)
+    f = _plus_centred(feats, cams)
     jaccard = np.asarray(kreciprocal.jaccard_distances(np.maximum(1.0 - f @ f.T, 0.0), k1=c.plus.k1, k2=c.plus.k2))
     kept = plus.cluster_features(c, feats, cams, epoch=0)
     np.testing.assert_array_equal(kept, clustering.reliable_dbscan(jaccard, c.plus.eps, c.plus.min_samples, 0.05, 0.5))

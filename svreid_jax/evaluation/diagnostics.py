@@ -32,10 +32,9 @@ import optax
 from absl import logging
 from PIL import Image, ImageDraw
 
-from svreid_jax import builders, clustering, parallel
+from svreid_jax import builders, clustering, ops, parallel
 from svreid_jax.data.records import Tracklet
 from svreid_jax.evaluation import features, protocols
-from svreid_jax.losses import centre_by_group
 from svreid_jax.variants import plus
 
 
@@ -155,8 +154,8 @@ def teacher_clusters(config, teacher_features: np.ndarray, pids: np.ndarray, cam
         rows = rng.choice(len(pids), size=size, replace=False)
         x = jnp.asarray(teacher_features[rows])
         if config.adaptation.camera_centred:
-            x = centre_by_group(x, jnp.asarray(camids[rows]))
-        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+            x = ops.camera_centred(x, jnp.asarray(camids[rows]), keep_singletons=True, normalise_after=True)
+        x = ops.l2_normalise(x)
         _, assign = clustering.kmeans(jax.random.PRNGKey(seed * 1000 + k), x,
                                       min(config.adaptation.kmeans_clusters, size), config.adaptation.kmeans_iters)
         scores.append(cluster_agreement(np.asarray(assign), pids[rows]))

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from svreid_jax import ops
 from svreid_jax.data import datasets
 from svreid_jax.data.records import DatasetError, DatasetSplits, Tracklet
 from svreid_jax.evaluation import ranking
@@ -83,31 +84,18 @@ def distances(query_features, gallery_features, spec: DistanceSpec) -> jax.Array
     return ranking.pairwise_distance(query_features, gallery_features, metric=spec.metric)
 
 
-def camera_centred(x, camids) -> np.ndarray:
-    """x [N, D] float with each row minus the mean of the rows of its camera (camids [N]); float32.
-
-    Label-free (camera ids come with every test protocol), so it is a test-time step, not adaptation.
-    The means are taken in float64: camera offsets can dwarf the identity part that remains.
-    """
-    x = np.asarray(x, np.float64)
-    camids = np.asarray(camids).reshape(-1)
-    out = x.copy()
-    for c in np.unique(camids):
-        rows = camids == c
-        out[rows] -= x[rows].mean(0)
-    return out.astype(np.float32)
-
-
 def camera_normalised(query_features, gallery_features, query: Sequence[Tracklet], gallery: Sequence[Tracklet]
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """(query [Nq, D], gallery [Ng, D]) features, each minus the mean feature of its camera over query ∪ gallery.
+    """(query [Nq, D], gallery [Ng, D]) float32 features, each minus the mean feature of its camera over
+    query ∪ gallery (`ops.camera_centred`, means in float64, not L2-normalised).
 
+    Label-free (camera ids come with every test protocol), so it is a test-time step, not adaptation.
     One set of camera means for the whole test split: every gallery built from these features (the
     MARS include_query / all galleries re-use them) sees the same normalisation.
     """
     q, g = np.asarray(query_features), np.asarray(gallery_features)
     cams = np.concatenate([labels(query)[1], labels(gallery)[1]])
-    both = camera_centred(np.concatenate([q, g], axis=0), cams)
+    both = ops.camera_centred(np.concatenate([q, g], axis=0), cams, dtype=np.float64)
     return both[:len(q)], both[len(q):]
 
 
@@ -375,7 +363,7 @@ def write_results(directory: str, name: str, data: Mapping, markdown: str) -> tu
 
 __all__ = [
     "CLOTHES_CHANGING", "DistanceSpec", "GENERAL", "MARS_CONVENTIONS", "RANKS", "SAME_CLOTHES", "SplitsResult",
-    "camera_centred", "camera_normalised", "clothes_protocols", "distances", "evaluate_splits", "flatten", "markdown_table",
+    "camera_normalised", "clothes_protocols", "distances", "evaluate_splits", "flatten", "markdown_table",
     "mars_all_gallery", "mars_conventions", "mean_std", "primary_label", "rank", "summarize", "unflatten",
     "write_results",
 ]

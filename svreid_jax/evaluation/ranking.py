@@ -55,6 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from svreid_jax import ops
+
 METRICS = ("cosine", "euclidean", "inner")
 MODES = ("standard", "same_clothes", "clothes_changing")
 
@@ -72,15 +74,11 @@ _F32_EXACT = 1 << 24  # the int8-matmul count is used only below this gallery si
 # Distances
 
 
-def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 @functools.partial(jax.jit, static_argnames=("metric",))
 def _distance_block(q: jax.Array, g: jax.Array, metric: str) -> jax.Array:
     hi = jax.lax.Precision.HIGHEST  # no bf16 passes on TPU/GPU: ranks are sensitive to small errors
     if metric == "cosine":
-        return -jnp.matmul(_l2_normalize(q), _l2_normalize(g).T, precision=hi)
+        return -jnp.matmul(ops.l2_normalise(q), ops.l2_normalise(g).T, precision=hi)
     if metric == "inner":
         return -jnp.matmul(q, g.T, precision=hi)
     # euclidean: sqrt(|q|^2 + |g|^2 - 2 q.g), clamped at 0 against rounding below zero

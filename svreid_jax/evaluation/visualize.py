@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw, ImageFont
 
-from svreid_jax import builders, parallel
+from svreid_jax import builders, ops, parallel
 from svreid_jax.data.records import DatasetSplits, Tracklet
 from svreid_jax.evaluation import features, protocols
 
@@ -337,7 +337,7 @@ def write_visualizations(config, model, variables, source: DatasetSplits, target
     tgt_feats = feats[tgt_idx]
     both = np.concatenate([src_feats, tgt_feats], axis=0).astype(np.float64)
     if distance.metric == "cosine":
-        both = both / np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
+        both = ops.l2_normalise(both)
     xy, explained = pca_2d(both)
     names = (f"source: {config.data.source.name} train", f"target: {config.data.target.name} test")
     scatter = draw_domain_scatter(xy[:len(src_feats)], xy[len(src_feats):], explained, labels=names, seed=config.seed,

@@ -21,6 +21,7 @@ Parameter tree ('params'; BN statistics mirror it in 'batch_stats'):
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Mapping, Optional
 
 import flax
@@ -28,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from svreid_jax import ops
 from svreid_jax.models import backbones
 from svreid_jax.models import resnet as resnet_lib
 from svreid_jax.models.discriminators import DomainDiscriminator
@@ -69,21 +71,6 @@ def _bnneck_scale_init(key, shape, dtype=jnp.float32):
     return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
-def _moments(x: jax.Array, axis_name: Optional[str]) -> tuple[jax.Array, jax.Array, int]:
-    """(mean [D], biased variance [D], count) over every row of x [..., D], two-pass like PyTorch; with
-    `axis_name` over the rows of every device on it (each device holds as many)."""
-    x = x.reshape(-1, x.shape[-1])
-    count = x.shape[0]
-    mean = jnp.mean(x, axis=0)
-    if axis_name is not None:
-        mean = jax.lax.pmean(mean, axis_name)
-    var = jnp.mean(jnp.square(x - mean), axis=0)
-    if axis_name is not None:
-        var = jax.lax.pmean(var, axis_name)
-        count *= jax.lax.axis_size(axis_name)
-    return mean, var, count
-
-
 class BNNeck(nn.BatchNorm):
     """The BN-neck: BatchNorm on the clip embeddings [B, D], whose running statistics can follow the
     authors' PyTorch forward instead of Flax's single update (docs/METHOD.md §3.3).
@@ -113,7 +100,10 @@ class BNNeck(nn.BatchNorm):
             mean, var = old_mean, old_var
             # Call order of the authors' forward: mid = bn(frames), f = bn(clips), [bn(frames) for InfoNCE].
             for batch in (frames, x, frames)[:1 + frame_calls]:
-                mu, sigma2, n = _moments(batch, self.axis_name)
+                mu, sigma2 = ops.batch_moments(batch, self.axis_name, flatten=True)
+                n = math.prod(batch.shape[:-1])  # rows per device; the unbiased correction needs all of them
+                if self.axis_name is not None:
+                    n *= jax.lax.axis_size(self.axis_name)
                 mean = self.momentum * mean + (1 - self.momentum) * mu
                 var = self.momentum * var + (1 - self.momentum) * sigma2 * (n / max(n - 1, 1))
             self.put_variable("batch_stats", "mean", mean)
@@ -249,7 +239,10 @@ class ReIDNet(nn.Module):
             "clip_domain_logits": clip_domain_logits,
         }
         if self.infonce_projection:
-            frames_bn = _frame_batch_norm(bnneck, frame_embeddings, train=train, axis_name=self.bn_axis_name)
+            scale, bias = bnneck.get_variable("params", "scale"), bnneck.get_variable("params", "bias")
+            running = None if train else (bnneck.get_variable("batch_stats", "mean"),
+                                          bnneck.get_variable("batch_stats", "var"))
+            frames_bn = frame_batch_norm(frame_embeddings, scale, bias, self.bn_axis_name, statistics=running)
             outputs[PROJECTION_KEY] = nn.Dense(
                 frames_bn.shape[-1],
                 kernel_init=_projection_kernel_init,
@@ -260,24 +253,16 @@ class ReIDNet(nn.Module):
         return outputs
 
 
-def _frame_batch_norm(bnneck: nn.BatchNorm, frames: jax.Array, *, train: bool,
-                      axis_name: Optional[str] = None) -> jax.Array:
-    """frames [B, T, D] normalised like the BN-neck would (its scale/bias; batch statistics over the
-    B·T frames in train mode, the running statistics in eval mode), without updating anything.
-    With `axis_name` the batch statistics cover the frames of every device on that axis."""
-    scale = bnneck.get_variable("params", "scale")
-    bias = bnneck.get_variable("params", "bias")
-    if train:
-        # pmean of per-device means is the global mean because every device holds as many frames.
-        mean = jnp.mean(frames, axis=(0, 1))
-        if axis_name is not None:
-            mean = jax.lax.pmean(mean, axis_name)
-        var = jnp.mean(jnp.square(frames - mean), axis=(0, 1))  # biased, as PyTorch normalises
-        if axis_name is not None:
-            var = jax.lax.pmean(var, axis_name)
-    else:
-        mean = bnneck.get_variable("batch_stats", "mean")
-        var = bnneck.get_variable("batch_stats", "var")
+def frame_batch_norm(frames: jax.Array, scale: jax.Array, bias: jax.Array, axis_name: Optional[str] = None, *,
+                     statistics: Optional[tuple[jax.Array, jax.Array]] = None) -> jax.Array:
+    """Per-frame features frames [B, T, D] float32 normalised with the BN-neck's scale and bias [D] and
+    the batch statistics of the B·T frames (`ops.batch_moments`, biased variance, eps 1e-5; across the
+    devices on `axis_name` with sync BN), or with `statistics` (mean [D], var [D]) when given, e.g. the
+    running statistics in eval mode. Updates nothing: the caller accounts for the BN-neck's running
+    statistics (`BNNeck` with torch_stats). This is the authors' `bn(x)` on the frames, for the InfoNCE
+    projection here and for the `reference` variant's temporal-head input `mid`.
+    """
+    mean, var = ops.batch_moments(frames, axis_name) if statistics is None else statistics
     return (frames - mean) * jax.lax.rsqrt(var + resnet_lib.BN_EPSILON) * scale + bias
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from svreid_jax import clustering, kreciprocal, losses
+from svreid_jax import clustering, kreciprocal, losses, ops
 from svreid_jax.variants import common, paper
 
 CLUSTERINGS = ("dbscan", "kmeans")  # config.plus.clustering
@@ -78,29 +78,16 @@ def init_state(config, model, params, rng, steps_per_epoch: int, num_target_trai
     return state
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def camera_centred(features: np.ndarray, camids: np.ndarray) -> np.ndarray:
-    """Each row minus the mean of its camera's rows, L2-normalised ([N, D] float32, camids int [N]).
-
-    Camera ids are recording metadata, not identity labels. In the demo each camera paints its own
-    scene, and without this the clusters form around cameras rather than people.
-    """
-    f = _normalise(np.asarray(features, np.float32))
-    out = f.copy()
-    for cam in np.unique(camids):
-        rows = camids == cam
-        out[rows] = f[rows] - f[rows].mean(axis=0)
-    return _normalise(out)
-
-
 def cluster_features(config, features: np.ndarray, camids: np.ndarray, epoch: int) -> np.ndarray:
     """Pseudo-identities int32 [N] (−1 = outlier) of target features [N, D]; deterministic in
     (features, config.seed, epoch)."""
     p = config.plus
-    f = camera_centred(features, camids) if p.camera_normalise else _normalise(np.asarray(features, np.float32))
+    if p.camera_normalise:
+        # In the demo each camera paints its own scene; without this the clusters form around cameras
+        # rather than people. Normalised before (equal weight per tracklet in its camera's mean) and after.
+        f = ops.camera_centred(features, camids, dtype=np.float32, normalise_before=True, normalise_after=True)
+    else:
+        f = ops.l2_normalise(np.asarray(features, np.float32))
     if p.clustering == "kmeans":
         # Seeded with distinct random points, not k-means++: its seeding costs O(N·K²·D) here (an
         # hour at MARS size with K = 500 on 2 cores), and whole-set clusters need no per-batch care.
@@ -123,7 +110,7 @@ def fill_memory(features: np.ndarray, labels: np.ndarray, capacity: int) -> tupl
     slots the largest are kept (ties: the lower cluster id) and the rest become outliers; clusters are
     renumbered 0.. in their original order so the result does not depend on anything but the input.
     """
-    f = _normalise(np.asarray(features, np.float32))
+    f = ops.l2_normalise(np.asarray(features, np.float32))
     labels = np.asarray(labels, np.int32)
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
     keep = np.sort(ids[np.argsort(-counts, kind="stable")[:capacity]])
@@ -139,7 +126,7 @@ def _slot_means(f: np.ndarray, slots: np.ndarray, capacity: int) -> np.ndarray:
     (zero for an empty slot; rows with slot −1 count nowhere)."""
     memory = np.zeros((capacity, f.shape[1]), np.float32)
     np.add.at(memory, slots[slots >= 0], f[slots >= 0])
-    return _normalise(memory).astype(np.float32)
+    return ops.l2_normalise(memory).astype(np.float32)
 
 
 def fill_proxy_memory(features: np.ndarray, labels: np.ndarray, camids: np.ndarray,
@@ -153,7 +140,7 @@ def fill_proxy_memory(features: np.ndarray, labels: np.ndarray, camids: np.ndarr
     With more proxies than slots, whole pseudo-identities are kept, largest first (ties: the lower id),
     while their proxies fit; the rest become outliers. Slots are ordered by (pseudo-identity id, camera).
     """
-    f = _normalise(np.asarray(features, np.float32))
+    f = ops.l2_normalise(np.asarray(features, np.float32))
     labels, camids = np.asarray(labels, np.int32), np.asarray(camids, np.int64)
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
     cameras_of = {int(i): np.unique(camids[labels == i]) for i in ids}

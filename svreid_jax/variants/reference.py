@@ -30,7 +30,7 @@ import optax
 
 from svreid_jax import losses, parallel
 from svreid_jax.models import grl
-from svreid_jax.models import resnet as resnet_lib
+from svreid_jax.models import reid
 from svreid_jax.models.temporal import TemporalDomainHeads
 from svreid_jax.state import TrainState, ema_decay, ema_update
 from svreid_jax.variants import common, terms as terms_lib
@@ -99,21 +99,6 @@ def init_reference_state(config, temporal_model: TemporalDomainHeads, rng: jax.A
         "weight_opt_state": weight_tx.init(weights),
         "steps_per_epoch": jnp.asarray(steps_per_epoch, jnp.int32),
     }
-
-
-def frame_batch_norm(frames: jax.Array, scale: jax.Array, bias: jax.Array, axis_name: str | None = None) -> jax.Array:
-    """The reference's `mid = bn(x)` on per-frame features in train mode: frames [B, T, D] normalised
-    with the batch statistics of the B·T frames (biased variance, eps 1e-5) and the BN-neck's scale and
-    bias [D]; with `axis_name` (sync BN under pmap) the statistics cover every device's frames. Running
-    statistics are not touched here: ReIDNet accounts for this call (`model.bnneck_torch_stats`)."""
-    mean = jnp.mean(frames, axis=(0, 1))
-    if axis_name is not None:
-        # pmean of per-device means is the global mean because every device holds as many frames.
-        mean = jax.lax.pmean(mean, axis_name)
-    var = jnp.mean(jnp.square(frames - mean), axis=(0, 1))
-    if axis_name is not None:
-        var = jax.lax.pmean(var, axis_name)
-    return (frames - mean) * jax.lax.rsqrt(var + resnet_lib.BN_EPSILON) * scale + bias
 
 
 def stage_losses(source_out: dict, target_out: dict, labels: jax.Array, config) -> tuple[jax.Array, dict]:
@@ -206,8 +191,10 @@ def make_reference_losses(model, temporal_model, config, axis_name: str | None =
                                                     keys["tgt_drop"])
 
         scale, bias = params["bnneck"]["scale"], params["bnneck"]["bias"]
-        mid_s = frame_batch_norm(out_s["frame_embeddings"], scale, bias, bn_axis)
-        mid_t = frame_batch_norm(out_t["frame_embeddings"], scale, bias, bn_axis)
+        # The reference's `mid = bn(x)` in train mode; its running statistics are ReIDNet's to account
+        # for (model.bnneck_torch_stats).
+        mid_s = reid.frame_batch_norm(out_s["frame_embeddings"], scale, bias, bn_axis)
+        mid_t = reid.frame_batch_norm(out_t["frame_embeddings"], scale, bias, bn_axis)
         if r.detach_temporal_input:
             # D1: the reference feeds mid.detach(): nothing of L_st reaches the backbone.
             mid_s, mid_t = jax.lax.stop_gradient(mid_s), jax.lax.stop_gradient(mid_t)

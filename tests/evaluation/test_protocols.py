@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
+from svreid_jax import ops
 from svreid_jax.data import datasets, demo as demo_data
 from svreid_jax.data.records import DatasetSplits, Tracklet
 from svreid_jax.evaluation import evaluate, evaluators, protocols, ranking
@@ -250,7 +251,7 @@ def test_table_with_std():
 
 def test_camera_centred_removes_each_cameras_mean():
     x = np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [10.0, 2.0]])
-    got = protocols.camera_centred(x, np.array([0, 0, 1, 1]))
+    got = ops.camera_centred(x, np.array([0, 0, 1, 1]), dtype=np.float64)  # as protocols.camera_normalised
     np.testing.assert_allclose(got, [[-1, -1], [1, 1], [0, -1], [0, 1]])
 
 

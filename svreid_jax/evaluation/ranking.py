@@ -61,8 +61,8 @@ METRICS = ("cosine", "euclidean", "inner")
 MODES = ("standard", "same_clothes", "clothes_changing")
 
 _GOODS_PER_ROW = 4  # good items handled per kernel row; more per row wastes padding, fewer re-reads rows
-_SORT_ABOVE = 64  # queries with more good items get their ranks from one sort of their row (measured on
-#                   CPU: a 9,330-wide row sorts in ~0.25 ms, about what 64 counting passes over it cost)
+_SORT_ABOVE = 64  # queries with more good items get their ranks from one sort of their row: on CPU one
+#                   sort of a MARS-wide row costs about as much as 64 counting passes (benchmarks/ranking.py)
 _PAD_BELOW = 1 << 20  # matrices with fewer entries are padded to power-of-two shapes (fewer recompiles)
 _MIN_SHAPE = (8, 128)  # smallest padded matrix; tiny problems then share one executable
 _MIN_ROWS, _MIN_REL = 16, 64  # smallest buckets of kernel rows per step and of gathered same-pid items

@@ -89,8 +89,8 @@ def cluster_features(config, features: np.ndarray, camids: np.ndarray, epoch: in
     else:
         f = ops.l2_normalise(np.asarray(features, np.float32))
     if p.clustering == "kmeans":
-        # Seeded with distinct random points, not k-means++: its seeding costs O(N·K²·D) here (an
-        # hour at MARS size with K = 500 on 2 cores), and whole-set clusters need no per-batch care.
+        # Seeded with distinct random points, not k-means++: its seeding costs O(N·K²·D) here (too slow
+        # at MARS size with K = 500 on a CPU host), and whole-set clusters need no per-batch care.
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
         points = jnp.asarray(f)
         start = points[jax.random.permutation(key, points.shape[0])[: p.kmeans_clusters]]

@@ -327,3 +327,47 @@ def test_synthetic_copies_of_the_operations_are_reported(tmp_path):
         "def b(x):\n    m, s = x.mean(0), x.std(0)\n    return (x - m) / s\n"
         "def c(x):\n    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + 1e-6)\n")})
     assert operations_written_out(tmp_path, "svreid_jax") == []
+
+
+# --- the training loop and the comments -----------------------------------------------------------
+
+MAX_TRAIN_FUNCTION_LINES = 80
+HISTORY = re.compile(r"20\d\d-\d\d-\d\d|sandbox")
+
+
+def long_functions(path, limit=MAX_TRAIN_FUNCTION_LINES):
+    """[(name, lines)] of the functions and methods in `path` longer than `limit` lines."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    return [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit]
+
+
+def test_train_py_functions_fit_a_screen():
+    """The loop and its helpers stay readable: no function in train.py over 80 lines."""
+    assert long_functions(ROOT / PACKAGE / "train.py") == []
+
+
+def test_a_long_function_is_reported(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_TRAIN_FUNCTION_LINES))
+    path = tmp_path / "train.py"
+    path.write_text(f"def short():\n    return 1\n\n\ndef loop():\n{body}\n", encoding="utf-8")
+    assert long_functions(path) == [("loop", MAX_TRAIN_FUNCTION_LINES + 1)]
+
+
+def history_lines(root):
+    """'path:line' of comments or strings in svreid_jax/ and configs/ that carry a date or a machine
+    ('sandbox'): figures and their history belong in BENCHMARKS.md, reasons in comments."""
+    hits = []
+    for folder in (PACKAGE, "configs"):
+        for path in sorted((Path(root) / folder).rglob("*.py")):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if HISTORY.search(line):
+                    hits.append(f"{path.relative_to(root)}:{number}")
+    return hits
+
+
+def test_code_comments_carry_no_dates_or_machines(tmp_path):
+    assert history_lines(ROOT) == []
+    _write(tmp_path, {"svreid_jax/__init__.py": "", "configs/demo.py": "# as it was until 2026-11-27\nx = 1\n",
+                      "svreid_jax/a.py": "'''an hour in the 2-core sandbox'''\n"})
+    assert history_lines(tmp_path) == ["svreid_jax/a.py:1", "configs/demo.py:1"]

@@ -53,3 +53,14 @@ def test_unknown_optimizer_is_named():
     c = _config(name="sgd")
     with pytest.raises(ValueError, match="config.optimizer.name='sgd'"):
         state_lib.make_optimizer(c, {"w": jnp.ones(1)}, 1)
+
+
+def test_train_state_names_the_variant_state_for_what_it_holds():
+    """The variant's own state (reference: the MS-TCN and loss weights; plus: the cluster memory) is
+    `variant_state`; checkpoints that stored it as `reference` map onto it (tests/utils/test_utils.py)."""
+    import dataclasses
+
+    from svreid_jax.state import TrainState
+    names = [f.name for f in dataclasses.fields(TrainState)]
+    assert "variant_state" in names and "reference" not in names
+    assert TrainState.SAVED_AS == {"variant_state": "reference"}

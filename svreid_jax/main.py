@@ -29,7 +29,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from svreid_jax import config_checks, splits, train
+from svreid_jax import config_checks, config_files, splits, train
 from svreid_jax.config_checks import ConfigError
 from svreid_jax.data.records import DatasetError
 from svreid_jax.evaluation import diagnostics, evaluate, extract, visualize
@@ -111,6 +111,8 @@ def _override_paths(argv) -> list[str]:
 def parse_flags(argv):
     """absl's flag parsing, with one line instead of a traceback for an override of a field the
     config does not have (naming the closest fields) and for a config file that raised."""
+    for path in config_files.config_paths(argv):
+        config_files.import_package_of(path)  # its `from configs import ...`, from any working directory
     try:
         return FLAGS(argv)
     except flags.Error as err:

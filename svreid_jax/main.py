@@ -1,4 +1,4 @@
-"""Command line: python -m svreid_jax.main --config=configs/<target>.py --workdir=<dir> [--mode=...].
+"""Command line: svreid-jax (or python -m svreid_jax.main) --config=configs/<target>.py --workdir=<dir> [--mode=...].
 
 Modes:
   train      train (resuming if a checkpoint exists), then evaluate; results.json / results.md
@@ -173,6 +173,12 @@ def _run_mode(config):
 
 
 def run():
+    if __name__ != "__main__":
+        # The svreid-jax console command: its __main__ is a wrapper script, where absl's --help looks for the
+        # usage text and the flags to list; lend it this module's, as `python -m svreid_jax.main` shows them.
+        sys.modules["__main__"].__doc__ = sys.modules["__main__"].__doc__ or __doc__
+        for flag in FLAGS.get_key_flags_for_module(__name__):
+            FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main, flags_parser=parse_flags)
 

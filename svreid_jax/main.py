@@ -1,4 +1,4 @@
-"""Command line: python -m svreid_jax.main --config=configs/<target>.py --workdir=<dir> [--mode=...].
+"""Command line: svreid-jax (or python -m svreid_jax.main) --config=configs/<target>.py --workdir=<dir> [--mode=...].
 
 Modes:
   train      train (resuming if a checkpoint exists), then evaluate; results.json / results.md
@@ -29,7 +29,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from svreid_jax import config_checks, splits, train
+from svreid_jax import config_checks, config_files, splits, train
 from svreid_jax.config_checks import ConfigError
 from svreid_jax.data.records import DatasetError
 from svreid_jax.evaluation import diagnostics, evaluate, extract, visualize
@@ -111,6 +111,8 @@ def _override_paths(argv) -> list[str]:
 def parse_flags(argv):
     """absl's flag parsing, with one line instead of a traceback for an override of a field the
     config does not have (naming the closest fields) and for a config file that raised."""
+    for path in config_files.config_paths(argv):
+        config_files.import_package_of(path)  # its `from configs import ...`, from any working directory
     try:
         return FLAGS(argv)
     except flags.Error as err:
@@ -171,6 +173,12 @@ def _run_mode(config):
 
 
 def run():
+    if __name__ != "__main__":
+        # The svreid-jax console command: its __main__ is a wrapper script, where absl's --help looks for the
+        # usage text and the flags to list; lend it this module's, as `python -m svreid_jax.main` shows them.
+        sys.modules["__main__"].__doc__ = sys.modules["__main__"].__doc__ or __doc__
+        for flag in FLAGS.get_key_flags_for_module(__name__):
+            FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main, flags_parser=parse_flags)
 

@@ -1,7 +1,6 @@
 """benchmarks/gpu/run.py, the prepared GPU measurement: its dry run on CPU (each kind of part, tiny sizes, 2 fake
 devices), the time budget (skip what does not fit, kill what overruns), the report's arithmetic and verdicts, the
 peak-flops table, and the list of wheels that travel to the GPU machine."""
-import ast
 import importlib.util
 import json
 import math
@@ -9,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -258,19 +258,21 @@ def _requirement_names(lines):
 
 
 def test_every_dependency_travels_as_a_wheel_or_is_on_the_image():
-    tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
-    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "setup")
-    requires = next(ast.literal_eval(k.value) for k in call.keywords if k.arg == "install_requires")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        requires = tomllib.load(f)["project"]["dependencies"]
     text = open(os.path.join(ROOT, "benchmarks", "gpu", "wheels.txt")).read()
     wheels = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     image = re.search(r"^# image: (.*)$", text, re.MULTILINE).group(1).split()
     not_needed = re.search(r"^# not-needed: (\S+)", text, re.MULTILINE).group(1).split(",")
     covered = _requirement_names(wheels) | _requirement_names(image) | _requirement_names(not_needed)
     assert _requirement_names(requires) <= covered, _requirement_names(requires) - covered
-    # A wheel that setup.py pins travels at that pin (the version CI tests).
-    pins = dict(r.split("==") for r in requires if "==" in r)
+    # A wheel travels at the version constraints.txt pins (the version CI tests).
+    pins = {}
+    for line in open(os.path.join(ROOT, "constraints.txt")):
+        if "==" in line and not line.startswith("#"):
+            name, version = line.strip().split("==")
+            pins[_requirement_names([name]).pop()] = version
     for line in wheels:
         name, version = line.split("==")
-        if name in pins:
-            assert pins[name] == version, line
+        assert pins.get(_requirement_names([name]).pop()) == version, line
     assert all("==" in line for line in wheels)  # one version of each, or the device's install stops

@@ -24,7 +24,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
   echo "== no .whl/ folder: using the packages already installed"
 fi
-# The project itself, from this checkout, without its pins (which name jax 0.10.2).
+# The project itself, from this checkout, without its dependencies (the image's and .whl/'s are used as they
+# are). --no-build-isolation builds with the image's setuptools, which must be 77 or later for pyproject.toml;
+# with an older one the install fails and the checkout on PYTHONPATH serves instead.
 if "$python" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
      --target "$site" . ; then
   echo "== installed svreid_jax into $site"

@@ -279,13 +279,6 @@ def create_state(config, model, num_steps_per_epoch: int, seed_key: jax.Array,
                               variant_state=extra)
 
 
-def eval_variables(config, state: TrainState) -> dict:
-    """{'params', 'batch_stats'} that evaluation uses: the student's, or the EMA teacher's with eval.use_teacher."""
-    if config.eval.use_teacher:
-        return {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-
 # ---------------------------------------------------------------------------------------------
 # Restored variables (evaluation modes)
 

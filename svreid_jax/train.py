@@ -140,7 +140,7 @@ class _Run:
 
     def evaluate(self, state, splits: DatasetSplits, **kwargs) -> dict[str, float]:
         """`splits` evaluated with the state's student (or teacher, eval.use_teacher)."""
-        return self.evaluator(builders.eval_variables(self.config, state), splits, **kwargs)
+        return self.evaluator(self.evaluator.variables(state), splits, **kwargs)
 
     def save(self, step: int, state, **meta) -> None:
         self.checkpointer.save(step, state, self.streams.iterators,

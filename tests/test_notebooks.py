@@ -120,8 +120,8 @@ def test_notebook_runs_on_cpu(name, tmp_path, shared, monkeypatch):
     assert all(c.execution_count for c in ran), "a cell did not run"
     errors = [o for c in ran for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
-    if name == "real_data.ipynb":  # pack=True: training read the packed source shards, not its folders
+    if name == "real_data.ipynb":  # pack=True: training and evaluation read the packed shards, not the folders
         printed = "".join(o.get("text", "") for c in ran for o in c.outputs if o.output_type == "stream")
         reads = dict(re.findall(r"^(source|target) reads (.*)$", printed, re.MULTILINE))
         assert set(reads) == {"source", "target"}, printed[-2000:]
-        assert os.path.isfile(os.path.join(reads["source"], "dataset_info.json")), reads
+        assert all(os.path.isfile(os.path.join(reads[side], "dataset_info.json")) for side in reads), reads

@@ -206,6 +206,47 @@ class PackedTracklets(Sequence):
                              self.directory) from None
 
 
+class JoinedTracklets(Sequence):
+    """Two tracklet sequences read as one (evaluation extracts query ∪ gallery in one pass), each part
+    decoding its own way: packed parts from their stored bytes, folder parts from their files."""
+
+    def __init__(self, first: Sequence[Tracklet], second: Sequence[Tracklet]):
+        self._parts = (first, second)
+
+    def __len__(self) -> int:
+        return len(self._parts[0]) + len(self._parts[1])
+
+    def _locate(self, index: int) -> tuple[Sequence[Tracklet], int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"tracklet {index} of {len(self)}")
+        index %= len(self)
+        first = self._parts[0]
+        return (first, index) if index < len(first) else (self._parts[1], index - len(first))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        part, local = self._locate(index)
+        return part[local]
+
+    def load_clip(self, index: int, frame_indices: Sequence[int], height: int, width: int, flip: bool, *,
+                  decoder: str = "auto", draft: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 [T, height, width, 3] of tracklet `index`, decoded as its part stores it."""
+        part, local = self._locate(index)
+        if isinstance(part, PackedTracklets):
+            return part.load_clip(local, frame_indices, height, width, flip, decoder=decoder, draft=draft, out=out)
+        return decode.load_clip(part[local].frames, frame_indices, height, width, flip, decoder=decoder,
+                                draft=draft, out=out)
+
+
+def join(first: Sequence[Tracklet], second: Sequence[Tracklet]) -> Sequence[Tracklet]:
+    """`first` then `second` as one sequence the pipeline can decode: a plain tuple for folder data,
+    JoinedTracklets when either part is packed (a tuple of packed Tracklets would lose their bytes)."""
+    if isinstance(first, PackedTracklets) or isinstance(second, PackedTracklets):
+        return JoinedTracklets(first, second)
+    return tuple(first) + tuple(second)
+
+
 def load_packed(directory: str) -> DatasetSplits:
     """The three splits of a packed dataset as PackedTracklets (see the module docstring)."""
     directory = find_packed(directory)

@@ -105,7 +105,7 @@ def _decode_clip(tracklets: Sequence[Tracklet], index: int, frame_indices, spec:
     """Frames of tracklets[index] as uint8 [T, H, W, 3] (written into `out` when given): from its
     files, or from the stored bytes of a `pack.PackedTracklets` (same decoding, so the same pixels)."""
     kw = dict(decoder=spec.decoder, draft=spec.draft, out=out)
-    if isinstance(tracklets, pack.PackedTracklets):
+    if isinstance(tracklets, (pack.PackedTracklets, pack.JoinedTracklets)):
         return tracklets.load_clip(index, frame_indices, spec.height, spec.width, flip, **kw)
     return decode.load_clip(tracklets[index].frames, frame_indices, spec.height, spec.width, flip, **kw)
 

@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 
 from svreid_jax import builders, parallel
-from svreid_jax.data import datasets, pipeline
+from svreid_jax.data import datasets, pack, pipeline
 from svreid_jax.data.records import DatasetSplits, Tracklet
 from svreid_jax.evaluation import evaluators, features, protocols
 
@@ -38,6 +38,7 @@ class Evaluator:
     flip_average: bool
     max_rank: int
     camera_normalise: bool
+    use_teacher: bool
 
     @classmethod
     def from_config(cls, config, model, mesh=None) -> "Evaluator":
@@ -47,7 +48,14 @@ class Evaluator:
                    protocol=evaluators.get(config.data.target.protocol),
                    protocol_options=config.data.target.options.to_dict(), batch_size=e.batch_size,
                    temporal=e.temporal, num_threads=config.data.num_threads, flip_average=bool(e.flip_average),
-                   max_rank=e.max_rank, camera_normalise=bool(e.camera_normalise))
+                   max_rank=e.max_rank, camera_normalise=bool(e.camera_normalise), use_teacher=bool(e.use_teacher))
+
+    def variables(self, state) -> dict:
+        """{'params', 'batch_stats'} of a train state that evaluation uses: the student's, or the EMA
+        teacher's with eval.use_teacher."""
+        if self.use_teacher:
+            return {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
+        return {"params": state.params, "batch_stats": state.batch_stats}
 
     def features(self, variables, tracklets: Sequence[Tracklet], progress=None) -> np.ndarray:
         """float32 [N, D] features of `tracklets` (features.extract with this setup's clips)."""
@@ -65,7 +73,7 @@ class Evaluator:
         unprefixed keys are always the primary protocol (the authors').
         """
         start = time.perf_counter()
-        feats = self.features(variables, tuple(splits.query) + tuple(splits.gallery))
+        feats = self.features(variables, pack.join(splits.query, splits.gallery))
         extract_sec = time.perf_counter() - start
         nq = len(splits.query)
         q_feats, g_feats = feats[:nq], feats[nq:]

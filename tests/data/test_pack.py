@@ -102,6 +102,24 @@ def test_packed_eval_clips_match_folders_byte_for_byte(packed, method):
         _assert_same_batches(a, b)
 
 
+@pytest.mark.parametrize("method", ["restricted_begin", "dense"])
+def test_query_and_gallery_joined_decode_like_the_folders(packed, method):
+    """Evaluation reads query ∪ gallery as one sequence: joined packed splits (and a packed part beside
+    a folder part) give the batches of the joined folder tuples, byte for byte."""
+    folders, directory = packed
+    splits = pack.load_packed(directory)
+    expected = list(pipeline.eval_clips(pack.join(folders.query, folders.gallery), spec=SPEC, batch_size=3,
+                                        method=method, num_threads=2))
+    assert isinstance(pack.join(folders.query, folders.gallery), tuple)
+    for joined in (pack.join(splits.query, splits.gallery), pack.join(folders.query, splits.gallery)):
+        assert len(joined) == len(folders.query) + len(folders.gallery)
+        assert joined[len(folders.query)] == splits.gallery[0] and joined[-1] == splits.gallery[-1]
+        got = list(pipeline.eval_clips(joined, spec=SPEC, batch_size=3, method=method, num_threads=2))
+        _assert_same_batches(expected, got)
+    with pytest.raises(IndexError):
+        pack.join(splits.query, splits.gallery)[len(folders.query) + len(folders.gallery)]
+
+
 def test_packed_split_pickles_for_worker_processes(packed):
     folders, directory = packed
     view = pack.load_packed(directory).gallery[1:]

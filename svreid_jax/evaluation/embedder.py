@@ -42,7 +42,6 @@ import safetensors.numpy
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from svreid_jax import builders, parallel
-from svreid_jax.data import pipeline
 from svreid_jax.data.records import Tracklet
 from svreid_jax.evaluation import features
 from svreid_jax.utils.checkpointing import CheckpointError, Checkpointer

@@ -158,7 +158,8 @@ def write_index(path: str, rows: list[dict]) -> None:
 def run_extract(config, workdir: str, data_root: str) -> dict:
     """--mode=extract: restore the checkpoint of `workdir`, write `<workdir>/extract/`."""
     if not data_root:
-        raise ValueError("--mode=extract needs --data=<folder of <tracklet>/ or <pid>/<camid>/<tracklet>/ frame folders>")
+        raise ValueError("--mode=extract needs --data=<folder of <tracklet>/ or <pid>/<camid>/<tracklet>/ "
+                         "frame folders>")
     mesh = parallel.data_mesh()
     model, variables, info = builders.restore_variables(config, workdir, mesh)
     out_dir = os.path.join(workdir, "extract")

@@ -8,11 +8,16 @@ Modes:
              <workdir>/split_<k>, then mean ± std in splits_results.json / .md (resumable)
   visualize  PNGs in <workdir>/visualize/: ranked lists of eval.visualize_queries queries, and a PCA
              scatter of source vs target embeddings
-  extract    features of your own tracklets under --data (the `folder` layout) into <workdir>/extract/
+  extract    features of your own tracklets under --data (<tracklet>/ or <pid>/<camid>/<tracklet>/ frame
+             folders) into <workdir>/extract/ (features.npy, index.csv, extract.json, replaced as one)
+  export     the embedding of the checkpoint --mode=eval would evaluate into --out=DIR: embed.stablehlo
+             (jax.export, uint8 clips [b, T, H, W, 3] → float32 [b, D], symbolic b), model.safetensors,
+             config.json; load it with svreid_jax.Embedder.from_export(DIR), no config or checkpoint needed.
+             DIR must be new, empty or an earlier export (replaced whole)
   diagnose   <workdir>/diagnostics/: domain and camera probes on the embeddings, the teacher's cluster
              quality against the target identities, rank-1 per camera pair (target labels for the report only)
 
-Exit codes: 0 done; 1 a usage, config, data or checkpoint error (one line on stderr, no traceback); 3
+Exit codes: 0 done; 1 a usage, config, data, checkpoint or export error (one line on stderr, no traceback); 3
 training stopped with its last good state saved (diverged, or too many non-finite updates;
 results.json says so instead of giving metrics); 128 + N stopped by signal N after saving (143
 SIGTERM, 130 SIGINT): run the same command to resume.
@@ -32,21 +37,26 @@ from ml_collections import config_flags
 from svreid_jax import config_checks, config_files, splits, train
 from svreid_jax.config_checks import ConfigError
 from svreid_jax.data.records import DatasetError
-from svreid_jax.evaluation import diagnostics, evaluate, extract, visualize
+from svreid_jax.evaluation import diagnostics, evaluate, export, extract, visualize
+from svreid_jax.evaluation.embedder import ExportError
 from svreid_jax.utils.checkpointing import CheckpointError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for logs, checkpoints and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "visualize", "extract", "diagnose", "splits"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "visualize", "extract", "export", "diagnose", "splits"],
                   "train: train (resuming if a checkpoint exists) then evaluate; eval: evaluate the checkpoint; "
                   "visualize: ranked-list and embedding PNGs; extract: features of the tracklets under --data; "
+                  "export: the checkpoint's embedding (jax.export StableHLO, safetensors, config.json) into --out, "
+                  "for svreid_jax.Embedder.from_export; "
                   "diagnose: domain/camera probes, teacher cluster quality, rank-1 per camera pair; "
                   "splits: one model per iLIDS-VID/PRID split in <workdir>/split_<k>, then mean ± std.")
 flags.DEFINE_string("splits", "0-9", "--mode=splits: the split ids to run, e.g. '0-9' or '0,3,5'.")
-flags.DEFINE_string("data", None, "--mode=extract: root of your tracklets, <root>/<pid>/<camid>/<tracklet>/*.jpg "
-                    "(or with train/query/gallery sub-folders).")
+flags.DEFINE_string("data", None, "--mode=extract: root of your tracklets, <root>/<tracklet>/*.jpg or "
+                    "<root>/<pid>/<camid>/<tracklet>/*.jpg (either also under train/query/gallery sub-folders).")
+flags.DEFINE_string("out", None, "--mode=export: the folder to write the export to (new, empty, or an earlier "
+                    "export, which is replaced).")
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -149,6 +159,8 @@ def main(argv):
         _fail("data error", str(err))
     except CheckpointError as err:
         _fail("checkpoint error", str(err))
+    except ExportError as err:
+        _fail("export error", str(err))
     except train.TrainingStopped as err:
         _say(f"svreid_jax: {err}")
         sys.exit(err.exit_code)
@@ -166,9 +178,14 @@ def _run_mode(config):
         visualize.run_visualize(config, FLAGS.workdir)
     elif FLAGS.mode == "diagnose":
         diagnostics.run_diagnostics(config, FLAGS.workdir)
+    elif FLAGS.mode == "export":
+        if not FLAGS.out:
+            raise app.UsageError("--mode=export needs --out=<folder to write the export to>")
+        export.run_export(config, FLAGS.workdir, FLAGS.out)
     else:
         if not FLAGS.data:
-            raise app.UsageError("--mode=extract needs --data=<folder of <pid>/<camid>/<tracklet>/ frames>")
+            raise app.UsageError("--mode=extract needs --data=<folder of <tracklet>/ or <pid>/<camid>/<tracklet>/ "
+                                 "frame folders>")
         extract.run_extract(config, FLAGS.workdir, FLAGS.data)
 
 

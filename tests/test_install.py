@@ -23,6 +23,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 NOT_IMPORTED = {
     "ipykernel": "the kernel tests/test_notebooks.py runs the notebooks in",
     "pytest-timeout": "a pytest plugin (pytest.ini's timeout)",
+    "flatbuffers": "jax.export's serialization (evaluation/export.py, evaluation/embedder.py); jax imports it",
 }
 # The JAX a machine already had in tests/test_install.py: the oldest the ranges admit.
 OLD_JAX = "0.10.0"

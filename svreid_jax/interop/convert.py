@@ -6,15 +6,16 @@
 --in: a PyTorch .pth/.pt (a state_dict, or a dict with 'state_dict'; needs torch), a .safetensors or
 an .npz; --out: .npz, or .safetensors (numpy tensors, no torch needed to read either).
 """
+import sys
+from collections.abc import Sequence
+
 import numpy as np
 import safetensors.numpy
 from absl import app, flags
 
 from svreid_jax.interop.torchvision import read_state_dict
 
-flags.DEFINE_string("in", None, "Weight file to read: .pth/.pt (needs torch), .safetensors or .npz.")
-flags.DEFINE_string("out", None, "Output path: .npz or .safetensors.")
-FLAGS = flags.FLAGS
+USAGE = "python -m svreid_jax.interop.convert --in=FILE --out=FILE.npz|FILE.safetensors"
 
 
 def convert(source: str, out: str) -> int:
@@ -29,12 +30,31 @@ def convert(source: str, out: str) -> int:
     return len(state)
 
 
-def main(argv):
-    del argv
-    count = convert(getattr(FLAGS, "in"), FLAGS.out)
-    print(f"wrote {count} arrays to {FLAGS.out}")
+def main(argv: Sequence[str]) -> int:
+    """Command line entry point; argv[0] is the program name. Returns the exit code."""
+    # Flags of its own, not absl's global ones: importing this module next to svreid_jax.main (whose
+    # --out names the export folder) must not define a flag twice.
+    fv = flags.FlagValues()
+    flags.DEFINE_string("in", None, "Weight file to read: .pth/.pt (needs torch), .safetensors or .npz.",
+                        flag_values=fv)
+    flags.DEFINE_string("out", None, "Output path: .npz or .safetensors.", flag_values=fv)
+    try:
+        fv(list(argv))
+    except flags.Error as e:
+        print(f"error: {e}\nusage: {USAGE}", file=sys.stderr)
+        return 2
+    source, out = getattr(fv, "in"), fv.out
+    if source is None or out is None:
+        print(f"error: --in and --out must be given\nusage: {USAGE}", file=sys.stderr)
+        return 2
+    try:
+        count = convert(source, out)
+    except app.UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {count} arrays to {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["in", "out"])
-    app.run(main)
+    sys.exit(main(sys.argv))

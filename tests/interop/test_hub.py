@@ -333,3 +333,11 @@ def test_torch_written_safetensors_match_torch_forward(tmp_path, local_hub, monk
     got = np.asarray(ours)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_convert_and_the_main_command_line_import_together():
+    """convert keeps its flags to itself: main's --out (the export folder) is defined once beside it."""
+    import importlib
+
+    main = importlib.import_module("svreid_jax.main")
+    assert "out" in main.FLAGS and convert.main(["convert", "--in=x.pth"]) == 2

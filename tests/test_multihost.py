@@ -30,6 +30,11 @@ def _reserved_port():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect, open: with the current pinned set the two-process run's parameters differ from the "
+    "single-process run's (BN biases by up to 7% after 3 steps); with augment.erasing_probability=0 they "
+    "agree, so random erasing draws per item differently across processes. The code before the loop "
+    "refactor (d0f0ffe) fails the same way here; strict, so a fix makes this test fail until the mark goes"))
 def test_two_processes_match_single_process(tmp_path):
     config = demo.get_config("source_only,micro")
     demo_data.ensure(str(tmp_path / "data"), **config.data.demo_options.to_dict())

@@ -299,13 +299,17 @@ def checkpoint_directory(workdir: str, which: str = "auto") -> str:
     if which not in CHECKPOINT_CHOICES:
         raise ValueError(f"eval.checkpoint={which!r}; expected one of {CHECKPOINT_CHOICES}")
     best, latest = os.path.join(workdir, "best"), os.path.join(workdir, "checkpoints")
-    if which == "best" or (which == "auto" and _has_step(best)):
+    if which == "best" or (which == "auto" and saved_steps(best)):
         return best
     return latest
 
 
-def _has_step(directory: str) -> bool:
-    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+def saved_steps(directory: str) -> list[int]:
+    """The checkpoint steps in an orbax directory, newest first, read from the folder names alone (nothing
+    is created or opened; a missing directory has none)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
 
 
 def restore_variables(config, workdir: str, mesh=None) -> tuple[reid.ReIDNet, dict, CheckpointInfo]:
@@ -323,7 +327,7 @@ def restore_variables(config, workdir: str, mesh=None) -> tuple[reid.ReIDNet, di
         if state_dict is not None:
             return _baseline_variables(config, state_dict, mesh)
     directory = checkpoint_directory(workdir, config.eval.checkpoint)
-    if not _has_step(directory):
+    if not saved_steps(directory):
         raise FileNotFoundError(f"no checkpoint under {directory}; train first (--mode=train) with this --workdir")
     # The newest step that restores; a damaged newer one is named in a warning and left in place.
     checkpointer = Checkpointer(directory)

@@ -80,12 +80,6 @@ def config_from_json(stored: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(restore(stored))
 
 
-def _steps(directory: str) -> list[int]:
-    if not os.path.isdir(directory):
-        return []
-    return sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
-
-
 def stored_config(workdir: str, checkpoint: str = "auto") -> tuple[ml_collections.ConfigDict, str]:
     """(the config a run stored with its checkpoints, the checkpoint folder it was read from).
 
@@ -94,7 +88,7 @@ def stored_config(workdir: str, checkpoint: str = "auto") -> tuple[ml_collection
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     directory = builders.checkpoint_directory(workdir, checkpoint)
-    steps = _steps(directory)
+    steps = builders.saved_steps(directory)
     if not steps:
         raise CheckpointError(f"no checkpoint under {directory}; train first (--mode=train) with --workdir={workdir}")
     checkpointer = Checkpointer(directory)

@@ -3,6 +3,7 @@ one XLA compilation cache for the whole session."""
 import atexit
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -25,6 +26,7 @@ os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
+import pytest  # noqa: E402
 
 # Compiling init and train steps is ~2× faster on CPU with the non-partitionable threefry
 # (measured: tiny ReIDNet init 6.7 s → 2.6 s, step 11.5 s → 7.6 s). Tests only; it changes which
@@ -33,3 +35,16 @@ jax.config.update("jax_threefry_partitionable", False)
 
 if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+    """One micro training run (configs/demo.py:paper,micro, 1 epoch of 2 steps) through the command line,
+    shared by the tests of the modes that read a trained workdir (test_modes, evaluation/test_embedder)."""
+    path = tmp_path_factory.mktemp("micro") / "run"
+    cmd = [sys.executable, "-m", "svreid_jax.main", "--config=configs/demo.py:paper,micro", f"--workdir={path}",
+           "--config.train.num_epochs=1"]
+    done = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return path

@@ -33,11 +33,9 @@ def _run(workdir, *extra, env=None, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """One micro training run (1 epoch of 2 steps), shared by every test here."""
-    path = tmp_path_factory.mktemp("modes") / "run"
-    _run(path, "--config.train.num_epochs=1")
-    return path
+def workdir(micro_run):
+    """The suite's one micro training run (tests/conftest.py), shared by every test here."""
+    return micro_run
 
 
 @pytest.fixture(scope="module")

@@ -41,11 +41,9 @@ def _main(workdir, *extra, check=True):
 
 
 @pytest.fixture(scope="session")
-def workdir(tmp_path_factory):
-    """One micro training run (1 epoch of 2 steps)."""
-    path = tmp_path_factory.mktemp("embedder") / "run"
-    _main(path, "--config.train.num_epochs=1")
-    return path
+def workdir(micro_run):
+    """The suite's one micro training run (tests/conftest.py)."""
+    return micro_run
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,27 @@
 
 The host ships uint8 clips (4× less transfer than float32); the float maths (normalisation, random
 erasing) runs inside the jitted step, in `svreid_jax.data.augment`.
+
+What a frame decodes to, whichever decoder reads it:
+  * upright as displayed: an EXIF orientation (or the XMP one Pillow also reads) is applied before
+    resizing (PIL.ImageOps.exif_transpose). The simplejpeg fast path reads the orientation from the
+    JPEG's segments and hands oriented files to PIL, so both decoders give the same pixels;
+  * 16-bit grey PNGs (PIL modes 'I;16*' and 'I') are scaled to 8 bits as round(v / 257), so mid-grey
+    32896 is 128 (PIL's own convert would clip it to 255). 16-bit colour PNGs PIL already reduces to
+    their high byte, which differs from round(v / 257) by at most 1;
+  * at most MAX_FRAME_PIXELS pixels, checked from the header before any pixel is decoded: a corrupt
+    or hostile header cannot make the loader allocate gigabytes. Over the cap, PIL's own
+    DecompressionBombError or any other decode failure, the frame is a records.FrameError naming
+    the file (so `skip_bad_frames` and the command line treat it like any broken frame).
 """
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from svreid_jax.data.records import FrameError, MissingFrameError
 
@@ -24,6 +37,19 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 # Colour spaces simplejpeg decodes to RGB exactly as PIL's convert("RGB") does (checked in the
 # tests); CMYK/YCCK JPEGs go through PIL, whose Adobe-inversion handling we do not reimplement.
 _FAST_COLORSPACES = ("YCbCr", "Gray")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Re-id frames are person crops of a few hundred pixels a side, and even full 8K video frames hold
+# 33 megapixels: 50 megapixels leaves room for any real frame while bounding one decode's memory
+# (150 MB of RGB). It sits below PIL's own warning threshold (about 89 megapixels), so PNG and JPEG
+# headers over it are refused here before PIL would warn.
+MAX_FRAME_PIXELS = 50_000_000
+
+# PIL modes of 16-bit grey images (and 32-bit integer 'I', which PIL also uses for them).
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ORIENTATION_TAG = 0x0112
+# Errors PIL raises for undecodable input; FrameError is handled before (it is an OSError and a ValueError).
+_PIL_ERRORS = (OSError, ValueError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def _read(source) -> bytes:
@@ -53,9 +79,17 @@ def _draft_scale(size: tuple[int, int], width: int, height: int) -> int:
 def _pil_into(out: np.ndarray, data: bytes, name, flip: bool, draft: bool) -> None:
     height, width = out.shape[:2]
     try:
+        _check_size(_header_size(data), name)
         with Image.open(io.BytesIO(data)) as img:
+            _check_size(img.size, name)  # formats whose header _header_size does not read
+            orientation = _pil_orientation(img)
             if draft and img.format == "JPEG":
-                img.draft("RGB", (width, height))
+                # draft sizes are in stored orientation; orientations 5..8 swap the axes.
+                img.draft("RGB", (height, width) if orientation >= 5 else (width, height))
+            if orientation != 1:
+                img = ImageOps.exif_transpose(img)
+            if img.mode in _WIDE_GREY_MODES:
+                img = _grey_to_8bit(img)
             if img.mode != "RGB":  # convert("RGB") of an RGB image would only copy it
                 img = img.convert("RGB")
             if img.size != (width, height):
@@ -63,8 +97,98 @@ def _pil_into(out: np.ndarray, data: bytes, name, flip: bool, draft: bool) -> No
             if flip:  # PIL mirrors 4-byte pixels ~10x faster than numpy's strided 3-byte copy
                 img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             out[...] = np.asarray(img)
-    except OSError as err:
+    except FrameError:
+        raise
+    except _PIL_ERRORS as err:
         raise FrameError(f"cannot decode frame {_describe(name)}: {_reason(err, data)}", _describe(name)) from None
+
+
+def _grey_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grey image as 8-bit 'L': round(v / 257), so 0 → 0, 32896 → 128, 65535 → 255."""
+    wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+    return Image.fromarray(((wide + 128) // 257).astype(np.uint8), mode="L")
+
+
+def _pil_orientation(img: Image.Image) -> int:
+    """The EXIF orientation 1..8 that exif_transpose would apply (1 when absent or not a valid value)."""
+    if img.format == "JPEG" and "exif" not in img.info and "xmp" not in img.info:
+        return 1  # nothing to read: skips building an Exif object for every plain frame
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except (struct.error, IndexError, KeyError, TypeError):  # a malformed EXIF block: the pixels still decode
+        return 1
+    return value if isinstance(value, int) and 2 <= value <= 8 else 1
+
+
+def _check_size(size: tuple[int, int] | None, name) -> None:
+    """FrameError when (width, height) holds more than MAX_FRAME_PIXELS pixels."""
+    if size is not None and size[0] * size[1] > MAX_FRAME_PIXELS:
+        where = _describe(name)
+        raise FrameError(f"cannot decode frame {where}: its header gives {size[0]}×{size[1]} pixels, over the "
+                         f"cap of {MAX_FRAME_PIXELS:,} (decode.MAX_FRAME_PIXELS)", where)
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's frame header, without decoding; None otherwise."""
+    if data[:8] == _PNG_MAGIC and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:3] == _JPEG_MAGIC:
+        return _jpeg_header(data)[0]
+    return None
+
+
+# JPEG markers that carry no length field, and the start-of-frame markers (SOF0..SOF15 but DHT,
+# JPG and DAC) that hold the image size.
+_STANDALONE = frozenset([0x01, *range(0xD0, 0xD9)])
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, int | None]:
+    """((width, height) from the frame header, EXIF orientation) of a JPEG, read from its segments up to
+    the scan. The orientation is 1 without an EXIF segment or tag, None when the EXIF cannot be read
+    (the caller then lets PIL decide); the size is None when no frame header precedes the scan."""
+    size, orientation, exif_seen = None, 1, False
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return size, None if exif_seen else orientation
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan (or end of image): the headers are over
+            break
+        length = (data[i + 2] << 8) | data[i + 3]
+        segment = data[i + 4:i + 2 + length]
+        if marker in _SOF and len(segment) >= 5 and size is None:
+            height, width = struct.unpack(">HH", segment[1:5])
+            size = (width, height)
+        elif marker == 0xE1 and segment[:6] == b"Exif\x00\x00" and not exif_seen:
+            exif_seen = True  # PIL reads the first EXIF segment only
+            orientation = _exif_orientation(segment[6:])
+        i += 2 + length
+    return size, orientation
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The orientation tag of IFD0 of an EXIF block (1 if absent); None if the block does not parse."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    try:
+        (offset,) = struct.unpack(order + "I", tiff[4:8])
+        (count,) = struct.unpack(order + "H", tiff[offset:offset + 2])
+        for k in range(count):
+            entry = tiff[offset + 2 + 12 * k:offset + 14 + 12 * k]
+            tag, kind = struct.unpack(order + "HH", entry[:4])
+            if tag == _ORIENTATION_TAG:
+                return struct.unpack(order + "H", entry[8:10])[0] if kind == 3 else None
+    except struct.error:
+        return None
+    return 1
 
 
 def _describe(source) -> str:
@@ -80,13 +204,24 @@ def _reason(err: OSError, data: bytes) -> str:
     return str(err)
 
 
-def _fast_into(out: np.ndarray, data: bytes, flip: bool, draft: bool) -> bool:
-    """Decode a JPEG with simplejpeg into `out` [H, W, 3]; False when it must go through PIL instead."""
+def _upright(data: bytes) -> bool:
+    """True when a JPEG certainly needs no orientation applied: neither an EXIF block nor XMP (whose
+    tiff:Orientation PIL also honours) with another orientation than 1."""
+    has_exif, has_xmp = b"Exif\x00\x00" in data, b"tiff:Orientation" in data
+    if has_xmp:
+        return False
+    return not has_exif or _jpeg_header(data)[1] == 1
+
+
+def _fast_into(out: np.ndarray, data: bytes, name, flip: bool, draft: bool) -> bool:
+    """Decode a JPEG with simplejpeg into `out` [H, W, 3]; False when it must go through PIL instead
+    (another colour space, an orientation to apply, or anything simplejpeg rejects)."""
     try:
         src_h, src_w, colorspace, _ = _simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return False
-    if colorspace not in _FAST_COLORSPACES:
+    _check_size((src_w, src_h), name)
+    if colorspace not in _FAST_COLORSPACES or not _upright(data):
         return False
     height, width = out.shape[:2]
     if (src_h, src_w) == (height, width):
@@ -129,7 +264,9 @@ def decode_into(out: np.ndarray, source, *, flip: bool = False, decoder: str = "
     YCbCr or grey JPEGs when installed and PIL otherwise; both give the same pixels when both link
     libjpeg-turbo (tests/data/test_decode_augment.py). draft=True decodes JPEGs at 1/2, 1/4 or 1/8 scale
     (PIL's Image.draft) when the target is at most that size: much faster, but the pixels differ
-    from a full decode + bicubic resize, so it is off unless asked for.
+    from a full decode + bicubic resize, so it is off unless asked for. Frames are turned upright
+    (EXIF orientation), 16-bit grey is scaled to 8 bits, and frames over MAX_FRAME_PIXELS are refused
+    (module docstring); any frame that cannot be decoded raises records.FrameError naming it.
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r}; expected one of {', '.join(DECODERS)}")
@@ -137,7 +274,7 @@ def decode_into(out: np.ndarray, source, *, flip: bool = False, decoder: str = "
         raise ImportError("decoder='simplejpeg' needs the simplejpeg package (pip install simplejpeg)")
     data = _read(source)
     if decoder != "pil" and _simplejpeg is not None and data[:3] == _JPEG_MAGIC:
-        if _fast_into(out, data, flip, draft):
+        if _fast_into(out, data, source, flip, draft):
             return
     _pil_into(out, data, source, flip, draft)
 

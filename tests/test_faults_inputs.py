@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from svreid_jax.data import decode, pipeline
+from svreid_jax.data import datasets, decode, pipeline
 from svreid_jax.data.records import DatasetError, FrameError, Tracklet
 
 DECODERS = ("pil", "auto", "simplejpeg")
@@ -190,3 +190,188 @@ def test_bomb_frames_are_skipped_like_any_bad_frame(tmp_path):
     strict = pipeline.ClipSpec(seq_len=3, height=8, width=4)
     with pytest.raises(FrameError, match="2.bmp"):
         pipeline._decode_clip_or_skip(tracklets, 0, [0, 1, 2], strict, False, out)
+
+
+# --- list files: paths stay inside the dataset folder, ids are ASCII digits -----------------------
+
+
+def _touch(folder, names):
+    os.makedirs(folder, exist_ok=True)
+    for n in names:
+        with open(os.path.join(folder, n), "wb") as f:
+            f.write(b"\xff\xd8")
+
+
+def _write_svreid(root, train_rows, query=(("7/a/1", "7", "a"),), gallery=(("8/a/2", "8", "a"),)):
+    """An SVReID tree (root/SVReID/) whose lists hold the given (tracklet dir, pid, clothes) rows."""
+    d = os.path.join(root, "SVReID")
+    os.makedirs(d, exist_ok=True)
+    for name, rows in (("train_svreid.txt", train_rows), ("query.txt", query), ("gallery.txt", gallery)):
+        with open(os.path.join(d, name), "w", encoding="utf-8") as f:
+            for tdir, pid, clothes in rows:
+                f.write(f"{tdir} {pid} {clothes}\n")
+                if not os.path.isabs(tdir):
+                    _touch(os.path.normpath(os.path.join(d, tdir)), ["1.jpg", "2.jpg"])
+    return d
+
+
+def _load_error(name, root, **options):
+    with pytest.raises(DatasetError) as err:
+        datasets.load(name, str(root), **options)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+_GOOD = [("9/a/1", "9", "a"), ("10/a/0", "10", "a")]
+
+
+def test_list_path_climbing_out_of_the_dataset_folder_is_refused(tmp_path):
+    root = tmp_path / "data"
+    outside = tmp_path / "private" / "1"
+    _touch(outside, ["1.jpg"])
+    d = _write_svreid(root, _GOOD + [("../../private/1", "11", "a")])
+    assert _load_error("svreid", root) == (
+        f"svreid: {d}/train_svreid.txt, line 3: the tracklet dir '../../private/1' leads out of the dataset folder "
+        f"{d}; expected a path inside it")
+    # A '..' that stays inside is only a spelling of a path inside.
+    _write_svreid(root, _GOOD + [("9/../11/a/1", "11", "a")])
+    assert datasets.load("svreid", str(root)).train[-1].frames[0] == os.path.join(d, "11", "a", "1", "1.jpg")
+
+
+def test_absolute_list_path_is_refused(tmp_path):
+    outside = tmp_path / "private" / "1"
+    _touch(outside, ["1.jpg"])
+    d = _write_svreid(tmp_path / "data", _GOOD, gallery=[("8/a/2", "8", "a"), (str(outside), "8", "a")])
+    assert _load_error("svreid", tmp_path / "data") == (
+        f"svreid: {d}/gallery.txt, line 2: the tracklet dir '{outside}' is an absolute path; expected a path "
+        f"relative to the dataset folder {d}")
+
+
+def test_symlinked_dataset_folder_is_read(tmp_path):
+    """A dataset folder reached through a link, and a tracklet folder linked from another disk, are the
+    owner's layout: read as they are."""
+    real = tmp_path / "disk1" / "real"
+    d = _write_svreid(real, _GOOD)
+    other = tmp_path / "disk2" / "12" / "b" / "3"
+    _touch(other, ["5.jpg"])
+    os.makedirs(os.path.join(d, "12", "b"))
+    os.symlink(other, os.path.join(d, "12", "b", "3"))
+    with open(os.path.join(d, "train_svreid.txt"), "a") as f:
+        f.write("12/b/3 12 b\n")
+    os.symlink(real, tmp_path / "link")
+    splits = datasets.load("svreid", str(tmp_path / "link"))
+    assert splits.train[-1].frames == (str(tmp_path / "link" / "SVReID" / "12" / "b" / "3" / "5.jpg"),)
+    assert len(splits.train) == 3
+
+
+def test_ccvid_and_lsvid_paths_are_checked_too(tmp_path):
+    ccvid = tmp_path / "ccvid"
+    for name, rows in (("train.txt", ["session1/001_01 001 u1", "../x/001_02 001 u1"]),
+                       ("query.txt", ["session1/005_01 005 u1"]), ("gallery.txt", ["session1/006_01 006 u1"])):
+        os.makedirs(ccvid, exist_ok=True)
+        (ccvid / name).write_text("\n".join(rows) + "\n")
+    for tdir in ("session1/001_01", "x/001_02", "session1/005_01", "session1/006_01"):
+        _touch(ccvid / tdir, ["1.jpg"])
+    assert _load_error("ccvid", ccvid) == (
+        f"ccvid: {ccvid}/train.txt, line 2: tracklet dir '../x/001_02' leads out of the dataset folder {ccvid}; "
+        "expected a path inside it")
+
+    import h5py
+    lsvid = tmp_path / "lsvid"
+    os.makedirs(lsvid / "list_sequence")
+    (lsvid / "list_sequence" / "list_seq_train.txt").write_text("tracklet_train/0001/0001_01_02_ 1\n")
+    (lsvid / "list_sequence" / "list_seq_test.txt").write_text("/etc/0002_01_03_ 2\n")
+    _touch(lsvid / "tracklet_train" / "0001", ["0001_01_02_1.jpg"])
+    os.makedirs(lsvid / "test" / "data")
+    with h5py.File(lsvid / "test" / "data" / "info_test.mat", "w") as f:
+        f.create_dataset("query", data=np.array([[1.0]]))
+    assert _load_error("lsvid", lsvid) == (
+        f"lsvid: {lsvid}/list_sequence/list_seq_test.txt, line 1: the path prefix '/etc/0002_01_03_' is an absolute "
+        f"path; expected a path relative to the dataset folder {lsvid}")
+
+
+def test_mars_frame_names_must_be_file_names(tmp_path):
+    import scipy.io
+    info = tmp_path / "info"
+    os.makedirs(info)
+    os.makedirs(tmp_path / "bbox_train")
+    os.makedirs(tmp_path / "bbox_test")
+    (info / "train_name.txt").write_text("0001C1T0001F001.jpg\n../../0001C1T0001F002.jpg\n")
+    (info / "test_name.txt").write_text("0002C1T0001F001.jpg\n")
+    scipy.io.savemat(info / "tracks_train_info.mat", {"track_train_info": np.array([[1.0, 2, 1, 1]])})
+    scipy.io.savemat(info / "tracks_test_info.mat", {"track_test_info": np.array([[1.0, 1, 2, 1]])})
+    scipy.io.savemat(info / "query_IDX.mat", {"query_IDX": np.array([[1.0]])})
+    assert _load_error("mars", tmp_path) == (
+        f"mars: {info}/train_name.txt, line 2: '../../0001C1T0001F002.jpg' is not a file name; expected a bare "
+        "frame name like 0001C1T0001F001.jpg")
+    # Ids come from the .mat files: -1 (junk) and 0 (distractor) are MARS's, anything lower is not.
+    (info / "train_name.txt").write_text("0001C1T0001F001.jpg\n0001C1T0001F002.jpg\n")
+    scipy.io.savemat(info / "tracks_train_info.mat", {"track_train_info": np.array([[1.0, 2, -2, 1]])})
+    message = _load_error("mars", tmp_path, check_frames=False)
+    assert message.startswith(f"mars: {info}/tracks_train_info.mat, variable 'track_train_info', row 1: "
+                              "[1, 2, -2, 1] is not a valid [start, end, pid, cam]")
+    assert "pid >= -1 (-1 junk, 0 distractor)" in message
+
+
+@pytest.mark.parametrize("pid", ["-1", "1_0", "\u0663", "+3", "3.0", "0x3", "\uff13", "\u00b2"])
+def test_pids_must_be_ascii_digits(tmp_path, pid):
+    d = _write_svreid(tmp_path, _GOOD, query=[("7/a/1", pid, "a")])
+    assert _load_error("svreid", tmp_path) == (
+        f"svreid: {d}/query.txt, line 1: the pid (2nd field) must be an integer in ASCII digits 0-9, got {pid!r}")
+
+
+def test_leading_space_in_a_pid_cannot_reach_the_parser():
+    """Fields are whitespace-split, so ' 3' never arrives as a token; the parser still refuses it."""
+    from svreid_jax.data.datasets import _common
+    for token in (" 3", "3 ", "", "-0", "-1"):
+        with pytest.raises(DatasetError, match=r"^x: f, line 2: the pid must be an integer in ASCII digits 0-9, got "):
+            _common.parse_id(token, "f, line 2", "x", "the pid")
+    assert _common.parse_id("0017", "f", "x", "pid") == 17
+    assert _common.parse_id("-1", "f", "x", "pid", junk=-1) == -1
+    with pytest.raises(DatasetError, match=r"must be an integer in ASCII digits 0-9 \(or -1 for junk\), got '-2'$"):
+        _common.parse_id("-2", "f", "x", "pid", junk=-1)
+
+
+@pytest.mark.parametrize("camera", ["\u0663", "1_0", "+3"])
+def test_camera_ids_must_be_ascii_digits(tmp_path, camera):
+    d = _write_svreid(tmp_path, _GOOD + [(f"12/b/{camera}", "12", "b")])
+    assert _load_error("svreid", tmp_path) == (
+        f"svreid: {d}/train_svreid.txt, line 3: the camera (last folder of tracklet dir '12/b/{camera}') must be "
+        f"an integer in ASCII digits 0-9, got {camera!r}")
+    folder_root = tmp_path / "folder"
+    _touch(folder_root / "3" / camera / "walk", ["1.jpg"])
+    assert _load_error("folder", folder_root) == (
+        f"folder: {folder_root}/3/{camera}: the camid folder name must be an integer in ASCII digits 0-9, "
+        f"got {camera!r}")
+
+
+def test_lsvid_keeps_its_junk_pid_and_refuses_other_signs(tmp_path):
+    import h5py
+    lsvid = tmp_path / "lsvid"
+    os.makedirs(lsvid / "list_sequence")
+    train = lsvid / "list_sequence" / "list_seq_train.txt"
+    train.write_text("tracklet_train/0001/0001_01_02_ 1\ntracklet_train/0009/0009_01_02_ -1\n")
+    (lsvid / "list_sequence" / "list_seq_test.txt").write_text("tracklet_test/0002/0002_01_03_ 2\n")
+    _touch(lsvid / "tracklet_train" / "0001", ["0001_01_02_1.jpg"])
+    _touch(lsvid / "tracklet_test" / "0002", ["0002_01_03_1.jpg"])
+    os.makedirs(lsvid / "test" / "data")
+    with h5py.File(lsvid / "test" / "data" / "info_test.mat", "w") as f:
+        f.create_dataset("query", data=np.array([[1.0]]))
+    splits, stats = datasets.load_with_stats("lsvid", str(lsvid))
+    assert stats.junk_train == 1 and [t.pid for t in splits.train] == [0]
+    train.write_text("tracklet_train/0001/0001_01_02_ 1\ntracklet_train/0009/0009_01_02_ -3\n")
+    assert _load_error("lsvid", lsvid) == (
+        f"lsvid: {train}, line 2: the pid (2nd field) must be an integer in ASCII digits 0-9 (or -1 for junk), "
+        "got '-3'")
+    train.write_text("tracklet_train/0001/0001_01_\u0663_ 1\n")
+    _touch(lsvid / "tracklet_train" / "0001", ["0001_01_\u0663_1.jpg"])
+    assert _load_error("lsvid", lsvid) == (
+        f"lsvid: {train}, line 1: the camera (3rd '_' field of '0001_01_\u0663_1.jpg') must be an integer in ASCII "
+        "digits 0-9, got '\u0663'")
+
+
+def test_person_folder_numbers_read_ascii_digits_only(tmp_path):
+    from svreid_jax.data.datasets import ilidsvid
+    assert ilidsvid.person_number("person_0012", str(tmp_path), "ilidsvid") == 12
+    with pytest.raises(DatasetError, match=r"person folder .*person_\u0663\u0664 has no number in its name"):
+        ilidsvid.person_number("person_\u0663\u0664", str(tmp_path), "ilidsvid")

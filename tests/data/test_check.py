@@ -98,8 +98,8 @@ def test_reader_errors_exit_1_without_traceback(tmp_path, capsys):
         f.write("session1/009_01 nine u1\n")
     code, out, err = _run(capsys, "--dataset=ccvid", f"--root={root}")
     assert code == 1 and out == ""
-    assert err == (f"error: ccvid: {tmp_path / 'gallery.txt'}, line 3: the pid (2nd field) must be an integer, "
-                   "got 'nine'\n")
+    assert err == (f"error: ccvid: {tmp_path / 'gallery.txt'}, line 3: the pid (2nd field) must be an integer "
+                   "in ASCII digits 0-9, got 'nine'\n")
     code, _, err = _run(capsys, "--dataset=ccvid", f"--root={tmp_path / 'absent'}")
     assert code == 1 and "does not exist" in err and "Traceback" not in err
     code, _, err = _run(capsys, "--dataset=ccvid", f"--root={root}", "--split_id=2")

@@ -412,7 +412,7 @@ def test_ccvid_bad_inputs(tmp_path):
     _write_ccvid(tmp_path)
     with open(query, "a") as f:
         f.write("session1/007_01 x7 u1\n")
-    assert "query.txt, line 2: the pid (2nd field) must be an integer, got 'x7'" in _error(
+    assert "query.txt, line 2: the pid (2nd field) must be an integer in ASCII digits 0-9, got 'x7'" in _error(
         datasets.load, "ccvid", str(tmp_path))
     _write_ccvid(tmp_path)
     with open(query, "a") as f:
@@ -480,7 +480,7 @@ def test_folder_bad_inputs(tmp_path):
     root = _write_tree(tmp_path, _TREE)
     os.makedirs(tmp_path / "17" / "cam3" / "t")
     msg = _error(datasets.load, "folder", root)
-    assert os.path.join(root, "17", "cam3") in msg and "camid folder name must be an integer" in msg
+    assert os.path.join(root, "17", "cam3") in msg and "camid folder name must be an integer in ASCII digits 0-9" in msg
     os.rmdir(tmp_path / "17" / "cam3" / "t")
     os.rmdir(tmp_path / "17" / "cam3")
     os.makedirs(tmp_path / "17" / "2" / "empty")
@@ -493,5 +493,5 @@ def test_folder_bad_inputs(tmp_path):
     _write_tree(tmp_path, [("0017", "1", "t", 1)])
     assert "are the same pid 17" in _error(datasets.load, "folder", root)
     os.makedirs(tmp_path / "alice")
-    assert "pid folder name must be an integer, got 'alice'" in _error(datasets.load, "folder", root)
+    assert "pid folder name must be an integer in ASCII digits 0-9, got 'alice'" in _error(datasets.load, "folder", root)
     assert "does not exist" in _error(datasets.load, "folder", str(tmp_path / "nowhere"))

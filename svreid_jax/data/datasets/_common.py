@@ -70,12 +70,38 @@ def read_fields(path: str, dataset: str, fields: Sequence[str]) -> list[tuple[in
     return records
 
 
-def parse_int(token: str, path: str, lineno: int, dataset: str, what: str) -> int:
-    """int(token), or a DatasetError naming the file, line and field."""
-    try:
+def parse_id(token: str, where: str, dataset: str, what: str, *, junk: int | None = None) -> int:
+    """A person or camera id written in ASCII digits 0-9, e.g. '0017' → 17; else a DatasetError.
+
+    int() alone would also take '-3', '+3', ' 3', '1_0' and other scripts' digits ('٣'), each of which
+    would become a plausible but wrong id. `junk`: the one negative value the format defines (−1 for
+    LS-VID's junk rows), accepted as written. `where` names the file and line (or the folder), `what`
+    the field, for the message.
+    """
+    if junk is not None and token == str(junk):
+        return junk
+    if token.isascii() and token.isdigit():
         return int(token)
-    except ValueError:
-        raise DatasetError(f"{dataset}: {path}, line {lineno}: {what} must be an integer, got {token!r}") from None
+    junk_note = f" (or {junk} for junk)" if junk is not None else ""
+    raise DatasetError(f"{dataset}: {where}: {what} must be an integer in ASCII digits 0-9{junk_note}, got {token!r}")
+
+
+def inside_root(root: str, relative: str, where: str, dataset: str, what: str) -> str:
+    """`root`/`relative`, normalised; a DatasetError when `relative` is absolute or climbs out with '..'.
+
+    The check is on the text of the list file, not on resolved links: a dataset folder that is itself a
+    symlink, or holds links to frames on another disk, is a layout its owner chose, whereas a list line
+    is data that may come from anywhere. The normalised path is what the reader then opens, so a '..'
+    after a link cannot reach past what was checked.
+    """
+    if os.path.isabs(relative):
+        raise DatasetError(f"{dataset}: {where}: {what} {relative!r} is an absolute path; expected a path "
+                           f"relative to the dataset folder {root}")
+    path = os.path.normpath(os.path.join(root, relative))
+    if os.path.commonpath([root, path]) != os.path.normpath(root):
+        raise DatasetError(f"{dataset}: {where}: {what} {relative!r} leads out of the dataset folder {root}; "
+                           "expected a path inside it")
+    return path
 
 
 def frame_sort_key(name: str) -> tuple[int, int, str]:

@@ -12,11 +12,13 @@ looked into too, for CAL's and the reference's layouts):
 Conventions (the reference's, which are CAL's):
   * frames: the .jpg/.jpeg/.png files of the tracklet folder, ordered numerically by the last
     integer in the name;
-  * camid = WW (the number after the first '_' of the folder name), plus 12 for session3, so
+  * tracklet dirs are relative to the list files' folder and must stay inside it (no absolute
+    paths, no '..' out of it);
+  * camid = WW (ASCII digits, the number after the first '_' of the folder name), plus 12 for session3, so
     sessions 1 and 2 share camera ids. **Kept as written** (no −1), like the reference. CCVID has
     no real camera ids (the source is a gait set), so same-camera junk on it is only a proxy;
-  * pid: training pids relabelled 0..N-1 in sorted order of the pid strings; query/gallery keep
-    int(pid);
+  * pid: ASCII digits; training pids relabelled 0..N-1 in sorted order of the pid strings;
+    query/gallery keep int(pid);
   * clothes_id: the string '<pid>_<clothes code>' mapped to 0..M-1 in sorted order; the training
     split has its own map, query and gallery share one map over their union.
 """
@@ -49,11 +51,11 @@ def _find_dataset_dir(root: str) -> str:
 
 
 def _read_list(path: str) -> list[tuple[int, str, str, str]]:
-    """[(line number, tracklet dir, pid string, clothes code)]; pids must be integers."""
+    """[(line number, tracklet dir, pid string, clothes code)]; pids must be ASCII digits."""
     _common.require_file(path, NAME, "list of '<session>/<PPP>_<WW> <pid> <clothes code>' lines")
     entries = []
     for lineno, (tracklet_dir, pid, clothes) in _common.read_fields(path, NAME, _FIELDS):
-        _common.parse_int(pid, path, lineno, NAME, "the pid (2nd field)")
+        _common.parse_id(pid, f"{path}, line {lineno}", NAME, "the pid (2nd field)")
         entries.append((lineno, tracklet_dir, pid, clothes))
     return entries
 
@@ -62,13 +64,10 @@ def camera(tracklet_dir: str, where: str) -> int:
     """WW of '<session>/<PPP>_<WW>', plus 12 for session3."""
     parts = tracklet_dir.strip("/").split("/")
     fields = parts[-1].split("_")
-    try:
-        if len(parts) < 2 or len(fields) < 2:
-            raise ValueError
-        cam = int(fields[1])
-    except ValueError:
+    if len(parts) < 2 or len(fields) < 2:
         raise DatasetError(f"{NAME}: {where}: tracklet dir {tracklet_dir!r} is not '<session>/<PPP>_<WW>' "
-                           "with an integer WW") from None
+                           "with an integer WW")
+    cam = _common.parse_id(fields[1], where, NAME, f"the camera WW of tracklet dir {tracklet_dir!r}")
     return cam + SESSION3_CAMERA_OFFSET if parts[-2] == "session3" else cam
 
 
@@ -85,7 +84,7 @@ def load_ccvid(root: str) -> DatasetSplits:
         out = []
         for lineno, tdir, pid, clothes in entries:
             where = f"{path}, line {lineno}"
-            folder = os.path.normpath(os.path.join(dataset_dir, tdir))
+            folder = _common.inside_root(dataset_dir, tdir, where, NAME, "tracklet dir")
             try:
                 frames = _common.list_frames(folder, IMAGE_EXTENSIONS)
             except (FileNotFoundError, NotADirectoryError):

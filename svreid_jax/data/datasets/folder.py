@@ -12,7 +12,7 @@ or split into sub-folders, each in that same layout (any of the three may be mis
       query/<pid>/<camid>/<tracklet>/*.jpg
       gallery/<pid>/<camid>/<tracklet>/*.jpg
 
-<pid> and <camid> are integer folder names (leading zeros allowed); <tracklet> is any name. Hidden
+<pid> and <camid> are folder names of ASCII digits (leading zeros allowed); <tracklet> is any name. Hidden
 entries (starting with '.') are ignored; any other file where a folder is expected, a folder
 without sub-folders, or a tracklet folder without frames is an error.
 
@@ -62,11 +62,7 @@ def _subfolders(folder: str, what: str) -> list[str]:
 
 
 def _integer(name: str, folder: str, what: str) -> int:
-    try:
-        return int(name)
-    except ValueError:
-        raise DatasetError(f"{NAME}: {os.path.join(folder, name)}: the {what} folder name must be an integer, "
-                           f"got {name!r} (layout:\n{_LAYOUT})") from None
+    return _common.parse_id(name, os.path.join(folder, name), NAME, f"the {what} folder name")
 
 
 def _numbered(folder: str, what: str) -> list[tuple[int, str]]:

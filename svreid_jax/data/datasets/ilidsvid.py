@@ -66,8 +66,8 @@ def list_persons(camera_dir: str, dataset: str) -> list[str]:
 
 
 def person_number(name: str, folder: str, dataset: str) -> int:
-    """The integer in a person folder name (person001 → 1, person_0012 → 12)."""
-    digits = "".join(c for c in name if c.isdigit())
+    """The number its ASCII digits spell in a person folder name (person001 → 1, person_0012 → 12)."""
+    digits = "".join(c for c in name if "0" <= c <= "9")
     if not digits:
         raise DatasetError(f"{dataset}: person folder {os.path.join(folder, name)} has no number in its name; "
                            "expected names like person001")

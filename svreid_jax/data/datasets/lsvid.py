@@ -16,7 +16,9 @@ Conventions (as the reference code, except where noted):
   * frames: the image files (.jpg/.jpeg/.png) in the prefix's folder whose name starts with the
     prefix's last component, ordered **numerically** by the last integer in the file name (the
     reference sorts the names as strings; LS-VID's zero-padded names give the same order);
-  * camid: the 3rd '_'-separated field of the first frame's basename, minus 1; it must be 1..15;
+  * prefixes are relative to the dataset folder and must stay inside it (no absolute paths, no '..'
+    out of it); pids are ASCII digits, or −1;
+  * camid: the 3rd '_'-separated field (ASCII digits) of the first frame's basename, minus 1; it must be 1..15;
   * pid: training pids relabelled 0..N-1 in sorted order; query/gallery keep the raw pid;
   * rows with pid −1 (junk) are dropped from every split and counted (`load_with_stats`);
   * query = the rows named by `query` (in that order); gallery = the other test rows, in row order
@@ -98,7 +100,8 @@ def _find_layout(root: str) -> tuple[str, str, str, str]:
 def _read_list(path: str) -> list[tuple[int, str, int]]:
     """[(line number, prefix, pid)] of a list file."""
     _common.require_file(path, NAME, "list of '<path prefix> <pid>' lines")
-    return [(lineno, prefix, _common.parse_int(pid, path, lineno, NAME, "the pid (2nd field)"))
+    return [(lineno, prefix, _common.parse_id(pid, f"{path}, line {lineno}", NAME, "the pid (2nd field)",
+                                              junk=_JUNK_PID))
             for lineno, (prefix, pid) in _common.read_fields(path, NAME, _FIELDS)]
 
 
@@ -127,7 +130,7 @@ class _PrefixListing:
         self._cache: dict[str, list[str]] = {}
 
     def frames(self, prefix: str, where: str) -> list[str]:
-        folder, stem = os.path.split(os.path.normpath(os.path.join(self._dir, prefix)))
+        folder, stem = os.path.split(_common.inside_root(self._dir, prefix, where, NAME, "the path prefix"))
         if prefix.endswith(("/", os.sep)):  # a prefix naming a whole folder
             folder, stem = os.path.join(folder, stem), ""
         names = self._cache.get(folder)
@@ -164,12 +167,11 @@ def _zero_padded(names: list[str], stem: str) -> bool:
 
 def _camera(first_frame: str, where: str) -> int:
     fields = os.path.basename(first_frame).split("_")
-    try:
-        cam = int(fields[2])
-    except (IndexError, ValueError):
+    if len(fields) < 3:
         raise DatasetError(f"{NAME}: {where}: cannot read the camera from frame name "
                            f"{os.path.basename(first_frame)!r}; "
-                           f"expected '_'-separated fields with the camera number (1..{_NUM_CAMERAS}) third") from None
+                           f"expected '_'-separated fields with the camera number (1..{_NUM_CAMERAS}) third")
+    cam = _common.parse_id(fields[2], where, NAME, f"the camera (3rd '_' field of {os.path.basename(first_frame)!r})")
     if not 1 <= cam <= _NUM_CAMERAS:
         raise DatasetError(f"{NAME}: {where}: camera {cam} in frame name {os.path.basename(first_frame)!r} "
                            f"is outside 1..{_NUM_CAMERAS}")

@@ -12,7 +12,7 @@ On disk:
       bbox_train/<first 4 chars of the name>/<name>
       bbox_test/<first 4 chars of the name>/<name>
 
-Conventions: rows with pid −1 ("junk") are dropped everywhere and counted (`load_with_stats`);
+Conventions: frame names are bare file names (no '/'); pids are −1, 0 or positive: rows with pid −1 ("junk") are dropped everywhere and counted (`load_with_stats`);
 pid 0 (distractors) is kept in the test splits; camid = cam − 1; training pids are relabelled
 0..N-1 in sorted order; test pids stay raw. Three gallery conventions circulate (docs/METHOD.md §7.4) and are the `gallery` option.
 
@@ -71,6 +71,10 @@ def _read_names(path: str) -> list[str]:
         if not line:
             # A blank line would shift every later index that the .mat rows point at.
             raise DatasetError(f"{NAME}: {path}, line {lineno} is empty; expected one frame name per line")
+        if "/" in line or os.sep in line or line in (".", ".."):
+            # The name is joined under bbox_*/<first 4 characters>/: a path here could reach any file.
+            raise DatasetError(f"{NAME}: {path}, line {lineno}: {line!r} is not a file name; expected a bare "
+                               "frame name like 0001C1T0001F001.jpg")
     return lines
 
 
@@ -82,13 +86,14 @@ def _read_tracks(path: str, key: str, num_names: int, names_path: str) -> np.nda
     if rows.ndim != 2 or rows.shape[1] != 4:
         raise DatasetError(f"{NAME}: {path}, variable {key!r}: expected an N×4 matrix of "
                            f"[start, end, pid, cam] rows, got shape {rows.shape}")
-    start, end, _, cam = rows.T
-    bad = np.flatnonzero((start < 1) | (end < start) | (end > num_names) | (cam < 1))
+    start, end, pid, cam = rows.T
+    bad = np.flatnonzero((start < 1) | (end < start) | (end > num_names) | (cam < 1) | (pid < _JUNK_PID))
     if bad.size:
         r = int(bad[0])
         raise DatasetError(
             f"{NAME}: {path}, variable {key!r}, row {r + 1}: {rows[r].tolist()} is not a valid "
-            f"[start, end, pid, cam]; expected 1 <= start <= end <= {num_names} (lines of {names_path}) and cam >= 1")
+            f"[start, end, pid, cam]; expected 1 <= start <= end <= {num_names} (lines of {names_path}), "
+            f"pid >= -1 (-1 junk, 0 distractor) and cam >= 1")
     return rows
 
 

@@ -52,24 +52,21 @@ def _find_dataset_dir(root: str, name: str) -> str:
 
 
 def _read_list(path: str, name: str) -> list[tuple[int, str, str, str]]:
-    """[(line number, tracklet dir, pid string, clothes label)] of one list file; pids must be integers."""
+    """[(line number, tracklet dir, pid string, clothes label)] of one list file; pids must be ASCII digits."""
     _common.require_file(path, name, "list of '<tracklet dir> <pid> <clothes label>' lines")
     entries = []
     for lineno, (tracklet_dir, pid, clothes) in _common.read_fields(path, name, _FIELDS):
-        _common.parse_int(pid, path, lineno, name, "the pid (2nd field)")
+        _common.parse_id(pid, f"{path}, line {lineno}", name, "the pid (2nd field)")
         entries.append((lineno, tracklet_dir, pid, clothes))
     return entries
 
 
 def _tracklet(dataset_dir: str, list_path: str, lineno: int, tracklet_dir: str, name: str,
               pid: int, clothes_id: int) -> Tracklet:
-    folder = os.path.normpath(os.path.join(dataset_dir, tracklet_dir))
+    where = f"{list_path}, line {lineno}"
+    folder = _common.inside_root(dataset_dir, tracklet_dir, where, name, "the tracklet dir")
     leaf = os.path.basename(folder)
-    try:
-        camid = int(leaf)
-    except ValueError:
-        raise DatasetError(f"{name}: {list_path}, line {lineno}: the tracklet dir {tracklet_dir!r} must end in a "
-                           f"folder named by the camera number, got {leaf!r}") from None
+    camid = _common.parse_id(leaf, where, name, f"the camera (last folder of tracklet dir {tracklet_dir!r})")
     try:
         frames = _common.list_frames(folder)
     except (FileNotFoundError, NotADirectoryError):
@@ -88,11 +85,13 @@ def load_variant(root: str, name: str) -> DatasetSplits:
       name: 'svreid', 'svreid_cc' or 'svreid_plus' (selects the folder and training list).
 
     Returns DatasetSplits where
+      * tracklet dirs: relative to the dataset folder and inside it (absolute paths or a '..' out of it
+        are errors);
       * frames: every `*.jpg`, `*.jpeg` and `*.png` of `<dataset dir>/<tracklet dir>`, ordered numerically by the last
         integer in the file name (lexicographically when a name has none);
-      * pid: training pids relabelled 0..N-1 in sorted order of the pid *strings* (as the authors'
+      * pid: ASCII digits; training pids relabelled 0..N-1 in sorted order of the pid *strings* (as the authors'
         code does); query/gallery keep int(pid);
-      * camid: int(leaf folder name of the tracklet dir), **kept as written** (no −1). The synthetic
+      * camid: the leaf folder name of the tracklet dir (ASCII digits) as a number, **kept as written** (no −1). The synthetic
         sets number cameras in their folder names and the authors' code uses that number directly;
         only same-camera comparisons depend on it;
       * clothes_id: the string '<pid>_<clothes label>' mapped to 0..M-1 in sorted order; the training

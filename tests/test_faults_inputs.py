@@ -375,3 +375,95 @@ def test_person_folder_numbers_read_ascii_digits_only(tmp_path):
     assert ilidsvid.person_number("person_0012", str(tmp_path), "ilidsvid") == 12
     with pytest.raises(DatasetError, match=r"person folder .*person_\u0663\u0664 has no number in its name"):
         ilidsvid.person_number("person_\u0663\u0664", str(tmp_path), "ilidsvid")
+
+
+# --- demo data deletes only what it made ----------------------------------------------------------
+
+TINY_DEMO = dict(num_source_ids=3, num_source_test_ids=2, num_target_train_ids=2, num_target_test_ids=2,
+                 num_cameras=2, tracklets_per_id=(2, 2), frames_per_tracklet=(2, 2), num_distractors=1, num_junk=1,
+                 height=16, width=8)
+
+
+def _snapshot(folder):
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return out
+
+
+def _real_data(folder):
+    _touch(os.path.join(folder, "0001", "c1"), ["1.jpg", "2.jpg"])
+    with open(os.path.join(folder, "train_svreid.txt"), "w") as f:
+        f.write("0001/c1 1 a\n")
+    return _snapshot(folder)
+
+
+def test_demo_marks_what_it_makes_and_regenerates_it(tmp_path):
+    from svreid_jax.data import demo
+    paths = demo.generate(str(tmp_path / "demo"), **TINY_DEMO)
+    for folder in (paths.source_root, paths.target_root):
+        with open(os.path.join(folder, ".svreid_demo"), encoding="utf-8") as f:
+            assert f.read() == "made by svreid_jax.data.demo; regenerating the demo deletes this folder\n"
+    assert sorted(os.listdir(tmp_path / "demo")) == ["source", "target", "toy_stamp.json"]
+    datasets.load("svreid", paths.source_root)  # the marker is invisible to the readers
+    datasets.load("mars", paths.target_root)
+    again = demo.ensure(str(tmp_path / "demo"), **{**TINY_DEMO, "seed": 1})  # other options: regenerated
+    assert again == paths and os.path.isfile(os.path.join(paths.target_root, ".svreid_demo"))
+
+
+@pytest.mark.parametrize("folder", ["source", "target"])
+def test_demo_refuses_to_replace_a_folder_it_did_not_make(tmp_path, folder):
+    from svreid_jax.data import demo
+    root = tmp_path / "demo"
+    before = _real_data(root / folder)
+    for stamped in (False, True):
+        if stamped:  # even beside a demo stamp (of other options): the marker decides
+            demo.generate(str(tmp_path / "elsewhere"), **{**TINY_DEMO, "seed": 9})
+            os.replace(tmp_path / "elsewhere" / "toy_stamp.json", root / "toy_stamp.json")
+        with pytest.raises(DatasetError) as err:
+            demo.ensure(str(root), **TINY_DEMO)
+        assert str(err.value) == (f"demo: refusing to replace {root / folder}: it was not made by the demo (no "
+                                  ".svreid_demo marker in it); move it away or point data.demo_root at a new or "
+                                  "empty folder")
+        assert _snapshot(root / folder) == before
+        assert sorted(os.listdir(root)) == [folder] + ["toy_stamp.json"] * stamped  # the stamp kept too
+
+
+def test_demo_refuses_a_non_empty_root_without_its_stamp(tmp_path):
+    from svreid_jax.data import demo
+    root = tmp_path / "mars"
+    before = _real_data(root)
+    with pytest.raises(DatasetError) as err:
+        demo.generate(str(root), **TINY_DEMO)
+    assert str(err.value) == (f"demo: refusing to write demo data into {root}: it holds '0001' and 1 other entries "
+                              "but no demo stamp toy_stamp.json; point data.demo_root at a new or empty folder")
+    assert _snapshot(root) == before and sorted(os.listdir(root)) == ["0001", "train_svreid.txt"]
+
+
+def test_demo_never_follows_a_link_to_delete(tmp_path):
+    from svreid_jax.data import demo
+    root = str(tmp_path / "demo")
+    paths = demo.generate(root, **TINY_DEMO)
+    elsewhere = tmp_path / "mine"
+    before = _real_data(elsewhere)
+    with open(elsewhere / ".svreid_demo", "w") as f:  # even a marker behind a link is not enough
+        f.write("x")
+    os.rename(paths.target_root, tmp_path / "old_target")
+    os.symlink(elsewhere, paths.target_root)
+    with pytest.raises(DatasetError, match=r"^demo: refusing to replace .*/demo/target: it was not made by"):
+        demo.ensure(root, **{**TINY_DEMO, "seed": 5})
+    assert _snapshot(elsewhere) == {**before, ".svreid_demo": b"x"}
+
+
+def test_demo_folders_without_markers_are_refused_even_beside_a_stamp(tmp_path):
+    from svreid_jax.data import demo
+    root = str(tmp_path / "demo")
+    paths = demo.generate(root, **TINY_DEMO)
+    os.remove(os.path.join(paths.source_root, ".svreid_demo"))
+    before = _snapshot(root)
+    assert demo.ensure(root, **TINY_DEMO) == paths  # the same options: nothing to delete, nothing refused
+    with pytest.raises(DatasetError, match=f"^demo: refusing to replace {paths.source_root}: it was not made by"):
+        demo.ensure(root, **{**TINY_DEMO, "seed": 2})
+    assert _snapshot(root) == before

@@ -16,9 +16,12 @@ SMALL = dict(num_source_ids=4, num_source_test_ids=2, num_target_train_ids=3, nu
 
 
 def _tree_digest(root) -> dict[str, str]:
+    """sha256 of every file under root but the demo's ownership markers (tested in test_faults_inputs.py)."""
     out = {}
     for folder, _, files in os.walk(root):
         for name in files:
+            if name == demo_data._MARKER:
+                continue
             path = os.path.join(folder, name)
             with open(path, "rb") as f:
                 out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()

@@ -8,6 +8,13 @@
 
 and `ensure(root)` does so only when root holds no complete demo made with the same options.
 
+Regenerating deletes root/source and root/target, so the demo only ever deletes folders it made:
+each one gets a marker file (`.svreid_demo`) before anything else is written into it, and a folder
+without it is refused (records.DatasetError naming it), as is a non-empty root that holds neither
+the stamp nor only marked folders: a `data.demo_root` pointed at real data leaves it as it was.
+(Demo folders written before markers existed are refused too, once their options change: delete
+them by hand.) The marker is outside the tracklet files, which stay byte-identical.
+
 The modules below split the generator by what it draws:
 
 * people.py: identities (body, clothing, hair, bag), their walk, and how a person is drawn;
@@ -33,8 +40,13 @@ import os
 import shutil
 
 from svreid_jax.data.demo import layouts, scenes
+from svreid_jax.data.records import DatasetError
+from svreid_jax.utils import atomic
 
 _STAMP = "toy_stamp.json"  # the name demo folders already on disk carry
+_MARKER = ".svreid_demo"  # in every folder generate creates and may delete again
+_MARKER_TEXT = "made by svreid_jax.data.demo; regenerating the demo deletes this folder\n"
+_FOLDERS = ("source", "target")
 # Bump whenever the generator's output changes, so stamps of data made by other code force a regeneration.
 _FORMAT_VERSION = 2
 
@@ -115,20 +127,61 @@ def generate(
     options = _stamp_options({k: v for k, v in locals().items() if k != "root"})
     _check(options)
     root = os.path.abspath(str(root))
+    _check_ownership(root)  # before anything under root is touched
     stamp = os.path.join(root, _STAMP)
     if os.path.exists(stamp):
         os.remove(stamp)  # from here until the end the tree is incomplete
     paths = DemoPaths(source_root=os.path.join(root, "source"), target_root=os.path.join(root, "target"))
     for folder in (paths.source_root, paths.target_root):
-        shutil.rmtree(folder, ignore_errors=True)
+        if os.path.lexists(folder):
+            shutil.rmtree(folder)
+        os.makedirs(folder)
+        with open(os.path.join(folder, _MARKER), "w", encoding="utf-8") as f:
+            f.write(_MARKER_TEXT)
     source_dir = os.path.join(paths.source_root, "SVReID")
     os.makedirs(source_dir)
     layouts.write_source(source_dir, options)
     layouts.write_target(paths.target_root, options)
-    with open(stamp + ".tmp", "w", encoding="utf-8") as f:
-        json.dump({"format": _FORMAT_VERSION, "options": options}, f, indent=1, sort_keys=True)
-    os.replace(stamp + ".tmp", stamp)
+    atomic.write_text(stamp, json.dumps({"format": _FORMAT_VERSION, "options": options}, indent=1, sort_keys=True))
     return paths
+
+
+def _has_stamp(root: str) -> bool:
+    """Whether root holds a demo stamp of any version (the demo has written there before)."""
+    try:
+        with open(os.path.join(root, _STAMP), encoding="utf-8") as f:
+            stamp = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(stamp, dict) and set(stamp) == {"format", "options"}
+
+
+def _marked(folder: str) -> bool:
+    # A link is never ours to delete, wherever it points (rmtree would refuse it anyway).
+    return not os.path.islink(folder) and os.path.isfile(os.path.join(folder, _MARKER))
+
+
+def _ours(name: str) -> bool:
+    """Entries of root that generate itself leaves: the stamp's temporary files."""
+    return name == _STAMP or name.startswith((f".{_STAMP}.tmp-", f"{_STAMP}.tmp"))
+
+
+def _check_ownership(root: str) -> None:
+    """DatasetError unless everything generate would delete under `root` is demo data (module docstring)."""
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise DatasetError(f"demo: data.demo_root {root} is not a folder; point it at a new or empty folder")
+    for name in _FOLDERS:
+        folder = os.path.join(root, name)
+        if os.path.lexists(folder) and not _marked(folder):
+            raise DatasetError(f"demo: refusing to replace {folder}: it was not made by the demo (no {_MARKER} "
+                               "marker in it); move it away or point data.demo_root at a new or empty folder")
+    if _has_stamp(root) or not os.path.isdir(root):
+        return
+    foreign = sorted(n for n in os.listdir(root) if not (n in _FOLDERS or _ours(n)))
+    if foreign:
+        more = f" and {len(foreign) - 1} other entries" if len(foreign) > 1 else ""
+        raise DatasetError(f"demo: refusing to write demo data into {root}: it holds {foreign[0]!r}{more} but no "
+                           f"demo stamp {_STAMP}; point data.demo_root at a new or empty folder")
 
 
 def _check(o: dict) -> None:
@@ -175,7 +228,8 @@ def ensure(root: str, **kwargs) -> DemoPaths:
 
     Returns at once when root/toy_stamp.json exists and records the same options (and generator
     version); otherwise (never generated, interrupted before the stamp, or other options) deletes
-    root/source and root/target and generates afresh. Nothing else under `root` is touched.
+    root/source and root/target and generates afresh. Nothing else under `root` is touched, and
+    folders the demo did not make are refused, not deleted (module docstring).
     kwargs: as for `generate`.
     """
     options = _resolve(kwargs)

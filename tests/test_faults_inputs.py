@@ -467,3 +467,83 @@ def test_demo_folders_without_markers_are_refused_even_beside_a_stamp(tmp_path):
     with pytest.raises(DatasetError, match=f"^demo: refusing to replace {paths.source_root}: it was not made by"):
         demo.ensure(root, **{**TINY_DEMO, "seed": 2})
     assert _snapshot(root) == before
+
+
+# --- the packer: reads first, keeps out of the dataset, swaps a new packing in whole ----------------
+
+
+def _folder_dataset(root, value=0):
+    for pid, n in ((4, 3), (7, 2)):
+        tree = os.path.join(root, str(pid), "1", "t")
+        os.makedirs(tree, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.full((4, 2, 3), value + i, np.uint8)).save(os.path.join(tree, f"{i}.png"))
+    return str(root)
+
+
+def _pack_cli(capsys, *args):
+    from svreid_jax.data import pack
+    code = pack.main(["pack", "--dataset=folder", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("where", ["inside", "same", "holds", "linked"])
+def test_pack_refuses_an_output_folder_nested_with_the_root(tmp_path, capsys, where):
+    root = _folder_dataset(tmp_path / "data")
+    before = _snapshot(root)
+    out = {"inside": f"{root}/packed", "same": root, "holds": str(tmp_path), "linked": str(tmp_path / "link")}[where]
+    if where == "linked":  # the output reaches the dataset through a link
+        os.symlink(root, out)
+    code, stdout, err = _pack_cli(capsys, f"--root={root}", f"--out={out}")
+    assert code == 1 and stdout == ""
+    if where == "holds":
+        assert err == (f"error: the dataset root (--root) {root} is inside the output folder (--out) {out}; choose "
+                       "an output folder that does not hold the dataset\n")
+    else:
+        assert err == (f"error: the output folder (--out) {out} is inside the dataset root (--root) {root}; the "
+                       "packing would become part of the dataset: choose an output folder outside it\n")
+    assert _snapshot(root) == before and datasets.load("folder", root).train  # the root still reads
+
+
+def test_pack_reads_the_dataset_before_making_any_folder(tmp_path, capsys):
+    root = _folder_dataset(tmp_path / "data")
+    os.makedirs(os.path.join(root, "9", "x", "t"))  # a camera folder that is not a number
+    code, _, err = _pack_cli(capsys, f"--root={root}", f"--out={tmp_path / 'out'}")
+    assert code == 1 and err.count("\n") == 1 and "the camid folder name must be an integer" in err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_failed_overwrite_keeps_the_previous_packing(tmp_path, capsys, monkeypatch):
+    from svreid_jax.data import pack
+    from svreid_jax.data.records import MissingFrameError
+    root = _folder_dataset(tmp_path / "data")
+    directory = pack.pack("folder", root, str(tmp_path / "out"), progress=False)
+    before = _snapshot(directory)
+    _folder_dataset(root, value=100)  # new pixels, same tracklets
+    calls = []
+
+    def vanishing(path):
+        calls.append(path)
+        if len(calls) == 4:  # half-way through the records
+            raise MissingFrameError(f"frame listed in the dataset index is missing: {path}", path)
+        return open(path, "rb").read()
+
+    monkeypatch.setattr(decode, "read_frame_bytes", vanishing)
+    code, _, err = _pack_cli(capsys, f"--root={root}", f"--out={tmp_path / 'out'}", "--overwrite")
+    assert code == 1 and err == f"error: frame listed in the dataset index is missing: {calls[-1]}\n"
+    assert _snapshot(directory) == before  # the old packing, whole
+    assert os.listdir(os.path.dirname(directory)) == ["1.0.0"]  # no staging folder left beside it
+    old = pack.load_packed(str(tmp_path / "out"))
+    assert decode.load_frame(old.train.frame_bytes(0, 0), 4, 2)[0, 0, 0] == 0  # still the first packing's pixels
+    monkeypatch.undo()
+    # A rebuild that completes replaces it (here with one more tracklet).
+    _touch(os.path.join(root, "9", "2", "t"), [])
+    Image.fromarray(np.full((4, 2, 3), 50, np.uint8)).save(os.path.join(root, "9", "2", "t", "0.png"))
+    assert pack.pack("folder", root, str(tmp_path / "out"), overwrite=True, progress=False) == directory
+    packed = pack.load_packed(directory)
+    assert [(t.pid, t.camid, len(t)) for t in packed.train] == [(0, 1, 3), (1, 1, 2), (2, 2, 1)]
+    assert decode.load_frame(packed.train.frame_bytes(0, 0), 4, 2)[0, 0, 0] == 100
+    assert decode.load_frame(packed.train.frame_bytes(2, 0), 4, 2)[0, 0, 0] == 50
+    assert os.listdir(os.path.dirname(directory)) == ["1.0.0"]
+

@@ -67,6 +67,12 @@ def _read(source) -> bytes:
         raise FrameError(f"cannot read frame {source}: {err.strerror or err}", str(source)) from None
 
 
+def read_frame_bytes(path) -> bytes:
+    """The encoded bytes of a frame file (the packer stores them as they are): records.MissingFrameError or
+    FrameError naming the file when it is missing or cannot be read."""
+    return _read(path)
+
+
 def _draft_scale(size: tuple[int, int], width: int, height: int) -> int:
     """The DCT scale PIL's Image.draft picks: the largest of 8, 4, 2 keeping both sides ≥ the target."""
     scale = min(size[0] // width, size[1] // height)

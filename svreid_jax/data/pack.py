@@ -16,10 +16,15 @@ PackedTracklets itself (or a slice of it) to `pipeline.source_stream / target_st
 eval_clips`: clips then decode from the stored bytes with the same PIL code as from folders, so
 the pixels, and for the same seed the batches, are identical.
 
+The dataset is read and checked before any output folder is created; `--out` inside `--root` (or
+`--root` inside `--out`) is refused; a packing replaces the previous one only once it is complete
+(`--overwrite` that fails leaves the old packing in place).
+
 Nothing here imports tensorflow_datasets until packing or the first frame read.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -44,8 +49,11 @@ def pack(dataset: str, root: str, out: str, options: dict[str, Any] | None = Non
     """Pack `datasets.load(dataset, root, **options)` under `out`; returns the dataset directory.
 
     An existing complete packing of the same dataset, options and root is reused unless `overwrite`
-    (one from another root → ValueError). Reader errors (DatasetError, ValueError) propagate before
-    anything is written.
+    (one from another root → ValueError). `out` inside `root` (the packing would become part of the
+    dataset it packs) or `root` inside `out` → ValueError. The dataset's lists are read and checked
+    (DatasetError, ValueError) before any folder is created; the packing is then written into a
+    staging folder that replaces the directory only when complete, so a failed or interrupted
+    `overwrite` leaves the previous packing as it was.
     """
     import tensorflow_datasets as tfds
 
@@ -53,22 +61,57 @@ def pack(dataset: str, root: str, out: str, options: dict[str, Any] | None = Non
     from svreid_jax.data.tfds_builders.svreid_tracklets import Builder
 
     options = dict(options or {})
-    datasets.options(dataset)  # unknown name → ValueError before tfds creates folders
+    datasets.options(dataset)  # unknown name → ValueError before anything else
+    root_path = os.path.abspath(os.path.expanduser(root))
+    out_path = os.path.abspath(os.path.expanduser(out))
+    check_apart(root_path, out_path)
     if not progress:
         tfds.disable_progress_bar()
-    builder = Builder(dataset=dataset, root=root, options=options, data_dir=os.path.abspath(out),
+    builder = Builder(dataset=dataset, root=root_path, options=options, data_dir=out_path,
                       file_format="array_record")
     directory = os.fspath(builder.data_dir)
     if not overwrite and os.path.isfile(os.path.join(directory, "dataset_info.json")):
         packed_root = _read_metadata(directory).get("root")
-        wanted = os.path.abspath(os.path.expanduser(root))
-        if packed_root != wanted:
-            raise ValueError(f"{directory} already holds {dataset} packed from {packed_root}, not {wanted}; "
+        if packed_root != root_path:
+            raise ValueError(f"{directory} already holds {dataset} packed from {packed_root}, not {root_path}; "
                              "choose another output folder or pack again with overwrite")
         logging.warning("%s already holds this packing of %s; reusing it (overwrite packs again)", directory, dataset)
         return directory
-    logging.info("packing %s from %s into %s", dataset, root, directory)
-    return builder.write_streaming()
+    logging.info("packing %s from %s into %s", dataset, root_path, directory)
+    generators = builder.read_dataset()  # every reader error surfaces here, before any folder exists
+    created = [d for d in _ancestors(directory, out_path) if not os.path.exists(d)]
+    try:
+        return builder.write_streaming(generators)
+    except BaseException:
+        for folder in reversed(created):  # the empty folders this call made on the way to `directory`
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+
+
+def _ancestors(directory: str, top: str) -> list[str]:
+    """`top` and the folders below it down to `directory`'s parent, outermost first."""
+    chain, folder = [], os.path.dirname(directory)
+    while True:
+        chain.append(folder)
+        if folder == top or os.path.dirname(folder) == folder:
+            return chain[::-1]
+        folder = os.path.dirname(folder)
+
+
+def check_apart(root: str, out: str) -> None:
+    """ValueError when the output folder and the dataset root are the same or one holds the other, as
+    written or once links are resolved: a packing inside the dataset would be read as part of it."""
+    def within(inner: str, outer: str) -> bool:
+        return os.path.commonpath([inner, outer]) == outer
+
+    for r, o in ((root, out), (os.path.realpath(root), os.path.realpath(out))):
+        if within(o, r):
+            raise ValueError(f"the output folder (--out) {out} is inside the dataset root (--root) {root}; the "
+                             "packing would become part of the dataset: choose an output folder outside it")
+        if within(r, o):
+            raise ValueError(f"the dataset root (--root) {root} is inside the output folder (--out) {out}; "
+                             "choose an output folder that does not hold the dataset")
 
 
 def find_packed(directory: str) -> str:
@@ -79,8 +122,13 @@ def find_packed(directory: str) -> str:
     directory = os.path.abspath(os.path.expanduser(directory))
     if os.path.isfile(os.path.join(directory, "dataset_info.json")):
         return directory
-    found = sorted(dirpath for dirpath, _, files in os.walk(directory)
-                   if "dataset_info.json" in files and "incomplete" not in os.path.basename(dirpath))
+    found = []
+    for dirpath, dirnames, files in os.walk(directory):
+        # Hidden folders are staging or set-aside copies of a replacement in progress (utils/atomic.py).
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if "dataset_info.json" in files and "incomplete" not in os.path.basename(dirpath):
+            found.append(dirpath)
+    found.sort()
     if not found:
         raise FileNotFoundError(f"no packed dataset (dataset_info.json) at or below {directory}; "
                                 f"create one with: {USAGE}")

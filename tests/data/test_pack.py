@@ -153,16 +153,19 @@ def test_empty_splits_and_reuse(tmp_path):
 
 
 def test_pack_reports_reader_errors_before_writing(tmp_path):
+    os.makedirs(tmp_path / "data")
     with pytest.raises(DatasetError, match="train.txt"):
-        pack.pack("ccvid", str(tmp_path), str(tmp_path / "out"), progress=False)
-    assert not os.path.exists(tmp_path / "out" / "svreid_tracklets" / "ccvid" / "1.0.0")
+        pack.pack("ccvid", str(tmp_path / "data"), str(tmp_path / "out"), progress=False)
+    assert not os.path.exists(tmp_path / "out")  # read first: no folder made
     with pytest.raises(ValueError, match="unknown dataset"):
-        pack.pack("nope", str(tmp_path), str(tmp_path / "out"), progress=False)
+        pack.pack("nope", str(tmp_path / "data"), str(tmp_path / "out"), progress=False)
 
 
 def test_command_line_never_imports_tensorflow(packed, tmp_path):
     folders, directory = packed
     data_root = os.path.dirname(folders.train[0].frames[0]).split("session1")[0]
+    other = f"{tmp_path}_other"  # beside the output folder: neither holds the other
+    os.makedirs(other)
     script = (
         "import sys\n"
         "from svreid_jax.data import pack\n"
@@ -172,7 +175,7 @@ def test_command_line_never_imports_tensorflow(packed, tmp_path):
         "print('exit', code, 'tensorflow loaded:', any(m.split('.')[0] == 'tensorflow' for m in sys.modules))\n"
         "print('tfds loaded:', 'tensorflow_datasets' in sys.modules)\n"
         f"print('bad', pack.main(['pack', '--dataset=ccvid', '--root={tmp_path}/none', '--out={tmp_path}/2']))\n"
-        f"print('other root', pack.main(['pack', '--dataset=ccvid', '--root={tmp_path}', '--out={tmp_path}']))\n"
+        f"print('other root', pack.main(['pack', '--dataset=ccvid', '--root={other}', '--out={tmp_path}']))\n"
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -181,7 +184,7 @@ def test_command_line_never_imports_tensorflow(packed, tmp_path):
     assert "exit 0 tensorflow loaded: False" in done.stdout and "tfds loaded: True" in done.stdout
     assert f"packed ccvid (train: 6 tracklets, query: 2 tracklets, gallery: 3 tracklets) to {tmp_path}" in done.stdout
     assert "bad 1" in done.stdout and "error: ccvid: dataset root" in done.stderr and "Traceback" not in done.stderr
-    assert "other root 1" in done.stdout and f"packed from {data_root.rstrip(os.sep)}, not {tmp_path}" in done.stderr
+    assert "other root 1" in done.stdout and f"packed from {data_root.rstrip(os.sep)}, not {other}" in done.stderr
 
 
 def test_packing_streams_records_into_shards(packed, tmp_path, monkeypatch):

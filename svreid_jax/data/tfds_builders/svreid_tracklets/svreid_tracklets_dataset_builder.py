@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from svreid_jax.data import datasets
+from svreid_jax.data import datasets, decode
+from svreid_jax.utils import atomic
 
 FORMAT_VERSION = 1
 SHARD_BYTES = 128 << 20  # a shard is closed once its serialized records pass this size (bounds memory too)
@@ -121,8 +121,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for index, tracklet in enumerate(tracklets):
             frames = []
             for path in tracklet.frames:
-                with open(path, "rb") as f:
-                    data = f.read()
+                data = decode.read_frame_bytes(path)  # a missing or unreadable frame: FrameError naming it
                 frames.append({"bytes": data, "format": frame_format(data, path),
                                "name": os.path.relpath(path, self._root)})
             yield index, {
@@ -134,26 +133,36 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "index": index,
             }
 
-    def write_streaming(self) -> str:
+    def read_dataset(self) -> dict:
+        """Read and check the dataset (reader errors raise here) and fill info.metadata; returns the split
+        generators that `write_streaming` takes. Nothing is written."""
+        return self._split_generators(None)
+
+    def write_streaming(self, generators: dict | None = None) -> str:
         """Write the packing (shards, dataset_info.json, features.json, metadata.json) into `self.data_dir`
         and return that directory: what `download_and_prepare` writes, read back by the same
-        `tfds.builder_from_directory(...).as_data_source(split)`.
+        `tfds.builder_from_directory(...).as_data_source(split)`. `generators`: from `read_dataset`
+        (read here when not given, before any folder is made).
 
         Why not `download_and_prepare`: tfds's writer keeps a split's serialized records in memory up to
         1 GiB and then spills them through `tf.io.gfile`, i.e. TensorFlow; a full LS-VID index (2.8 M frame
         records) crossed that line (benchmarks/scale.py) and real frames would at MARS size too. Here each
         record goes straight to an array_record shard, at most SHARD_BYTES are held, and the folder appears
-        only complete (written under `<dir>.incomplete`, then renamed).
+        only complete: written into a hidden staging folder beside it that replaces it at the end
+        (utils/atomic.replaced_directory), so a failure leaves the previous packing, if any, in place.
         """
+        directory = os.fspath(self.data_dir)
+        if generators is None:
+            generators = self.read_dataset()
+        with atomic.replaced_directory(directory) as staging:
+            self._write_into(staging, directory, generators)
+        return directory
+
+    def _write_into(self, staging: str, directory: str, generators: dict) -> None:
         from etils import epath
         from tensorflow_datasets.core import example_serializer, file_adapters, naming
         from tensorflow_datasets.core import splits as splits_lib
 
-        directory = os.fspath(self.data_dir)
-        staging = f"{directory}.incomplete"
-        shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(staging)
-        generators = self._split_generators(None)  # reads the dataset, fills info.metadata
         features = self.info.features
         serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
         file_format = file_adapters.FileFormat.ARRAY_RECORD
@@ -185,9 +194,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 os.replace(part, os.path.join(staging, final.name))
             infos.append(splits_lib.SplitInfo(name=split, shard_lengths=lengths, num_bytes=total,
                                               filename_template=template))
-        self.info.set_file_format(file_format, override=True)
+        # override_if_initialized: with --overwrite, tfds has restored the info of the packing being replaced.
+        self.info.set_file_format(file_format, override=True, override_if_initialized=True)
         self.info.set_splits(splits_lib.SplitDict(infos))
         self.info.write_to_directory(staging)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(staging, directory)
-        return directory

@@ -547,3 +547,35 @@ def test_failed_overwrite_keeps_the_previous_packing(tmp_path, capsys, monkeypat
     assert decode.load_frame(packed.train.frame_bytes(2, 0), 4, 2)[0, 0, 0] == 50
     assert os.listdir(os.path.dirname(directory)) == ["1.0.0"]
 
+
+
+# --- an empty target training split ------------------------------------------------------------------
+
+
+def test_empty_target_train_split_is_a_one_line_data_error(tmp_path):
+    root = tmp_path / "ccvid"
+    os.makedirs(root)
+    (root / "train.txt").write_text("\n")  # present, but lists nothing
+    (root / "query.txt").write_text("session1/005_01 005 u1\n")
+    (root / "gallery.txt").write_text("session1/006_01 006 u1\n")
+    for tdir in ("session1/005_01", "session1/006_01"):
+        _touch(root / tdir, ["1.jpg"])
+    splits = datasets.load("ccvid", str(root))  # evaluation-only data reads fine
+    assert splits.train == () and len(splits.query) == 1
+    with pytest.raises(DatasetError) as err:
+        datasets.require_split(splits.train, "train", "ccvid", str(root), "target")
+    assert str(err.value) == (f"ccvid: the train split of data.target ({root}) holds no tracklets; it is read from "
+                              "train.txt")
+    datasets.require_split(splits.query, "query", "ccvid", str(root), "target")  # not empty: no error
+    # The stream itself refuses with a DatasetError too (main reports those in one line).
+    spec = pipeline.ClipSpec(seq_len=2, height=8, width=4)
+    with pytest.raises(DatasetError, match=r"^the target train split holds no tracklets; check the dataset root"):
+        pipeline.target_stream(splits.train, batch_size=2, spec=spec, seed=0)
+
+
+def test_every_registered_reader_names_its_lists():
+    built_in = {"svreid", "svreid_cc", "svreid_plus", "mars", "ilidsvid", "prid", "lsvid", "ccvid", "folder"}
+    assert set(datasets.SPLIT_FILES) == built_in and built_in <= set(datasets.names())
+    assert all(set(files) == {"train", "query", "gallery"} for files in datasets.SPLIT_FILES.values())
+    with pytest.raises(DatasetError, match=r"^mine: the train split of data.source \(/x\) holds no tracklets$"):
+        datasets.require_split((), "train", "mine", "/x", "source")  # a reader registered by the user

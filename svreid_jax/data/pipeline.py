@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from svreid_jax.data import decode, pack, sampling
-from svreid_jax.data.records import FrameError, Tracklet
+from svreid_jax.data.records import DatasetError, FrameError, Tracklet
 
 # Streams are long but finite so grain can index them; 2**40 positions never run out.
 _STREAM_LENGTH = 2**40
@@ -198,8 +198,9 @@ def _train_iterator(tracklets, stream: _EpochStream, batch_size: int, spec: Clip
 
 
 def _check_nonempty(tracklets: Sequence[Tracklet], what: str) -> None:
+    # A DatasetError, so the command line says it in one line; datasets.require_split names the list file.
     if not tracklets:
-        raise ValueError(f"the {what} split holds no tracklets; check the dataset root and its lists")
+        raise DatasetError(f"the {what} split holds no tracklets; check the dataset root and its lists")
 
 
 def source_stream(tracklets: Sequence[Tracklet], *, num_identities: int, num_instances: int, spec: ClipSpec,

@@ -13,7 +13,7 @@ from typing import Any
 from absl import logging
 
 from svreid_jax.data.datasets import _common, ccvid, folder, ilidsvid, lsvid, mars, prid, svreid
-from svreid_jax.data.records import DatasetSplits
+from svreid_jax.data.records import DatasetError, DatasetSplits
 from svreid_jax.utils.registry import Registry
 
 # name → reader. Options of a reader are its keyword arguments after `root`.
@@ -28,6 +28,23 @@ LOADERS = Registry("dataset", "data.<source|target>.name", {
     "ccvid": ccvid.load_ccvid,
     "folder": folder.load_folder,
 })
+
+# name → {split: the files (relative to the dataset folder) that split is read from}, for messages.
+SPLIT_FILES: dict[str, dict[str, str]] = {
+    "svreid": {"train": "train_svreid.txt", "query": "query.txt", "gallery": "gallery.txt"},
+    "svreid_cc": {"train": "train_svreid_cc.txt", "query": "query.txt", "gallery": "gallery.txt"},
+    "svreid_plus": {"train": "train_svreid_plus.txt", "query": "query.txt", "gallery": "gallery.txt"},
+    "mars": {"train": "info/train_name.txt with info/tracks_train_info.mat (pid -1 rows dropped)",
+             "query": "info/query_IDX.mat", "gallery": "info/tracks_test_info.mat"},
+    "lsvid": {"train": "list_sequence/list_seq_train.txt (pid -1 rows dropped)", "query": "test/data/info_test.mat",
+              "gallery": "list_sequence/list_seq_test.txt"},
+    "ccvid": {"train": "train.txt", "query": "query.txt", "gallery": "gallery.txt"},
+    "ilidsvid": {s: "splits.json or 'train-test people splits/train_test_splits_ilidsvid.mat'"
+                 for s in ("train", "query", "gallery")},
+    "prid": {s: "splits_prid2011.json" for s in ("train", "query", "gallery")},
+    "folder": {"train": "<root>/train/ (or <root> itself in the flat layout)", "query": "<root>/query/",
+               "gallery": "<root>/gallery/"},
+}
 
 # name → the same reader returning (DatasetSplits, a dataclass of counts: rows read, rows dropped, ...),
 # with the same options.
@@ -103,3 +120,15 @@ def load_with_stats(name: str, root: str, **options) -> tuple[DatasetSplits, Any
             result = LOADERS.get(name)(root, **options), None
     _warn_ignored(name, ignored)
     return result
+
+
+def require_split(tracklets, split: str, name: str, where: str, role: str) -> None:
+    """A one-line DatasetError when `tracklets` (split `split` of dataset `name`, read from `where`: the
+    root, or the packed directory) is empty, naming the list file(s) it comes from. `role` is the config
+    entry, e.g. 'target' for data.target. Call it where a split must hold data, e.g. the target's train
+    split before training (readers return empty splits legitimately, e.g. for evaluation-only data)."""
+    if len(tracklets):
+        return
+    source = SPLIT_FILES.get(name, {}).get(split)
+    read_from = f"; it is read from {source}" if source else ""
+    raise DatasetError(f"{name}: the {split} split of data.{role} ({where}) holds no tracklets{read_from}")

@@ -130,7 +130,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.temporal = "restricted_begin"  # 'restricted_begin' (reference 4 frames), 'evenly' or 'dense'
     c.eval.seq_len = 4  # frames per evaluation clip
-    c.eval.batch_size = 32  # clips per evaluation batch (multiple of the device count)
+    # 0 = chosen from the devices (evaluation.features.eval_sizing, docs/USAGE.md "Evaluation sizing"): 32 clips and
+    # data.num_threads on CPU; 512 // eval.seq_len clips per device and a thread per host core (≤ 32) on GPU/TPU.
+    c.eval.batch_size = 0  # clips per evaluation batch (a multiple of the device count), 0 = auto
+    c.eval.num_threads = 0  # decoding threads of evaluation, 0 = auto
     c.eval.distance = "cosine"  # 'cosine', 'euclidean' or 'inner' (reference CCVID: raw inner product)
     c.eval.flip_average = False  # also embed mirrored clips and average
     c.eval.use_teacher = False  # evaluate the EMA teacher instead of the student

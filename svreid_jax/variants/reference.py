@@ -135,7 +135,7 @@ def stage_losses(source_out: dict, target_out: dict, labels: jax.Array, config) 
     return total, terms
 
 
-KMEANS_TOL = 1e-4  # sklearn's KMeans tol: a restart stops when the squared centre shift ≤ tol · mean feature variance
+KMEANS_TOL = 1e-4  # sklearn's tol: a restart stops once the squared centre shift ≤ tol · mean feature variance
 
 
 def _squared_distances(x: jax.Array, centres: jax.Array) -> jax.Array:

@@ -157,7 +157,7 @@ def _greedy_kmeans_plus_plus(key: jax.Array, x: jax.Array, num_clusters: int) ->
     centres = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(first)
     closest = _squared_distances(x, first[None])[:, 0]
 
-    def add_centre(c, carry):
+    def seed_next(c, carry):
         centres, closest, key = carry
         key, sub = jax.random.split(key)
         logits = jnp.where(closest > 0, jnp.log(jnp.maximum(closest, 1e-30)), -jnp.inf)
@@ -167,7 +167,7 @@ def _greedy_kmeans_plus_plus(key: jax.Array, x: jax.Array, num_clusters: int) ->
         best = jnp.argmin(jnp.sum(potentials, axis=0))
         return centres.at[c].set(x[candidates[best]]), potentials[:, best], key
 
-    centres, _, _ = jax.lax.fori_loop(1, num_clusters, add_centre, (centres, closest, key))
+    centres, _, _ = jax.lax.fori_loop(1, num_clusters, seed_next, (centres, closest, key))
     return centres
 
 

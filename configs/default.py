@@ -196,7 +196,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.reference.weight_lr = 3e-4  # Adam learning rate of a
     c.reference.weight_decay = 5e-4  # L2 (in the gradient) on a
     c.reference.detach_temporal_input = False  # D1: the MS-TCN reads stop_gradient(frame features); no backbone gradient
-    c.reference.consistency_constant = False  # D2: L_cons from host k-means, a constant; False = differentiable L^C_1 + L^C_2
+    c.reference.consistency_constant = False  # D2: L_cons from k-means, a constant (no gradient); False = differentiable L^C_1 + L^C_2
     c.reference.teacher_reset_every_epoch = False  # D3: the EMA step counter restarts each epoch (teacher = student then)
     c.reference.learnable_weights = False  # D4: train a by gradient; False = fixed weights e^{weight_init}
     c.reference.accumulate_weight_grads = False  # D4: Adam on a sees the running sum of all past gradients (never zeroed)

@@ -80,8 +80,8 @@ def _embed_step(model):
 _cached_embed_step = functools.lru_cache(maxsize=8)(_embed_step)
 
 
-# Evaluation sizing when eval.batch_size / eval.num_threads are 0 (docs/USAGE.md, "Evaluation sizing"). CPU
-# hosts keep the sizes evaluation always had, so their features are unchanged bit for bit; an accelerator
+# Evaluation sizing when eval.batch_size / eval.num_threads are 0 (docs/USAGE.md, "Evaluation sizing and
+# feature checks"). CPU hosts keep the sizes evaluation always had, so their features are unchanged bit for bit; an accelerator
 # gets a batch that fills it and a decoding thread per host core.
 CPU_BATCH = 32  # clips per batch on CPU (rounded up to a multiple of the device count)
 ACCELERATOR_FRAMES_PER_DEVICE = 512  # frames per device per batch on GPU/TPU: 128 clips of 4 frames
@@ -94,8 +94,8 @@ def _platform(mesh: Mesh) -> str:
 
 def eval_batch_size(requested: int, mesh: Mesh, seq_len: int) -> int:
     """Clips per evaluation batch: `requested` when > 0, else chosen from the mesh: CPU_BATCH on CPU,
-    max(1, ACCELERATOR_FRAMES_PER_DEVICE // seq_len) per device × the device count on GPU/TPU; always a
-    multiple of the device count."""
+    max(1, ACCELERATOR_FRAMES_PER_DEVICE // seq_len) per device × the device count on GPU/TPU (a chosen
+    size is a multiple of the device count; `extract` refuses a requested one that is not)."""
     if requested:
         return int(requested)
     if _platform(mesh) == "cpu":

@@ -81,8 +81,8 @@ _cached_embed_step = functools.lru_cache(maxsize=8)(_embed_step)
 
 
 # Evaluation sizing when eval.batch_size / eval.num_threads are 0 (docs/USAGE.md, "Evaluation sizing and
-# feature checks"). CPU hosts keep the sizes evaluation always had, so their features are unchanged bit for bit; an accelerator
-# gets a batch that fills it and a decoding thread per host core.
+# feature checks"). CPU hosts keep the sizes evaluation always had, so their features are unchanged bit
+# for bit; an accelerator gets a batch that fills it and a decoding thread per host core.
 CPU_BATCH = 32  # clips per batch on CPU (rounded up to a multiple of the device count)
 ACCELERATOR_FRAMES_PER_DEVICE = 512  # frames per device per batch on GPU/TPU: 128 clips of 4 frames
 MAX_AUTO_THREADS = 32  # decoding threads at most on an accelerator host (one per core below that)

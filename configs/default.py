@@ -130,7 +130,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.temporal = "restricted_begin"  # 'restricted_begin' (reference 4 frames), 'evenly' or 'dense'
     c.eval.seq_len = 4  # frames per evaluation clip
-    c.eval.batch_size = 32  # clips per evaluation batch (multiple of the device count)
+    # 0 = chosen from the devices (evaluation.features.eval_sizing, docs/USAGE.md "Evaluation sizing"): 32 clips and
+    # data.num_threads on CPU; 512 // eval.seq_len clips per device and a thread per host core (≤ 32) on GPU/TPU.
+    c.eval.batch_size = 0  # clips per evaluation batch (a multiple of the device count), 0 = auto
+    c.eval.num_threads = 0  # decoding threads of evaluation, 0 = auto
     c.eval.distance = "cosine"  # 'cosine', 'euclidean' or 'inner' (reference CCVID: raw inner product)
     c.eval.flip_average = False  # also embed mirrored clips and average
     c.eval.use_teacher = False  # evaluate the EMA teacher instead of the student
@@ -193,7 +196,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.reference.weight_lr = 3e-4  # Adam learning rate of a
     c.reference.weight_decay = 5e-4  # L2 (in the gradient) on a
     c.reference.detach_temporal_input = False  # D1: the MS-TCN reads stop_gradient(frame features); no backbone gradient
-    c.reference.consistency_constant = False  # D2: L_cons from host k-means, a constant; False = differentiable L^C_1 + L^C_2
+    c.reference.consistency_constant = False  # D2: L_cons from k-means, a constant (no gradient); False = differentiable L^C_1 + L^C_2
     c.reference.teacher_reset_every_epoch = False  # D3: the EMA step counter restarts each epoch (teacher = student then)
     c.reference.learnable_weights = False  # D4: train a by gradient; False = fixed weights e^{weight_init}
     c.reference.accumulate_weight_grads = False  # D4: Adam on a sees the running sum of all past gradients (never zeroed)

@@ -52,6 +52,9 @@ CHOICES: dict[str, Callable[[], Sequence[str]]] = {
     "parallel.mode": lambda: parallel.MODES,
 }
 
+# Counts where 0 means "chosen from the devices" (evaluation.features.eval_sizing).
+AUTO_COUNTS = ("eval.batch_size", "eval.num_threads")
+
 # Fields a resumed run may change: when and what it logs, evaluates and keeps, where the files are and
 # how many threads read them, the stop rules, the run's length, and the weights that only initialise a
 # fresh run. Everything else (model, optimiser, schedule, data, seed, losses, …) makes it another run.
@@ -152,6 +155,12 @@ def problems(config: Any) -> list[str]:
             if unknown:
                 found.append(f"config.data.{side}.options: dataset {d.name!r} has no option(s) {', '.join(unknown)}; "
                              f"its options: {', '.join(datasets.options(d.name)) or 'none'}")
+    for field in AUTO_COUNTS:
+        if has_field(config, field):
+            value = _get(config, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                found.append(f"config.{field}={value!r}: expected a whole number ≥ 0 (0 = chosen from the devices, "
+                             "docs/USAGE.md \"Evaluation sizing and feature checks\")")
     if config.model.arch in CHOICES["model.arch"]():
         backbone = backbones.BACKBONES.get(backbones.ALIASES.get(config.model.arch, config.model.arch))
         try:

@@ -122,3 +122,14 @@ def test_every_field_added_since_configs_were_stored_says_its_old_behaviour():
     assert added == set(config_checks.ADDED_FIELDS), sorted(added ^ set(config_checks.ADDED_FIELDS))
     for field, old in config_checks.ADDED_FIELDS.items():
         assert now[field] == old, f"{field}: the default {now[field]!r} is not the old behaviour {old!r}"
+
+
+def test_eval_sizes_are_whole_numbers_with_zero_for_auto():
+    config = default.get_config()
+    assert config_checks.problems(config) == [] and (config.eval.batch_size, config.eval.num_threads) == (0, 0)
+    config.eval.batch_size, config.eval.num_threads = 64, 8
+    assert config_checks.problems(config) == []
+    config.eval.batch_size, config.eval.num_threads = -1, -4
+    assert config_checks.problems(config) == [
+        f"config.eval.{field}={value}: expected a whole number ≥ 0 (0 = chosen from the devices, docs/USAGE.md "
+        "\"Evaluation sizing and feature checks\")" for field, value in (("batch_size", -1), ("num_threads", -4))]

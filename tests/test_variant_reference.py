@@ -97,6 +97,22 @@ def test_loss_weights_accumulate_gradients_and_all_fall_by_about_lr(run):
 
 
 @pytest.mark.slow  # compiles the reference step or its jacobian (about a minute each on CPU)
+def test_consistency_constant_is_computed_on_the_device(run):
+    config, states, metrics = run
+    assert config.reference.consistency_constant
+    for m in metrics:
+        # L_cons = 10·L_01 + L_dist, L_01 a fraction of the target batch's clips.
+        assert m["cons_mismatch"] * config.batch.target_size == pytest.approx(
+            round(float(m["cons_mismatch"] * config.batch.target_size)), abs=1e-5)
+        assert 0.0 <= m["cons_mismatch"] <= 1.0 and m["cons_dist"] > 0
+        assert m["consistency"] == pytest.approx(10 * m["cons_mismatch"] + m["cons_dist"], rel=1e-6)
+    # No host callback in the step: k-means runs inside the compiled program.
+    model, _, state = _setup(config)
+    jaxpr = str(jax.make_jaxpr(variants.make_train_step(model, config))(state, _batch(0)))
+    assert "callback" not in jaxpr and "while" in jaxpr
+
+
+@pytest.mark.slow  # compiles the reference step or its jacobian (about a minute each on CPU)
 def test_temporal_optimizer_is_recreated_every_epoch(run):
     _, states, _ = run
     counts = [int(states[i].variant_state["temporal_opt_state"][0].count) for i in range(4)]

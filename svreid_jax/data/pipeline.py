@@ -289,8 +289,11 @@ def eval_clips(tracklets: Sequence[Tracklet], *, spec: ClipSpec, batch_size: int
             items.append((i, sampling.clip_indices(len(tracklet), spec.seq_len, method)))
     pad = (-len(items)) % batch_size
     items.extend([(-1, np.zeros(spec.seq_len, np.int64))] * pad)
-    ds = grain.MapDataset.source(items).map(_LoadEvalClip(tracklets, spec)).batch(batch_size)
-    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
+    # Clips, not batches, are what the threads decode: grain keeps at most prefetch_buffer_size items in
+    # flight, so batch-level reading used min(num_threads, buffer) threads. Two batches of clips ahead.
+    ds = grain.MapDataset.source(items).map(_LoadEvalClip(tracklets, spec))
+    read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * batch_size, num_threads))
+    return iter(ds.to_iter_dataset(read).batch(batch_size))
 
 
 class DevicePrefetch:

@@ -14,9 +14,9 @@ tracklet with 'dense', averaged), through the same code (features.extract), so `
 --mode=extract's features.npy. Test-time steps that need the whole gallery (eval.camera_normalise,
 re-ranking) are not part of an embedding.
 
-Batches of `batch_size` clips (default eval.batch_size; the last one padded) run jitted on the device;
-from_workdir splits each batch over all devices like evaluation (so batch_size must be a multiple of
-the device count), from_export runs on one device.
+Batches of `batch_size` clips (default: evaluation's, features.eval_sizing; the last one padded) run
+jitted on the device; from_workdir splits each batch over all devices like evaluation (so batch_size
+must be a multiple of the device count), from_export runs on one device.
 
 An export folder (written by --mode=export, evaluation/export.py) holds:
 
@@ -179,7 +179,8 @@ class Embedder:
         self._mesh = mesh
         self._data = NamedSharding(mesh, P("data"))
         self.variables = jax.device_put(variables, NamedSharding(mesh, P()))
-        self.batch_size = self._checked_batch_size(config.eval.batch_size if batch_size is None else batch_size)
+        auto_batch, self._num_threads = features.eval_sizing(config, mesh)
+        self.batch_size = self._checked_batch_size(auto_batch if batch_size is None else batch_size)
         self._jitted = jax.jit(embed_fn, in_shardings=(NamedSharding(mesh, P()), self._data),
                                out_shardings=NamedSharding(mesh, P()))
         probe = jax.ShapeDtypeStruct((mesh.size, *self.clip_shape, 3), jnp.uint8)
@@ -282,7 +283,7 @@ class Embedder:
             return np.zeros((0, self.embedding_dim), np.float32)
         return features.extract(self._embed, self.variables, tracklets, spec=self.spec, batch_size=size,
                                 method=self.config.eval.temporal, mesh=self._mesh,
-                                num_threads=self.config.data.num_threads, flip_average=self._flip)
+                                num_threads=self._num_threads, flip_average=self._flip)
 
     def clip_function(self) -> Callable:
         """(variables, uint8 [B, T, H, W, 3]) → float32 [B, D] with flip averaging inside: what an export

@@ -19,8 +19,9 @@ from svreid_jax.evaluation import evaluators, features, protocols
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
     """The evaluation setup of one run, built once (`from_config`): how evaluation clips are cut
-    (eval.temporal, eval.seq_len, no flip), the eval forward, how distances are made (eval.distance,
-    eval.rerank), the target's protocol (data.target.protocol) and eval.camera_normalise.
+    (eval.temporal, eval.seq_len, no flip) and batched (batch_size, num_threads: features.eval_sizing),
+    the eval forward, how distances are made (eval.distance, eval.rerank), the target's protocol
+    (data.target.protocol) and eval.camera_normalise.
 
     evaluator(variables, splits) → the query/gallery metrics; evaluator.features(variables, tracklets)
     → float32 [N, D] features of any tracklets with the same clips (plus's per-epoch clustering).
@@ -43,11 +44,13 @@ class Evaluator:
     @classmethod
     def from_config(cls, config, model, mesh=None) -> "Evaluator":
         e = config.eval
-        return cls(model=model, mesh=parallel.data_mesh() if mesh is None else mesh,
+        mesh = parallel.data_mesh() if mesh is None else mesh
+        batch_size, num_threads = features.eval_sizing(config, mesh)
+        return cls(model=model, mesh=mesh,
                    spec=builders.clip_spec(config, train=False), distance=protocols.DistanceSpec.from_config(config),
                    protocol=evaluators.get(config.data.target.protocol),
-                   protocol_options=config.data.target.options.to_dict(), batch_size=e.batch_size,
-                   temporal=e.temporal, num_threads=config.data.num_threads, flip_average=bool(e.flip_average),
+                   protocol_options=config.data.target.options.to_dict(), batch_size=batch_size,
+                   temporal=e.temporal, num_threads=num_threads, flip_average=bool(e.flip_average),
                    max_rank=e.max_rank, camera_normalise=bool(e.camera_normalise), use_teacher=bool(e.use_teacher))
 
     def variables(self, state) -> dict:
@@ -68,15 +71,19 @@ class Evaluator:
 
         With camera_normalise every feature first loses its camera's mean over the query and gallery
         features (protocols.camera_normalised), and the metrics carry 'camera_normalised': 1.0 so that
-        results.json records it. With `all_protocols` the protocol's other results are added as
-        '<protocol>/<metric>' keys (e.g. the MARS include_query and all galleries, CCVID SC/CC); the
-        unprefixed keys are always the primary protocol (the authors').
+        results.json records it. Features with a NaN or inf, or a query or gallery set of zero vectors
+        only, raise features.FeatureError before any metric is computed; a few zero-norm features are
+        counted in 'zero_norm_query' / 'zero_norm_gallery' (absent when 0). With `all_protocols` the
+        protocol's other results are added as '<protocol>/<metric>' keys (e.g. the MARS include_query and
+        all galleries, CCVID SC/CC); the unprefixed keys are always the primary protocol (the authors').
         """
         start = time.perf_counter()
         feats = self.features(variables, pack.join(splits.query, splits.gallery))
         extract_sec = time.perf_counter() - start
         nq = len(splits.query)
         q_feats, g_feats = feats[:nq], feats[nq:]
+        # NaN/inf or all-zero features would rank by gallery order and still give R-1/mAP above zero.
+        zero_norm = features.check_features({"query": q_feats, "gallery": g_feats})
         if self.camera_normalise:
             q_feats, g_feats = protocols.camera_normalised(q_feats, g_feats, splits.query, splits.gallery)
         inputs = evaluators.ProtocolInputs(q_feats, g_feats, splits.query, splits.gallery, distance=self.distance,
@@ -84,6 +91,7 @@ class Evaluator:
                                            options=self.protocol_options)
         metrics = protocols.flatten(self.protocol(inputs))
         metrics["extract_sec"] = extract_sec
+        metrics.update({f"zero_norm_{name}": float(count) for name, count in zero_norm.items()})
         if self.camera_normalise:
             metrics["camera_normalised"] = 1.0
         return metrics
@@ -132,9 +140,14 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
                         "%d, is tested on every split; in the others part of the test persons were its unlabelled "
                         "target training data (transductive). The standard protocol trains one model per split: "
                         "--mode=splits.", trained_on)
+
+        def checked_features(tracklets):
+            feats = evaluator.features(variables, tracklets)
+            features.check_features({"test": feats})
+            return feats
+
         result = protocols.evaluate_splits(
-            lambda s: builders.load_target(config, workdir, split_id=s),
-            lambda tracklets: evaluator.features(variables, tracklets),
+            lambda s: builders.load_target(config, workdir, split_id=s), checked_features,
             distance=distance, max_rank=config.eval.max_rank, camera_normalise=bool(config.eval.camera_normalise))
         metrics = result.flat()
         primary = f"one checkpoint on {len(result.split_ids)} splits, transductive: mean ± std"

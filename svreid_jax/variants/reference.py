@@ -5,7 +5,8 @@ One step, per source batch (docs/METHOD.md §6.4):
   1. student forwards (train mode) on the source clips, then on the target clips; L_reid = CE + triplet
      (+ InfoNCE) on the source;
   2. the EMA teacher forwards (train mode, no gradient) on the same target clips;
-  3. L_cons: host k-means on the 2B stacked student/teacher target embeddings (a constant, D2);
+  3. L_cons: k-means (sklearn's, on the device) on the 2B stacked student/teacher target embeddings
+     (a constant, D2);
   4. the MS-TCN temporal stages read the per-frame BN'd features `mid` of source and target, DETACHED
      (D1); one frame and one sequence discriminator (shared by all stages, one GRL β, D6) on the stage
      features; L_st = Σ_s (CE_s + 0.15·TMSE_s) + Σ_{s∈{2,3}} (adv_frame_s + adv_seq_s + 0.01·Ent_s);
@@ -134,21 +135,111 @@ def stage_losses(source_out: dict, target_out: dict, labels: jax.Array, config) 
     return total, terms
 
 
-def host_consistency(student: jax.Array, teacher: jax.Array, rng: jax.Array, config) -> jax.Array:
-    """L_cons = 10·L_01 + L_dist from host k-means (numpy, via jax.pure_callback), as float32
-    [L_cons, L_01, L_dist]. student, teacher: [B, D]; no gradient flows (the reference's is a float)."""
+KMEANS_TOL = 1e-4  # sklearn's tol: a restart stops once the squared centre shift ≤ tol · mean feature variance
+
+
+def _squared_distances(x: jax.Array, centres: jax.Array) -> jax.Array:
+    """[N, D], [K, D] → [N, K] squared Euclidean distances, clamped at 0. HIGHEST precision: GPUs and
+    TPUs would otherwise multiply float32 in TF32/bf16, and near ties would change clusters."""
+    cross = jnp.matmul(x, centres.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.maximum(jnp.sum(x * x, -1)[:, None] + jnp.sum(centres * centres, -1)[None, :] - 2.0 * cross, 0.0)
+
+
+def _greedy_kmeans_plus_plus(key: jax.Array, x: jax.Array, num_clusters: int) -> jax.Array:
+    """sklearn's greedy k-means++ (docs/METHOD.md §4.9): the first centre uniformly; each next one the best,
+    by the resulting potential Σ_i min_c ‖x_i − c‖², of 2 + ⌊ln K⌋ candidates drawn ∝ the squared
+    distance to the nearest centre so far (uniformly when every point already is a centre).
+    x [N, D] → centres [K, D], rows of x."""
+    n = x.shape[0]
+    trials = 2 + int(np.log(num_clusters))
+    first_key, key = jax.random.split(key)
+    first = x[jax.random.randint(first_key, (), 0, n)]
+    centres = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(first)
+    closest = _squared_distances(x, first[None])[:, 0]
+
+    def seed_next(c, carry):
+        centres, closest, key = carry
+        key, sub = jax.random.split(key)
+        logits = jnp.where(closest > 0, jnp.log(jnp.maximum(closest, 1e-30)), -jnp.inf)
+        logits = jnp.where(jnp.any(closest > 0), logits, jnp.zeros_like(logits))
+        candidates = jax.random.categorical(sub, logits, shape=(trials,))
+        potentials = jnp.minimum(closest[:, None], _squared_distances(x, x[candidates]))  # [N, trials]
+        best = jnp.argmin(jnp.sum(potentials, axis=0))
+        return centres.at[c].set(x[candidates[best]]), potentials[:, best], key
+
+    centres, _, _ = jax.lax.fori_loop(1, num_clusters, seed_next, (centres, closest, key))
+    return centres
+
+
+def _lloyd(x: jax.Array, centres: jax.Array, max_iter: int, threshold: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Lloyd iterations from `centres` [K, D] until the squared centre shift Σ‖c' − c‖² ≤ threshold or
+    max_iter iterations (the numpy path's rule, sklearn's). An empty cluster keeps its centre (sklearn
+    moves it to a far point; the numpy path keeps it). Returns (centres [K, D], iterations run int32)."""
+    num_clusters = centres.shape[0]
+
+    def unconverged(carry):
+        i, _, shift = carry
+        return (i < max_iter) & (shift > threshold)
+
+    def iteration(carry):
+        i, centres, _ = carry
+        onehot = jax.nn.one_hot(jnp.argmin(_squared_distances(x, centres), axis=1), num_clusters, dtype=x.dtype)
+        counts = jnp.sum(onehot, axis=0)
+        sums = jnp.matmul(onehot.T, x, precision=jax.lax.Precision.HIGHEST)
+        moved = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
+        return i + 1, moved, jnp.sum(jnp.square(moved - centres))
+
+    i, centres, _ = jax.lax.while_loop(unconverged, iteration,
+                                       (jnp.zeros((), jnp.int32), centres, jnp.asarray(jnp.inf, x.dtype)))
+    return centres, i
+
+
+def device_kmeans(key: jax.Array, points: jax.Array, num_clusters: int, *, n_init: int = 10, max_iter: int = 300,
+                  tol: float = KMEANS_TOL) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """k-means as the authors' sklearn 1.0 `KMeans(n_clusters)` runs it, jit-able on the device
+    (docs/METHOD.md §4.9): n_init restarts (vmapped), each greedy k-means++ seeding then Lloyd until the
+    squared centre shift ≤ tol · mean per-feature variance or max_iter; the restart of least inertia
+    (the first on ties) is kept, its labels the nearest final centre.
+
+    points [N, D] (computed in float32, centred on their mean as sklearn does). Returns (centres [K, D]
+    float32, labels int32 [N], inertia float32, iterations int32 of the kept restart).
+    """
+    x = points.astype(jnp.float32)
+    mean = jnp.mean(x, axis=0)
+    x = x - mean
+    threshold = tol * jnp.mean(jnp.var(x, axis=0))
+
+    def restart(k):
+        centres, iterations = _lloyd(x, _greedy_kmeans_plus_plus(k, x, num_clusters), max_iter, threshold)
+        labels = jnp.argmin(_squared_distances(x, centres), axis=1).astype(jnp.int32)
+        # The inertia from the differences themselves: the expansion above loses digits when the
+        # points are far from the origin, and the restarts are compared by it.
+        return centres, labels, jnp.sum(jnp.square(x - centres[labels])), iterations
+
+    centres, labels, inertia, iterations = jax.vmap(restart)(jax.random.split(key, n_init))
+    best = jnp.argmin(inertia)
+    return centres[best] + mean, labels[best], inertia[best], iterations[best]
+
+
+def kmeans_consistency(student: jax.Array, teacher: jax.Array, rng: jax.Array, config) -> jax.Array:
+    """The reference's group-label consistency constant (docs/METHOD.md §4.9), on the device.
+
+    student, teacher: [B, D] embeddings of the same target clips. `device_kmeans` on the 2B stacked
+    vectors (reference.consistency_clusters, _n_init, _max_iter); L_01 = fraction of clips whose student
+    and teacher vectors fall in different clusters, L_dist = mean Euclidean distance of the 2B vectors to
+    their centre. Returns float32 [L_cons, L_01, L_dist], L_cons = consistency_mismatch_weight · L_01 +
+    L_dist; no gradient flows (the reference's is a float computed in numpy).
+    """
     r = config.reference
-    seed = jax.random.randint(rng, (), 0, np.iinfo(np.int32).max, dtype=jnp.int32)
-
-    def callback(s, t, seed):
-        return losses.host_kmeans_consistency(
-            s, t, int(seed), num_clusters=r.consistency_clusters, n_init=r.consistency_n_init,
-            max_iter=r.consistency_max_iter, mismatch_weight=r.consistency_mismatch_weight)
-
-    out = jax.pure_callback(callback, jax.ShapeDtypeStruct((3,), jnp.float32),
-                            jax.lax.stop_gradient(student.astype(jnp.float32)),
-                            jax.lax.stop_gradient(teacher.astype(jnp.float32)), seed, vmap_method="sequential")
-    return jax.lax.stop_gradient(out)
+    s = jax.lax.stop_gradient(student).astype(jnp.float32)
+    t = jax.lax.stop_gradient(teacher).astype(jnp.float32)
+    x = jnp.concatenate([s, t])
+    centres, labels, _, _ = device_kmeans(rng, x, r.consistency_clusters, n_init=r.consistency_n_init,
+                                          max_iter=r.consistency_max_iter)
+    b = s.shape[0]
+    mismatch = jnp.mean((labels[:b] != labels[b:]).astype(jnp.float32))
+    dist = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(x - centres[labels]), axis=-1)))
+    return jax.lax.stop_gradient(jnp.stack([r.consistency_mismatch_weight * mismatch + dist, mismatch, dist]))
 
 
 def make_reference_losses(model, temporal_model, config, axis_name: str | None = None):
@@ -213,8 +304,8 @@ def make_reference_losses(model, temporal_model, config, axis_name: str | None =
             l_st = l_st + terms["backbone_clip_domain"]
 
         if r.consistency_constant:
-            cons = host_consistency(gather(out_t["bn_embedding"]), gather(ctx["teacher_embedding"]),
-                                    keys["kmeans"], config)
+            cons = kmeans_consistency(gather(out_t["bn_embedding"]), gather(ctx["teacher_embedding"]),
+                                      keys["kmeans"], config)
             l_cons = cons[0]
             terms["cons_mismatch"], terms["cons_dist"] = cons[1], cons[2]
         else:

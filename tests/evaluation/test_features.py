@@ -96,3 +96,66 @@ def test_extract_refuses_a_batch_the_devices_cannot_split(tracklets):
     with pytest.raises(ValueError, match="eval batch size 3 is not a multiple of the 2 devices"):
         features.extract(stub_embed, {"offset": 0.0}, tracklets, spec=spec, batch_size=3, method="restricted_begin",
                          mesh=TwoDevices())
+
+
+class _Device:
+    def __init__(self, platform):
+        self.platform = platform
+
+
+class _Mesh:
+    """What the sizing rule reads of a mesh: its devices' platform and their count."""
+
+    def __init__(self, platform, n):
+        self.devices = np.asarray([_Device(platform) for _ in range(n)], dtype=object)
+        self.size = n
+
+
+def test_eval_sizing_on_cpu_is_what_evaluation_always_used():
+    from configs import default
+
+    config = default.get_config()
+    assert (config.eval.batch_size, config.eval.num_threads) == (0, 0)
+    # This host's CPU devices, and CPU meshes the batch must split over.
+    assert features.eval_sizing(config, parallel.data_mesh()) == (32, config.data.num_threads) == (32, 2)
+    assert features.eval_sizing(config, _Mesh("cpu", 2)) == (32, 2)
+    assert features.eval_sizing(config, _Mesh("cpu", 3)) == (33, 2)
+    config.data.num_threads = 5
+    assert features.eval_sizing(config, _Mesh("cpu", 1)) == (32, 5)
+    # Values set in the config are used as they are, on any platform.
+    config.eval.batch_size, config.eval.num_threads = 48, 3
+    assert features.eval_sizing(config, _Mesh("cpu", 1)) == (48, 3)
+    assert features.eval_sizing(config, _Mesh("gpu", 8)) == (48, 3)
+    # A config stored before eval.num_threads existed sizes itself like 0.
+    del config.eval["num_threads"]
+    assert features.eval_sizing(config, _Mesh("cpu", 1)) == (48, 5)
+
+
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_eval_sizing_on_accelerators_scales_with_devices_and_cores(platform, monkeypatch):
+    from configs import default
+
+    config = default.get_config()
+    monkeypatch.setattr(features.os, "cpu_count", lambda: 16)
+    # 512 frames per device: 128 clips of 4 frames, × the device count.
+    assert features.eval_sizing(config, _Mesh(platform, 1)) == (128, 16)
+    assert features.eval_sizing(config, _Mesh(platform, 8)) == (1024, 16)
+    config.eval.seq_len = 6
+    assert features.eval_sizing(config, _Mesh(platform, 8))[0] == 85 * 8
+    config.eval.seq_len = 1024
+    assert features.eval_sizing(config, _Mesh(platform, 8))[0] == 8
+    # Threads: one per core, at most MAX_AUTO_THREADS, never fewer than data.num_threads.
+    monkeypatch.setattr(features.os, "cpu_count", lambda: 200)
+    assert features.eval_sizing(config, _Mesh(platform, 1))[1] == features.MAX_AUTO_THREADS == 32
+    monkeypatch.setattr(features.os, "cpu_count", lambda: None)
+    assert features.eval_sizing(config, _Mesh(platform, 1))[1] == config.data.num_threads == 2
+
+
+def test_extract_sizes_itself_when_given_zeros(tracklets):
+    spec = pipeline.ClipSpec(seq_len=T, height=H, width=W, temporal="restricted_begin", flip=False, decoder="pil")
+    kw = dict(spec=spec, method="restricted_begin", mesh=parallel.data_mesh())
+    auto = features.extract(stub_embed, {"offset": jnp.float32(OFFSET)}, tracklets, batch_size=0, num_threads=0, **kw)
+    explicit = features.extract(stub_embed, {"offset": jnp.float32(OFFSET)}, tracklets, batch_size=32, num_threads=2,
+                                **kw)
+    np.testing.assert_array_equal(auto, explicit)
+    np.testing.assert_array_equal(auto, expected(RESTRICTED_BEGIN, False))

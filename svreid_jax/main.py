@@ -34,11 +34,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from svreid_jax import config_checks, config_files, splits, train
+from svreid_jax import builders, config_checks, config_files, splits, train
 from svreid_jax.config_checks import ConfigError
 from svreid_jax.data.records import DatasetError
 from svreid_jax.evaluation import diagnostics, evaluate, export, extract, visualize
 from svreid_jax.evaluation.embedder import ExportError
+from svreid_jax.interop import hub
+from svreid_jax.utils import lock
 from svreid_jax.utils.checkpointing import CheckpointError
 
 FLAGS = flags.FLAGS
@@ -151,7 +153,10 @@ def main(argv):
     except (OSError, ConfigError) as err:  # OSError: --config names no readable file
         _fail("config error", " ".join(str(err).split()))
     try:
+        _hold_workdir(config)
         _run_mode(config)
+    except lock.WorkdirLocked as err:
+        _fail("workdir error", str(err))
     except ConfigError as err:
         _fail("config error", str(err))
     except DatasetError as err:
@@ -161,9 +166,32 @@ def main(argv):
         _fail("checkpoint error", str(err))
     except ExportError as err:
         _fail("export error", str(err))
+    except (hub.HubError, builders.WeightsError) as err:
+        # Weights that cannot be had (hub offline, a hash mismatch, a missing or unreadable init_from file).
+        _fail("weights error", " ".join(str(err).split()))
     except train.TrainingStopped as err:
         _say(f"svreid_jax: {err}")
         sys.exit(err.exit_code)
+
+
+# The modes that write into --workdir; each holds <workdir>/.lock for the whole process (utils/lock.py).
+# export reads the workdir and writes only to --out.
+LOCKING_MODES = ("train", "splits", "eval", "visualize", "extract", "diagnose")
+
+
+def _hold_workdir(config) -> None:
+    """Lock --workdir for a mode that writes into it, in process 0 only (a multi-host run's processes share
+    the workdir; the others write nothing into it). WorkdirLocked if another process holds it."""
+    if FLAGS.mode not in LOCKING_MODES:
+        return
+    if config.parallel.multihost and FLAGS.mode in ("train", "splits"):
+        import jax  # only here: the process index exists once the cluster is joined, before any jax use
+
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize()
+        if jax.process_index() != 0:
+            return
+    lock.hold(FLAGS.workdir)
 
 
 def _run_mode(config):
@@ -171,7 +199,11 @@ def _run_mode(config):
     if FLAGS.mode == "train":
         train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "splits":
-        splits.run(config, FLAGS.workdir, FLAGS.splits)
+        try:
+            split_ids = splits.parse_split_ids(FLAGS.splits)
+        except ValueError as err:
+            _fail("usage error", str(err))
+        splits.run(config, FLAGS.workdir, split_ids)
     elif FLAGS.mode == "eval":
         evaluate.evaluate_checkpoint(config, FLAGS.workdir)
     elif FLAGS.mode == "visualize":

@@ -227,15 +227,20 @@ def run_diagnostics(config, workdir: str, *, points: int = 400) -> dict:
         "points": {"source": len(src), "target": len(tgt)},
     }
     out_dir = os.path.join(workdir, "diagnostics")
-    image = draw_report(report)
-    # The JSON and its picture are replaced as one folder (utils/atomic.py): a failed write leaves the
-    # previous report whole, never a new diagnostics.json beside an old diagnostics.png.
-    with atomic.replaced_directory(out_dir) as staging:
-        atomic.write_json(os.path.join(staging, "diagnostics.json"), report)
-        image.save(os.path.join(staging, "diagnostics.png"))
+    write_report(report, out_dir)
     logging.info("wrote %s", out_dir)
     print(summary_lines(report), flush=True)
     return report
+
+
+def write_report(report: dict, out_dir: str) -> None:
+    """diagnostics.json and diagnostics.png (`draw_report`) into `out_dir`, replaced as one folder
+    (utils/atomic.py): a failed write leaves the previous report whole, never a new diagnostics.json
+    beside an old diagnostics.png."""
+    image = draw_report(report)
+    with atomic.replaced_directory(out_dir) as staging:
+        atomic.write_json(os.path.join(staging, "diagnostics.json"), report)
+        image.save(os.path.join(staging, "diagnostics.png"))
 
 
 def _nan_to_none(a: np.ndarray) -> list:

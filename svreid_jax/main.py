@@ -37,7 +37,7 @@ from ml_collections import config_flags
 from svreid_jax import builders, config_checks, config_files, splits, train
 from svreid_jax.config_checks import ConfigError
 from svreid_jax.data.records import DatasetError
-from svreid_jax.evaluation import diagnostics, evaluate, export, extract, visualize
+from svreid_jax.evaluation import diagnostics, evaluate, export, extract, protocols, visualize
 from svreid_jax.evaluation.embedder import ExportError
 from svreid_jax.interop import hub
 from svreid_jax.utils import lock
@@ -166,6 +166,8 @@ def main(argv):
         _fail("checkpoint error", str(err))
     except ExportError as err:
         _fail("export error", str(err))
+    except protocols.OutputError as err:  # a full disk while writing results: the earlier ones are whole
+        _fail("write error", str(err))
     except (hub.HubError, builders.WeightsError) as err:
         # Weights that cannot be had (hub offline, a hash mismatch, a missing or unreadable init_from file).
         _fail("weights error", " ".join(str(err).split()))

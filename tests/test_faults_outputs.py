@@ -112,6 +112,30 @@ def test_a_finished_run_rerun_with_other_eval_settings_keeps_its_results(run_cop
            f"{run_copy / 'results-1.json'}" in done.stderr
 
 
+_FULL_DISK_MAIN = textwrap.dedent("""
+    import errno, os, sys
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    os.fsync = full_disk  # every atomic write flushes before its rename: this one cannot
+    from svreid_jax import main
+    sys.argv = ["svreid-jax", *sys.argv[1:]]
+    main.run()
+""")
+
+
+def test_a_full_disk_during_eval_is_one_line_and_keeps_the_earlier_results(run_copy):
+    (run_copy / "eval_results.json").write_text('{"rank1": 0.25}\n')
+    (run_copy / "eval_results.md").write_text("earlier\n")
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK_MAIN, CONFIG, f"--workdir={run_copy}", "--mode=eval"],
+                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=300)
+    assert _one_line(done) == (f"svreid_jax: write error: could not write {run_copy / 'eval_results.json'}: No space "
+                               "left on device; the previous one, if any, is as it was")
+    assert (run_copy / "eval_results.json").read_text() == '{"rank1": 0.25}\n'
+    assert (run_copy / "eval_results.md").read_text() == "earlier\n"
+    assert not [n for n in os.listdir(run_copy) if n.startswith(".eval_results") or n.startswith("eval_results-")]
+
+
 def test_diagnostics_survive_a_failed_write(tmp_path, monkeypatch):
     report = {"checkpoint": {"directory": "x", "step": 1},
               "domain_probe": {"accuracy": 0.5}, "camera_probe": {"accuracy": float("nan"), "chance": 1.0},

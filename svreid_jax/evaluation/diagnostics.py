@@ -238,7 +238,7 @@ def write_report(report: dict, out_dir: str) -> None:
     (utils/atomic.py): a failed write leaves the previous report whole, never a new diagnostics.json
     beside an old diagnostics.png."""
     image = draw_report(report)
-    with atomic.replaced_directory(out_dir) as staging:
+    with protocols.writing(out_dir), atomic.replaced_directory(out_dir) as staging:
         atomic.write_json(os.path.join(staging, "diagnostics.json"), report)
         image.save(os.path.join(staging, "diagnostics.png"))
 

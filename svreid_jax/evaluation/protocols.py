@@ -23,11 +23,12 @@ step before them, on the features of the whole test split.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -350,6 +351,25 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]], title: str,
     return "\n".join(lines)
 
 
+class OutputError(OSError):
+    """A result file or folder that could not be written (a full disk, no permission); one line naming it
+    and saying that the previous one is as it was."""
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turn an OSError of the block (an atomic write of `path`) into OutputError naming `path`."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as err:
+        reason = err.strerror or " ".join(str(err).split())
+        error = OutputError(f"could not write {path}: {reason}; the previous one, if any, is as it was")
+        error.errno = err.errno
+        raise error from err
+
+
 def write_results(directory: str, name: str, data: Mapping, markdown: str) -> tuple[str, str]:
     """Write <directory>/<name>.json (data) and <directory>/<name>.md (markdown); return both paths.
 
@@ -359,16 +379,18 @@ def write_results(directory: str, name: str, data: Mapping, markdown: str) -> tu
     'extract_sec' do not count), the earlier pair is first kept as
     <name>-<n>.json / .md (n = 1, 2, … the next free number; `earlier_results` lists them) and a warning
     names it. Rewriting identical results keeps nothing extra. The .md is written before the .json, so a
-    <name>.json that is new always has its table beside it.
+    <name>.json that is new always has its table beside it. OutputError (an OSError, one line naming the
+    file) when a write fails.
     """
-    os.makedirs(directory, exist_ok=True)
     json_path, md_path = os.path.join(directory, f"{name}.json"), os.path.join(directory, f"{name}.md")
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"  # serialised before any file is touched
-    kept = _keep_earlier(directory, name, text)
-    if kept:
-        logging.warning("%s held other results; the earlier ones are kept as %s (and .md)", json_path, kept)
-    atomic.write_text(md_path, markdown.rstrip("\n") + "\n")
-    atomic.write_text(json_path, text)
+    with writing(json_path):
+        os.makedirs(directory, exist_ok=True)
+        kept = _keep_earlier(directory, name, text)
+        if kept:
+            logging.warning("%s held other results; the earlier ones are kept as %s (and .md)", json_path, kept)
+        atomic.write_text(md_path, markdown.rstrip("\n") + "\n")
+        atomic.write_text(json_path, text)
     return json_path, md_path
 
 
@@ -425,8 +447,8 @@ def _keep_earlier(directory: str, name: str, text: str) -> str | None:
 
 
 __all__ = [
-    "CLOTHES_CHANGING", "DistanceSpec", "GENERAL", "MARS_CONVENTIONS", "RANKS", "SAME_CLOTHES", "SplitsResult",
+    "CLOTHES_CHANGING", "DistanceSpec", "GENERAL", "MARS_CONVENTIONS", "OutputError", "RANKS", "SAME_CLOTHES", "SplitsResult",
     "camera_normalised", "clothes_protocols", "distances", "earlier_results", "evaluate_splits", "flatten", "markdown_table",
     "mars_all_gallery", "mars_conventions", "mean_std", "primary_label", "rank", "summarize", "unflatten",
-    "write_results",
+    "write_results", "writing",
 ]

@@ -374,7 +374,7 @@ def write_visualizations(config, model, variables, source: DatasetSplits, target
                                   title=f"{title + ': ' if title else ''}PCA of tracklet embeddings"
                                         f"{' (L2-normalised)' if distance.metric == 'cosine' else ''}")
     images = {"ranked": ("ranked_top10.png", grid), "pca": ("pca_domains.png", scatter)}
-    with atomic.replaced_directory(out_dir) as staging:
+    with protocols.writing(out_dir), atomic.replaced_directory(out_dir) as staging:
         for name, image in images.values():
             image.save(os.path.join(staging, name))
     return {key: os.path.join(out_dir, name) for key, (name, _) in images.items()}

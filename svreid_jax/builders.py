@@ -90,8 +90,8 @@ def check_train_splits(config, workdir: str, source: DatasetSplits, target: Data
         if len(splits.train):
             continue
         entry = config.data[side]
-        where = (f"the packed shards {entry.packed}" if entry.packed
-                 else f"the {entry.name!r} reader on {root}" + (f" (options {dict(entry.options)})" if entry.options else ""))
+        options = f" (options {dict(entry.options)})" if entry.options else ""
+        where = f"the packed shards {entry.packed}" if entry.packed else f"the {entry.name!r} reader on {root}{options}"
         raise DatasetError(f"data.{side}: {where} gives an empty train split (0 tracklets; "
                            f"{len(splits.query)} query, {len(splits.gallery)} gallery); training needs tracklets "
                            f"there: check that dataset's train list or train folder")

@@ -14,8 +14,9 @@ finished) records the same results and a config equal to the current one in ever
 them. Otherwise (a half-written or unreadable file, a stopped run, other settings such as other eval.*)
 a warning names the reason and the split runs again: it resumes from its latest checkpoint as any
 training run, so a finished split is only evaluated again (its earlier results.json kept as
-results-<n>.json, protocols.write_results), and a changed training setting is refused in one line. `--mode=eval` with `eval.one_checkpoint_all_splits`
-is the other, transductive measurement (one checkpoint tested on every split).
+results-<n>.json, protocols.write_results), and a changed training setting is refused in one line.
+`--mode=eval` with `eval.one_checkpoint_all_splits` is the other, transductive measurement (one
+checkpoint tested on every split).
 """
 from __future__ import annotations
 

@@ -226,8 +226,8 @@ def test_the_lock_is_per_process_and_released_after_a_block(tmp_path):
         with lock.held(str(b)), lock.held(str(a)):
             pass
         # b was released at the end of its block; a, held before it, is still held.
-        probe = "import sys\nfrom svreid_jax.utils import lock\ntry:\n    lock.hold(sys.argv[1])\n    print('got it')\n" \
-                "except lock.WorkdirLocked as e:\n    print(e)"
+        probe = ("import sys\nfrom svreid_jax.utils import lock\ntry:\n    lock.hold(sys.argv[1])\n"
+                 "    print('got it')\nexcept lock.WorkdirLocked as e:\n    print(e)")
         for folder, expected in ((b, "got it"), (a, f"{a} is in use by process {os.getpid()} (lock {a}/.lock); wait "
                                                      "for it to end, or give this command another --workdir")):
             done = subprocess.run([sys.executable, "-c", probe, str(folder)], cwd=ROOT, capture_output=True, text=True,
@@ -325,7 +325,8 @@ def test_hub_offline_and_a_wrong_cached_file_are_one_line(tmp_path):
     assert line.startswith("svreid_jax: weights error: model.init_from='imagenet': model.safetensors of ")
     assert line.endswith(f"/timm/resnet18.tv_in1k at bbd144b is not in the Hugging Face cache {cache} and "
                          "HF_HUB_OFFLINE is set; run once with network access, or download model.safetensors of "
-                         f"timm/resnet18.tv_in1k (revision {entry.revision}) yourself and set model.init_from to its path")
+                         f"timm/resnet18.tv_in1k (revision {entry.revision}) yourself and set model.init_from to "
+                         "its path")
     cached = cache / "models--timm--resnet18.tv_in1k" / "snapshots" / entry.revision / "model.safetensors"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"not the weights")
@@ -365,7 +366,8 @@ def test_a_safetensors_init_from_in_the_evaluation_modes(micro_run, tmp_path, mo
     broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
     hint = ("set --config.model.init_from='' to evaluate the workdir's checkpoint, which holds the trained weights "
             "whatever training started from")
-    line = _one_line(_main(tmp_path / "a", "--mode=extract", f"--data={tmp_path}", f"--config.model.init_from={broken}"))
+    line = _one_line(_main(tmp_path / "a", "--mode=extract", f"--data={tmp_path}",
+                           f"--config.model.init_from={broken}"))
     assert line.startswith(f"svreid_jax: weights error: model.init_from={broken}: {broken}: cannot read it as a "
                            "safetensors file of numpy-readable tensors (") and line.endswith(hint)
     missing = tmp_path / "nowhere.safetensors"

@@ -447,8 +447,8 @@ def _keep_earlier(directory: str, name: str, text: str) -> str | None:
 
 
 __all__ = [
-    "CLOTHES_CHANGING", "DistanceSpec", "GENERAL", "MARS_CONVENTIONS", "OutputError", "RANKS", "SAME_CLOTHES", "SplitsResult",
-    "camera_normalised", "clothes_protocols", "distances", "earlier_results", "evaluate_splits", "flatten", "markdown_table",
-    "mars_all_gallery", "mars_conventions", "mean_std", "primary_label", "rank", "summarize", "unflatten",
-    "write_results", "writing",
+    "CLOTHES_CHANGING", "DistanceSpec", "GENERAL", "MARS_CONVENTIONS", "OutputError", "RANKS", "SAME_CLOTHES",
+    "SplitsResult", "camera_normalised", "clothes_protocols", "distances", "earlier_results", "evaluate_splits",
+    "flatten", "markdown_table", "mars_all_gallery", "mars_conventions", "mean_std", "primary_label", "rank",
+    "summarize", "unflatten", "write_results", "writing",
 ]

@@ -182,12 +182,19 @@ LOCKING_MODES = ("train", "splits", "eval", "visualize", "extract", "diagnose")
 
 
 def _hold_workdir(config) -> None:
-    """Lock --workdir for a mode that writes into it, in process 0 only (a multi-host run's processes share
-    the workdir; the others write nothing into it). WorkdirLocked if another process holds it."""
+    """Lock --workdir for a mode that writes into it. WorkdirLocked if another process holds it.
+
+    A multi-host run's processes share the workdir and only process 0 writes into it, so only process 0
+    locks: train and splits join the cluster here (train.py then finds it joined) to learn their index.
+    The evaluation modes never join one; under a multi-host config each process runs them on its own, and
+    none locks, as none can tell whether it is process 0.
+    """
     if FLAGS.mode not in LOCKING_MODES:
         return
-    if config.parallel.multihost and FLAGS.mode in ("train", "splits"):
-        import jax  # only here: the process index exists once the cluster is joined, before any jax use
+    if config.parallel.multihost:
+        if FLAGS.mode not in ("train", "splits"):
+            return
+        import jax  # only here: the cluster must be joined before anything else touches jax
 
         if not jax.distributed.is_initialized():
             jax.distributed.initialize()

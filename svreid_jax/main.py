@@ -17,7 +17,12 @@ Modes:
   diagnose   <workdir>/diagnostics/: domain and camera probes on the embeddings, the teacher's cluster
              quality against the target identities, rank-1 per camera pair (target labels for the report only)
 
-Exit codes: 0 done; 1 a usage, config, data, checkpoint or export error (one line on stderr, no traceback); 3
+The modes that write into --workdir (all but export) hold <workdir>/.lock while they run
+(svreid_jax/utils/lock.py): a second command on the same workdir is refused in one line naming the
+holder's process id. Results already in the workdir are kept, never overwritten (protocols.write_results).
+
+Exit codes: 0 done; 1 a usage, config, data, checkpoint, weights, export, write or workdir-in-use error (one
+line on stderr, no traceback); 3
 training stopped with its last good state saved (diverged, or too many non-finite updates;
 results.json says so instead of giving metrics); 128 + N stopped by signal N after saving (143
 SIGTERM, 130 SIGINT): run the same command to resume.

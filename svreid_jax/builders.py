@@ -16,13 +16,22 @@ from absl import logging
 from svreid_jax import interop, parallel, variants
 from svreid_jax.data import datasets, pack, pipeline
 from svreid_jax.data import demo as demo_data
-from svreid_jax.data.records import DatasetSplits
+from svreid_jax.data.records import DatasetError, DatasetSplits
 from svreid_jax.interop import baseline, hub
 from svreid_jax.models import backbones, reid
 from svreid_jax.state import TrainState, create_train_state
-from svreid_jax.utils.checkpointing import Checkpointer
+from svreid_jax.utils.checkpointing import CheckpointError, Checkpointer
 
 CHECKPOINT_CHOICES = ("auto", "latest", "best")
+
+
+class WeightsError(ValueError):
+    """`model.init_from` names weights that cannot be used: none for a real depth, a missing or unreadable
+    file, a file of the wrong network. One line naming the field or file and what to do."""
+
+
+class NoCheckpoint(CheckpointError, FileNotFoundError):
+    """An evaluation mode found no checkpoint to restore; one line naming the folder."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,12 +68,33 @@ def load_split_set(dataset_config, root: str, **option_overrides) -> DatasetSpli
     return datasets.load(dataset_config.name, root, **options)
 
 
+def dataset_roots(config, workdir: str) -> tuple[str, str]:
+    """(source root, target root) as the config names them; generates the demo data if asked."""
+    if config.data.demo:
+        return demo_roots(config, workdir)
+    return config.data.source.root, config.data.target.root
+
+
 def load_datasets(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits]:
     """(source splits, target splits) as the config names them; generates the demo data if asked."""
-    source_root, target_root = config.data.source.root, config.data.target.root
-    if config.data.demo:
-        source_root, target_root = demo_roots(config, workdir)
+    source_root, target_root = dataset_roots(config, workdir)
     return load_split_set(config.data.source, source_root), load_split_set(config.data.target, target_root)
+
+
+def check_train_splits(config, workdir: str, source: DatasetSplits, target: DatasetSplits) -> None:
+    """DatasetError (one line naming the dataset and where it was read) when the source or target train
+    split holds no tracklet: training samples from both (the target stream runs even for variants that
+    do not read it), and an empty one has nothing to sample."""
+    roots = dataset_roots(config, workdir)
+    for side, splits, root in (("source", source, roots[0]), ("target", target, roots[1])):
+        if len(splits.train):
+            continue
+        entry = config.data[side]
+        options = f" (options {dict(entry.options)})" if entry.options else ""
+        where = f"the packed shards {entry.packed}" if entry.packed else f"the {entry.name!r} reader on {root}{options}"
+        raise DatasetError(f"data.{side}: {where} gives an empty train split (0 tracklets; "
+                           f"{len(splits.query)} query, {len(splits.gallery)} gallery); training needs tracklets "
+                           f"there: check that dataset's train list or train folder")
 
 
 def load_target(config, workdir: str, **option_overrides) -> DatasetSplits:
@@ -102,6 +132,7 @@ def hold_out_source(splits: DatasetSplits, num_ids: int, seed: int) -> tuple[Dat
 def prepare_data(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits, DatasetSplits | None]:
     """(source, target, selection split or None) as the config asks, logging what was chosen."""
     source, target = load_datasets(config, workdir)
+    check_train_splits(config, workdir, source, target)
     selection = None
     if config.train.select_holdout_ids > 0 and not config.train.select_on_target_test:
         source, selection = hold_out_source(source, config.train.select_holdout_ids, config.seed)
@@ -242,7 +273,7 @@ def initial_weights(config) -> str | None:
             return None
         imagenet = ("--config.model.init_from=imagenet (torchvision's ImageNet weights, downloaded once from the "
                     "Hugging Face hub), " if depth in hub.IMAGENET_RESNETS else "")
-        raise ValueError(f"model.init_from is empty, so the ResNet-{depth} backbone would start from random weights; "
+        raise WeightsError(f"model.init_from is empty, so the ResNet-{depth} backbone would start from random weights; "
                          f"set {imagenet}--config.model.init_from=<a torchvision ResNet-{depth} .safetensors/.npz/.pth "
                          "file>, or --config.model.init_from=none to train from random weights on purpose")
     if init.lower() == "imagenet":
@@ -257,8 +288,11 @@ def init_variables(config, model, rng: jax.Array) -> tuple[Any, Any]:
     weights = initial_weights(config)  # before the (slow) init, so a refusal comes first
     state_dict = None
     if weights is not None:
-        state_dict = interop.read_state_dict(weights)
-        interop.check_resnet_state_dict(state_dict, config.model.depth, config.model.width, where=weights)
+        try:
+            state_dict = interop.read_state_dict(weights)
+            interop.check_resnet_state_dict(state_dict, config.model.depth, config.model.width, where=weights)
+        except (OSError, ImportError, ValueError) as err:  # missing, torch absent, unreadable, another network
+            raise WeightsError(" ".join(str(err).split())) from None
     shape = (1, config.data.seq_len, config.data.height, config.data.width, 3)
     params, batch_stats = reid.init_model(model, rng, shape)
     if state_dict is not None:
@@ -320,7 +354,8 @@ def restore_variables(config, workdir: str, mesh=None) -> tuple[reid.ReIDNet, di
     checkpoints (a `.pth(.tar)` with the BN-neck `bn.*` and `classifier.*`, or its `.npz`), that file is
     converted on the fly (interop.baseline) and evaluated instead of the workdir's checkpoint. With
     `config.eval.use_teacher` the EMA teacher is returned. Variables are replicated over `mesh`
-    (default: all devices).
+    (default: all devices). NoCheckpoint (a CheckpointError) when there is nothing to restore; WeightsError
+    when model.init_from names a file that is missing or unreadable.
     """
     if str(config.model.init_from).strip().lower() not in _INIT_KEYWORDS:  # a file, not a keyword
         state_dict = _baseline_student(config)
@@ -328,7 +363,7 @@ def restore_variables(config, workdir: str, mesh=None) -> tuple[reid.ReIDNet, di
             return _baseline_variables(config, state_dict, mesh)
     directory = checkpoint_directory(workdir, config.eval.checkpoint)
     if not saved_steps(directory):
-        raise FileNotFoundError(f"no checkpoint under {directory}; train first (--mode=train) with this --workdir")
+        raise NoCheckpoint(f"no checkpoint under {directory}; train first (--mode=train) with this --workdir")
     # The newest step that restores; a damaged newer one is named in a warning and left in place.
     checkpointer = Checkpointer(directory)
     step, _, state = checkpointer.restore_saved()
@@ -347,9 +382,25 @@ def restore_variables(config, workdir: str, mesh=None) -> tuple[reid.ReIDNet, di
 
 def _baseline_student(config) -> dict | None:
     """The authors' student state_dict named by model.init_from, or None if the file is not one (e.g.
-    ImageNet weights, which only initialise training)."""
-    state_dict = baseline.read_baseline_checkpoint(config.model.init_from,
-                                                   allow_pickle=config.model.init_from_allow_pickle)
+    ImageNet weights, which only initialise training).
+
+    A `.safetensors` file is read with safetensors' numpy API (as training reads it), a `.npz` with numpy,
+    anything else as a PyTorch file (needs torch). A file that is missing or cannot be read raises
+    WeightsError (one line): evaluating the workdir's checkpoint instead would hide the mistake.
+    """
+    path = str(config.model.init_from).strip()
+    hint = ("set --config.model.init_from='' to evaluate the workdir's checkpoint, which holds the trained "
+            "weights whatever training started from")
+    if not os.path.isfile(path):
+        raise WeightsError(f"model.init_from={path}: no such file (evaluation modes read it when it is one of the "
+                           f"authors' student checkpoints); {hint}")
+    try:
+        if path.endswith(".safetensors"):
+            state_dict = interop.read_state_dict(path)
+        else:
+            state_dict = baseline.read_baseline_checkpoint(path, allow_pickle=config.model.init_from_allow_pickle)
+    except (OSError, ImportError, ValueError, TypeError) as err:
+        raise WeightsError(f"model.init_from={path}: {' '.join(str(err).split())}; {hint}") from None
     if "classifier.weight" not in state_dict or "bn.weight" not in state_dict:
         return None
     return state_dict

@@ -17,7 +17,12 @@ Modes:
   diagnose   <workdir>/diagnostics/: domain and camera probes on the embeddings, the teacher's cluster
              quality against the target identities, rank-1 per camera pair (target labels for the report only)
 
-Exit codes: 0 done; 1 a usage, config, data, checkpoint or export error (one line on stderr, no traceback); 3
+The modes that write into --workdir (all but export) hold <workdir>/.lock while they run
+(svreid_jax/utils/lock.py): a second command on the same workdir is refused in one line naming the
+holder's process id. Results already in the workdir are kept, never overwritten (protocols.write_results).
+
+Exit codes: 0 done; 1 a usage, config, data, checkpoint, weights, export, write or workdir-in-use error (one
+line on stderr, no traceback); 3
 training stopped with its last good state saved (diverged, or too many non-finite updates;
 results.json says so instead of giving metrics); 128 + N stopped by signal N after saving (143
 SIGTERM, 130 SIGINT): run the same command to resume.
@@ -34,11 +39,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from svreid_jax import config_checks, config_files, splits, train
+from svreid_jax import builders, config_checks, config_files, splits, train
 from svreid_jax.config_checks import ConfigError
 from svreid_jax.data.records import DatasetError
-from svreid_jax.evaluation import diagnostics, evaluate, export, extract, visualize
+from svreid_jax.evaluation import diagnostics, evaluate, export, extract, protocols, visualize
 from svreid_jax.evaluation.embedder import ExportError
+from svreid_jax.interop import hub
+from svreid_jax.utils import lock
 from svreid_jax.utils.checkpointing import CheckpointError
 
 FLAGS = flags.FLAGS
@@ -151,7 +158,10 @@ def main(argv):
     except (OSError, ConfigError) as err:  # OSError: --config names no readable file
         _fail("config error", " ".join(str(err).split()))
     try:
+        _hold_workdir(config)
         _run_mode(config)
+    except lock.WorkdirLocked as err:
+        _fail("workdir error", str(err))
     except ConfigError as err:
         _fail("config error", str(err))
     except DatasetError as err:
@@ -161,9 +171,41 @@ def main(argv):
         _fail("checkpoint error", str(err))
     except ExportError as err:
         _fail("export error", str(err))
+    except protocols.OutputError as err:  # a full disk while writing results: the earlier ones are whole
+        _fail("write error", str(err))
+    except (hub.HubError, builders.WeightsError) as err:
+        # Weights that cannot be had (hub offline, a hash mismatch, a missing or unreadable init_from file).
+        _fail("weights error", " ".join(str(err).split()))
     except train.TrainingStopped as err:
         _say(f"svreid_jax: {err}")
         sys.exit(err.exit_code)
+
+
+# The modes that write into --workdir; each holds <workdir>/.lock for the whole process (utils/lock.py).
+# export reads the workdir and writes only to --out.
+LOCKING_MODES = ("train", "splits", "eval", "visualize", "extract", "diagnose")
+
+
+def _hold_workdir(config) -> None:
+    """Lock --workdir for a mode that writes into it. WorkdirLocked if another process holds it.
+
+    A multi-host run's processes share the workdir and only process 0 writes into it, so only process 0
+    locks: train and splits join the cluster here (train.py then finds it joined) to learn their index.
+    The evaluation modes never join one; under a multi-host config each process runs them on its own, and
+    none locks, as none can tell whether it is process 0.
+    """
+    if FLAGS.mode not in LOCKING_MODES:
+        return
+    if config.parallel.multihost:
+        if FLAGS.mode not in ("train", "splits"):
+            return
+        import jax  # only here: the cluster must be joined before anything else touches jax
+
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize()
+        if jax.process_index() != 0:
+            return
+    lock.hold(FLAGS.workdir)
 
 
 def _run_mode(config):
@@ -171,7 +213,11 @@ def _run_mode(config):
     if FLAGS.mode == "train":
         train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "splits":
-        splits.run(config, FLAGS.workdir, FLAGS.splits)
+        try:
+            split_ids = splits.parse_split_ids(FLAGS.splits)
+        except ValueError as err:
+            _fail("usage error", str(err))
+        splits.run(config, FLAGS.workdir, split_ids)
     elif FLAGS.mode == "eval":
         evaluate.evaluate_checkpoint(config, FLAGS.workdir)
     elif FLAGS.mode == "visualize":

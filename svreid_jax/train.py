@@ -182,7 +182,7 @@ def _train_and_evaluate(config, workdir: str, stop: signals.StopOnSignals) -> di
 def _build_run(config, workdir: str) -> tuple[_Run, Any]:
     """(the run, its fresh train state replicated on the mesh). Refuses another run's checkpoints and
     fetches weights before any data is read."""
-    if config.parallel.multihost:
+    if config.parallel.multihost and not jax.distributed.is_initialized():  # main joins first to lock the workdir
         jax.distributed.initialize()
     parallel.log_devices()
     os.makedirs(workdir, exist_ok=True)

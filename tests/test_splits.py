@@ -92,11 +92,22 @@ def test_run_splits_refuses_targets_without_splits(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_a_split_result_without_the_metrics_is_named(tmp_path):
+def test_a_split_result_without_the_metrics_is_run_again(tmp_path, caplog):
     os.makedirs(tmp_path / "split_0")
     (tmp_path / "split_0" / "results.json").write_text(json.dumps({"rank1": 0.5}))
-    with pytest.raises(ValueError, match=r"split 0: the results in .*split_0 lack \['rank5'"):
-        splits.run_splits(ilidsvid.get_config(), str(tmp_path), [0], train_fn=_fake_train([]))
+    calls = []
+    result = splits.run_splits(ilidsvid.get_config(), str(tmp_path), [0], train_fn=_fake_train(calls))
+    assert calls == [(0, str(tmp_path / "split_0"))] and result.mean["mAP"] == pytest.approx(0.2)
+    assert f"split 0: {tmp_path / 'split_0' / 'results.json'} lacks the metrics ['rank5', 'rank10', 'rank20', 'mAP', " \
+           "'num_valid_queries']; running it again" in caplog.text
+
+
+def test_a_run_that_returns_no_metrics_is_named(tmp_path):
+    def incomplete(config, workdir):
+        return {"rank1": 0.5}
+
+    with pytest.raises(ValueError, match=r"split 0: the results of the run in .*split_0 lack \['rank5'"):
+        splits.run_splits(ilidsvid.get_config(), str(tmp_path), [0], train_fn=incomplete)
 
 
 def test_summary_table_rows_are_the_mean_then_each_split():

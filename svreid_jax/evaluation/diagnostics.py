@@ -1,6 +1,6 @@
 """`--mode=diagnose`: why a model does or does not transfer, measured on a trained checkpoint.
 
-Writes <workdir>/diagnostics/diagnostics.json and diagnostics.png:
+Writes <workdir>/diagnostics/diagnostics.json and diagnostics.png (the folder replaced whole, utils/atomic.py):
 
   domain_probe     held-out accuracy of a linear classifier telling source from target tracklet
                    embeddings (0.5 = the domains are indistinguishable to a linear probe)
@@ -21,7 +21,6 @@ Embeddings are the evaluation features (BN-neck, eval-mode) of evaluation/featur
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -35,6 +34,7 @@ from PIL import Image, ImageDraw
 from svreid_jax import builders, clustering, ops, parallel
 from svreid_jax.data.records import Tracklet
 from svreid_jax.evaluation import features, protocols
+from svreid_jax.utils import atomic
 from svreid_jax.variants import plus
 
 
@@ -227,13 +227,20 @@ def run_diagnostics(config, workdir: str, *, points: int = 400) -> dict:
         "points": {"source": len(src), "target": len(tgt)},
     }
     out_dir = os.path.join(workdir, "diagnostics")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "diagnostics.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    draw_report(report).save(os.path.join(out_dir, "diagnostics.png"))
+    write_report(report, out_dir)
     logging.info("wrote %s", out_dir)
     print(summary_lines(report), flush=True)
     return report
+
+
+def write_report(report: dict, out_dir: str) -> None:
+    """diagnostics.json and diagnostics.png (`draw_report`) into `out_dir`, replaced as one folder
+    (utils/atomic.py): a failed write leaves the previous report whole, never a new diagnostics.json
+    beside an old diagnostics.png."""
+    image = draw_report(report)
+    with protocols.writing(out_dir), atomic.replaced_directory(out_dir) as staging:
+        atomic.write_json(os.path.join(staging, "diagnostics.json"), report)
+        image.save(os.path.join(staging, "diagnostics.png"))
 
 
 def _nan_to_none(a: np.ndarray) -> list:

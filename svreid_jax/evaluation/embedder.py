@@ -211,10 +211,7 @@ class Embedder:
         """The model `config` describes, with the variables --mode=eval would evaluate
         (builders.restore_variables: eval.checkpoint, eval.use_teacher, or an authors' model.init_from)."""
         mesh = parallel.data_mesh() if mesh is None else mesh
-        try:
-            model, variables, info = builders.restore_variables(config, workdir, mesh)
-        except FileNotFoundError as err:
-            raise CheckpointError(str(err)) from None
+        model, variables, info = builders.restore_variables(config, workdir, mesh)  # NoCheckpoint: a CheckpointError
         source = {"workdir": os.path.abspath(workdir), "checkpoint": info.directory, "step": info.step,
                   "teacher": info.teacher}
         return cls(features.make_embed_step(model), variables, config, flip_average=bool(config.eval.flip_average),

@@ -38,7 +38,7 @@ from svreid_jax import builders, parallel
 from svreid_jax.data import datasets
 from svreid_jax.data.datasets import _common, folder
 from svreid_jax.data.records import DatasetError, Tracklet
-from svreid_jax.evaluation import features
+from svreid_jax.evaluation import features, protocols
 from svreid_jax.utils import atomic
 
 INDEX_COLUMNS = ("index", "split", "tracklet", "pid", "camid", "num_frames", "first_frame")
@@ -140,7 +140,7 @@ def extract_folder(config, model, variables, data_root: str, out_dir: str, mesh=
         "seconds": seconds,
         "tracklets_per_second": feats.shape[0] / max(seconds, 1e-9),
     }
-    with atomic.replaced_directory(out_dir) as staging:
+    with protocols.writing(out_dir), atomic.replaced_directory(out_dir) as staging:
         np.save(os.path.join(staging, "features.npy"), feats.astype(np.float32))
         write_index(os.path.join(staging, "index.csv"), index_rows(data))
         with open(os.path.join(staging, "extract.json"), "w", encoding="utf-8") as f:

@@ -23,11 +23,12 @@ step before them, on the features of the whole test split.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -38,6 +39,7 @@ from svreid_jax.data import datasets
 from svreid_jax.data.records import DatasetError, DatasetSplits, Tracklet
 from svreid_jax.evaluation import ranking
 from svreid_jax.evaluation import rerank as rerank_lib
+from svreid_jax.utils import atomic
 
 RANKS = (1, 5, 10, 20)
 METRIC_KEYS = tuple(f"rank{r}" for r in RANKS) + ("mAP",)
@@ -349,21 +351,104 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]], title: str,
     return "\n".join(lines)
 
 
-def write_results(directory: str, name: str, data: Mapping, markdown: str) -> tuple[str, str]:
-    """Write <directory>/<name>.json (data) and <directory>/<name>.md (markdown); return both paths."""
+class OutputError(OSError):
+    """A result file or folder that could not be written (a full disk, no permission); one line naming it
+    and saying that the previous one is as it was."""
 
-    os.makedirs(directory, exist_ok=True)
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turn an OSError of the block (an atomic write of `path`) into OutputError naming `path`."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as err:
+        reason = err.strerror or " ".join(str(err).split())
+        error = OutputError(f"could not write {path}: {reason}; the previous one, if any, is as it was")
+        error.errno = err.errno
+        raise error from err
+
+
+def write_results(directory: str, name: str, data: Mapping, markdown: str) -> tuple[str, str]:
+    """Write <directory>/<name>.json (data) and <directory>/<name>.md (markdown); return both paths.
+
+    Each file is replaced atomically (utils/atomic.py: a full disk or a crash leaves the previous file
+    whole). Results are never overwritten: when <name>.json already holds something else (a rerun with
+    other eval.* settings, an evaluation after a stopped run, an unreadable file; timings such as
+    'extract_sec' do not count), the earlier pair is first kept as
+    <name>-<n>.json / .md (n = 1, 2, … the next free number; `earlier_results` lists them) and a warning
+    names it. Rewriting identical results keeps nothing extra. The .md is written before the .json, so a
+    <name>.json that is new always has its table beside it. OutputError (an OSError, one line naming the
+    file) when a write fails.
+    """
     json_path, md_path = os.path.join(directory, f"{name}.json"), os.path.join(directory, f"{name}.md")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write(markdown.rstrip("\n") + "\n")
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"  # serialised before any file is touched
+    with writing(json_path):
+        os.makedirs(directory, exist_ok=True)
+        kept = _keep_earlier(directory, name, text)
+        if kept:
+            logging.warning("%s held other results; the earlier ones are kept as %s (and .md)", json_path, kept)
+        atomic.write_text(md_path, markdown.rstrip("\n") + "\n")
+        atomic.write_text(json_path, text)
     return json_path, md_path
 
 
+def earlier_results(directory: str, name: str) -> list[str]:
+    """The paths of the kept <name>-<n>.json in `directory`, oldest (n = 1) first."""
+    return [os.path.join(directory, f"{name}-{n}.json") for n in _earlier_numbers(directory, name)]
+
+
+def _earlier_numbers(directory: str, name: str) -> list[int]:
+    prefix, numbers = f"{name}-", []
+    for entry in os.listdir(directory):
+        stem, ext = os.path.splitext(entry)
+        if ext == ".json" and stem.startswith(prefix) and stem[len(prefix):].isdigit() and stem[len(prefix)] != "0":
+            numbers.append(int(stem[len(prefix):]))
+    return sorted(numbers)
+
+
+def _without_timings(value):
+    # Wall-clock timings ('extract_sec') differ between two evaluations of the same features.
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not str(k).endswith("_sec")}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def _same_results(earlier: bytes, text: str) -> bool:
+    try:
+        # Compared as canonical text: NaN (a metric without queries) equals NaN there.
+        a, b = (json.dumps(_without_timings(json.loads(t)), sort_keys=True) for t in (earlier, text))
+        return a == b
+    except ValueError:  # an unreadable earlier file is kept, whatever it holds
+        return False
+
+
+def _keep_earlier(directory: str, name: str, text: str) -> str | None:
+    """Copy <name>.json / .md to the next free <name>-<n>.* when <name>.json differs from `text`; its path."""
+    json_path = os.path.join(directory, f"{name}.json")
+    try:
+        with open(json_path, "rb") as f:
+            earlier = f.read()
+    except FileNotFoundError:
+        return None
+    if earlier == text.encode("utf-8") or _same_results(earlier, text):
+        return None
+    n = max(_earlier_numbers(directory, name), default=0) + 1
+    kept = os.path.join(directory, f"{name}-{n}.json")
+    md_path = os.path.join(directory, f"{name}.md")
+    if os.path.exists(md_path):
+        with open(md_path, "rb") as f:
+            atomic.write_bytes(os.path.join(directory, f"{name}-{n}.md"), f.read())
+    atomic.write_bytes(kept, earlier)  # last: a numbered .json is the sign that the pair is complete
+    return kept
+
+
 __all__ = [
-    "CLOTHES_CHANGING", "DistanceSpec", "GENERAL", "MARS_CONVENTIONS", "RANKS", "SAME_CLOTHES", "SplitsResult",
-    "camera_normalised", "clothes_protocols", "distances", "evaluate_splits", "flatten", "markdown_table",
-    "mars_all_gallery", "mars_conventions", "mean_std", "primary_label", "rank", "summarize", "unflatten",
-    "write_results",
+    "CLOTHES_CHANGING", "DistanceSpec", "GENERAL", "MARS_CONVENTIONS", "OutputError", "RANKS", "SAME_CLOTHES",
+    "SplitsResult", "camera_normalised", "clothes_protocols", "distances", "earlier_results", "evaluate_splits",
+    "flatten", "markdown_table", "mars_all_gallery", "mars_conventions", "mean_std", "primary_label", "rank",
+    "summarize", "unflatten", "write_results", "writing",
 ]

@@ -1,6 +1,7 @@
 """Pictures of an evaluation, drawn with Pillow only: ranked lists and a PCA of the two domains.
 
-`--mode=visualize` writes into `<workdir>/visualize/`:
+`--mode=visualize` writes into `<workdir>/visualize/` (replaced whole: a failed run leaves the previous
+pictures), from folder or packed data alike:
 
   ranked_top10.png  one row per query (eval.visualize_queries of them, spread evenly over the queries that
                     have a true match): a few frames of the query tracklet, then its 10 nearest gallery
@@ -14,17 +15,21 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from absl import logging
 from PIL import Image, ImageDraw, ImageFont
 
 from svreid_jax import builders, ops, parallel
+from svreid_jax.data import pack
 from svreid_jax.data.records import DatasetSplits, Tracklet
 from svreid_jax.evaluation import features, protocols
+from svreid_jax.utils import atomic
 
 GREEN = (0, 160, 60)
 RED = (215, 30, 30)
@@ -91,13 +96,38 @@ def ranked_lists(distmat, query: Sequence[Tracklet], gallery: Sequence[Tracklet]
     return out
 
 
-def tracklet_strip(tracklet: Tracklet, num_frames: int, height: int, width: int) -> Image.Image:
+FrameOpener = Callable[[str], Any]  # a frame reference → what Image.open takes (a path or a file object)
+
+
+def packed_frames(*splits: Sequence[Tracklet]) -> FrameOpener:
+    """A FrameOpener that also reads 'packed://<split>/<index>/<frame>' references (data/pack.py) from the
+    stored bytes of the packed splits among `splits`; other references are opened as files."""
+    directories = {s.split: s.directory for s in splits if isinstance(s, pack.PackedTracklets)}
+    whole: dict[str, pack.PackedTracklets] = {}
+
+    def open_frame(ref: str):
+        if not ref.startswith("packed://"):
+            return ref
+        split, index, frame = ref[len("packed://"):].split("/")
+        if split not in directories:
+            raise ValueError(f"frame {ref} is a packed reference, but no packed {split!r} split was given to read it")
+        if split not in whole:  # the index in a reference counts in the whole split, not in a slice of it
+            whole[split] = pack.PackedTracklets(directories[split], split)
+        return io.BytesIO(whole[split].frame_bytes(int(index), int(frame)))
+
+    return open_frame
+
+
+def tracklet_strip(tracklet: Tracklet, num_frames: int, height: int, width: int,
+                   open_frame: FrameOpener | None = None) -> Image.Image:
     """`num_frames` evenly spaced frames of the tracklet, each resized to height × width, side by side
-    with 1-pixel gaps (a short tracklet repeats frames)."""
+    with 1-pixel gaps (a short tracklet repeats frames). open_frame: how a frame reference is opened
+    (default: as a file path; `packed_frames` for packed tracklets)."""
     idx = np.round(np.linspace(0, len(tracklet) - 1, num_frames)).astype(int)
     strip = Image.new("RGB", (num_frames * width + (num_frames - 1), height), (255, 255, 255))
     for k, i in enumerate(idx):
-        with Image.open(tracklet.frames[i]) as im:
+        ref = tracklet.frames[i]
+        with Image.open(open_frame(ref) if open_frame else ref) as im:
             frame = im.convert("RGB").resize((width, height), Image.BILINEAR)
         strip.paste(frame, (k * (width + 1), 0))
     return strip
@@ -146,9 +176,11 @@ class GridLayout:
 
 
 def draw_ranked_grid(query: Sequence[Tracklet], gallery: Sequence[Tracklet], lists: Sequence[RankedList], *,
-                     layout: GridLayout = GridLayout(), title: str = "", distance_name: str = "distance"
-                     ) -> Image.Image:
-    """The grid image (RGB) of `layout.size(len(lists))`."""
+                     layout: GridLayout = GridLayout(), title: str = "", distance_name: str = "distance",
+                     open_frame: FrameOpener | None = None) -> Image.Image:
+    """The grid image (RGB) of `layout.size(len(lists))`; frames are read through `open_frame`
+    (default: `packed_frames(query, gallery)`, so packed splits draw from their stored bytes)."""
+    open_frame = open_frame or packed_frames(query, gallery)
     image = Image.new("RGB", layout.size(len(lists)), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     big, small = _font(15), _font(12)
@@ -176,8 +208,8 @@ def draw_ranked_grid(query: Sequence[Tracklet], gallery: Sequence[Tracklet], lis
         for column, tracklet, colour, (line1, line2), text_colour in cells:
             x = layout.cell_x(column)
             draw.rectangle([x, y, x + layout.cell_width - 1, y + layout.frame_height + 2 * b - 1], fill=colour)
-            image.paste(tracklet_strip(tracklet, layout.frames_per_tracklet, layout.frame_height, layout.frame_width),
-                        (x + b, y + b))
+            image.paste(tracklet_strip(tracklet, layout.frames_per_tracklet, layout.frame_height, layout.frame_width,
+                                       open_frame), (x + b, y + b))
             ty = y + layout.frame_height + 2 * b + 2
             draw.text((x + 1, ty), _fit(draw, line1, small, inner_w + 2 * b), fill=text_colour, font=small)
             draw.text((x + 1, ty + 14), _fit(draw, line2, small, inner_w + 2 * b), fill=MUTED, font=small)
@@ -310,8 +342,8 @@ def draw_domain_scatter(source_xy, target_xy, explained, *, size: tuple[int, int
 
 def write_visualizations(config, model, variables, source: DatasetSplits, target: DatasetSplits, out_dir: str, *,
                          mesh=None, title: str = "") -> dict[str, str]:
-    """Extract what is needed and write ranked_top10.png and pca_domains.png into out_dir; return their paths."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Extract what is needed and write ranked_top10.png and pca_domains.png into out_dir (replaced whole,
+    utils/atomic.py); return their paths. Folder and packed splits (frames drawn from the stored bytes) alike."""
     query, gallery = tuple(target.query), tuple(target.gallery)
     feats = features.tracklet_features(config, model, variables, query + gallery, mesh)
     q_feats, g_feats = feats[:len(query)], feats[len(query):]
@@ -326,8 +358,6 @@ def write_visualizations(config, model, variables, source: DatasetSplits, target
     layout = GridLayout(frame_height=frame_h, frame_width=frame_w)
     grid = draw_ranked_grid(query, gallery, lists, layout=layout, distance_name=distance.describe(),
                             title=f"{title + ': ' if title else ''}top-10 of {len(lists)} queries")
-    paths = {"ranked": os.path.join(out_dir, "ranked_top10.png")}
-    grid.save(paths["ranked"])
 
     rng = np.random.default_rng(config.seed)
     limit = int(config.eval.visualize_points)
@@ -343,9 +373,11 @@ def write_visualizations(config, model, variables, source: DatasetSplits, target
     scatter = draw_domain_scatter(xy[:len(src_feats)], xy[len(src_feats):], explained, labels=names, seed=config.seed,
                                   title=f"{title + ': ' if title else ''}PCA of tracklet embeddings"
                                         f"{' (L2-normalised)' if distance.metric == 'cosine' else ''}")
-    paths["pca"] = os.path.join(out_dir, "pca_domains.png")
-    scatter.save(paths["pca"])
-    return paths
+    images = {"ranked": ("ranked_top10.png", grid), "pca": ("pca_domains.png", scatter)}
+    with protocols.writing(out_dir), atomic.replaced_directory(out_dir) as staging:
+        for name, image in images.values():
+            image.save(os.path.join(staging, name))
+    return {key: os.path.join(out_dir, name) for key, (name, _) in images.items()}
 
 
 def run_visualize(config, workdir: str) -> dict[str, str]:

@@ -4,8 +4,11 @@
   python -m svreid_jax.interop.convert --in=model.safetensors --out=resnet50.npz
 
 --in: a PyTorch .pth/.pt (a state_dict, or a dict with 'state_dict'; needs torch), a .safetensors or
-an .npz; --out: .npz, or .safetensors (numpy tensors, no torch needed to read either).
+an .npz; --out: .npz, or .safetensors (numpy tensors, no torch needed to read either), replaced whole
+(an earlier file at --out stays as it was if the write fails). Exit 0 done, 1 an unreadable --in or a
+failed write (one line), 2 a usage error.
 """
+import io
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +17,7 @@ import safetensors.numpy
 from absl import app, flags
 
 from svreid_jax.interop.torchvision import read_state_dict
+from svreid_jax.utils import atomic
 
 USAGE = "python -m svreid_jax.interop.convert --in=FILE --out=FILE.npz|FILE.safetensors"
 
@@ -24,9 +28,13 @@ def convert(source: str, out: str) -> int:
         raise app.UsageError(f"--out={out}: expected a .npz or .safetensors path")
     state = read_state_dict(source)
     if out.endswith(".safetensors"):
-        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, out)
+        data = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in state.items()})
     else:
-        np.savez(out, **state)
+        buffer = io.BytesIO()
+        np.savez(buffer, **state)
+        data = buffer.getvalue()
+    # Whole or not at all (utils/atomic.py): a full disk leaves an earlier --out file as it was.
+    atomic.write_bytes(out, data)
     return len(state)
 
 
@@ -52,6 +60,9 @@ def main(argv: Sequence[str]) -> int:
     except app.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (OSError, ImportError, ValueError) as e:  # a missing or unreadable --in, no torch, a full disk
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     print(f"wrote {count} arrays to {out}")
     return 0
 

@@ -28,6 +28,16 @@ from huggingface_hub import constants as hf_constants
 _HEX = frozenset("0123456789abcdef")
 
 
+class HubError(OSError):
+    """The weights could not be had from the hub: neither cached nor downloadable (offline, no connection,
+    an HTTP error). The message is one line naming the file, where it was looked for and what to do."""
+
+
+class WeightsMismatch(HubError, ValueError):
+    """A hub file whose size or SHA-256 is not the pinned one; one line naming the file, what it has and
+    what was expected."""
+
+
 @dataclasses.dataclass(frozen=True)
 class HubWeights:
     """One weight file on the hub, pinned: `repo_id` at commit `revision`, `filename` of `size` bytes
@@ -91,7 +101,8 @@ def _sha256(path: str) -> str:
 
 
 def verify(path: str, entry: HubWeights) -> None:
-    """Check the file's size and SHA-256 against `entry` (hashing once per process and file version)."""
+    """Check the file's size and SHA-256 against `entry` (hashing once per process and file version);
+    WeightsMismatch if either differs."""
     stat = os.stat(path)
     key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
     with _verified_lock:
@@ -99,10 +110,10 @@ def verify(path: str, entry: HubWeights) -> None:
             return
     where = f"{path} ({entry.repo_id}@{entry.revision[:7]}/{entry.filename})"
     if stat.st_size != entry.size:
-        raise ValueError(f"{where} has {stat.st_size:,} bytes, expected {entry.size:,}; delete it and fetch again")
+        raise WeightsMismatch(f"{where} has {stat.st_size:,} bytes, expected {entry.size:,}; delete it and fetch again")
     got = _sha256(path)
     if got != entry.sha256:
-        raise ValueError(f"{where} has SHA-256 {got}, expected {entry.sha256}; delete it and fetch again")
+        raise WeightsMismatch(f"{where} has SHA-256 {got}, expected {entry.sha256}; delete it and fetch again")
     with _verified_lock:
         _verified.add(key)
 
@@ -110,8 +121,9 @@ def verify(path: str, entry: HubWeights) -> None:
 def download(entry: HubWeights, *, cache_dir: str | None = None, endpoint: str | None = None) -> str:
     """Path of `entry` in the hub cache, downloaded first if it is not there, then verified.
 
-    cache_dir / endpoint: None uses huggingface_hub's (HF_HUB_CACHE / HF_ENDPOINT). Raises OSError with
-    one line when the file is neither cached nor downloadable (offline, no connection, not on the hub).
+    cache_dir / endpoint: None uses huggingface_hub's (HF_HUB_CACHE / HF_ENDPOINT). Raises HubError (an
+    OSError) with one line when the file is neither cached nor downloadable (offline, no connection, not
+    on the hub), WeightsMismatch when it is not the pinned file.
     """
     cache = cache_dir or hf_constants.HF_HUB_CACHE
     source = f"{endpoint or hf_constants.ENDPOINT}/{entry.repo_id} at {entry.revision[:7]}"
@@ -123,11 +135,11 @@ def download(entry: HubWeights, *, cache_dir: str | None = None, endpoint: str |
     except huggingface_hub.errors.LocalEntryNotFoundError as e:
         why = ("HF_HUB_OFFLINE is set" if hf_constants.HF_HUB_OFFLINE
                else f"the hub could not be reached: {_cause(e)}")
-        raise OSError(f"model.init_from='imagenet': {entry.filename} of {source} is not in the Hugging Face "
+        raise HubError(f"model.init_from='imagenet': {entry.filename} of {source} is not in the Hugging Face "
                       f"cache {cache} and {why}; run once with network access, or {hint}") from None
     except huggingface_hub.errors.HfHubHTTPError as e:
         status = getattr(e.response, "status_code", "?")
-        raise OSError(f"model.init_from='imagenet': {source} answered HTTP {status} for {entry.filename}; "
+        raise HubError(f"model.init_from='imagenet': {source} answered HTTP {status} for {entry.filename}; "
                       f"check HF_ENDPOINT, or {hint}") from None
     verify(path, entry)
     return path

@@ -82,19 +82,16 @@ def load_datasets(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits]:
 
 
 def check_train_splits(config, workdir: str, source: DatasetSplits, target: DatasetSplits) -> None:
-    """DatasetError (one line naming the dataset and where it was read) when the source or target train
-    split holds no tracklet: training samples from both (the target stream runs even for variants that
-    do not read it), and an empty one has nothing to sample."""
+    """DatasetError (one line naming the dataset, where it was read and its list file) when the source or
+    target train split holds no tracklet: training samples from both (the target stream runs even for
+    variants that do not read it), and an empty one has nothing to sample."""
     roots = dataset_roots(config, workdir)
     for side, splits, root in (("source", source, roots[0]), ("target", target, roots[1])):
-        if len(splits.train):
-            continue
         entry = config.data[side]
         options = f" (options {dict(entry.options)})" if entry.options else ""
         where = f"the packed shards {entry.packed}" if entry.packed else f"the {entry.name!r} reader on {root}{options}"
-        raise DatasetError(f"data.{side}: {where} gives an empty train split (0 tracklets; "
-                           f"{len(splits.query)} query, {len(splits.gallery)} gallery); training needs tracklets "
-                           f"there: check that dataset's train list or train folder")
+        datasets.require_split(splits.train, "train", entry.name, where, side,
+                               others=f"; {len(splits.query)} query, {len(splits.gallery)} gallery")
 
 
 def load_target(config, workdir: str, **option_overrides) -> DatasetSplits:

@@ -42,7 +42,7 @@ from ml_collections import config_flags
 from svreid_jax import builders, config_checks, config_files, splits, train
 from svreid_jax.config_checks import ConfigError
 from svreid_jax.data.records import DatasetError
-from svreid_jax.evaluation import diagnostics, evaluate, export, extract, protocols, visualize
+from svreid_jax.evaluation import diagnostics, evaluate, export, extract, features, protocols, visualize
 from svreid_jax.evaluation.embedder import ExportError
 from svreid_jax.interop import hub
 from svreid_jax.utils import lock
@@ -171,6 +171,8 @@ def main(argv):
         _fail("checkpoint error", str(err))
     except ExportError as err:
         _fail("export error", str(err))
+    except features.FeatureError as err:  # NaN/inf or all-zero embeddings: no metric is computed from them
+        _fail("evaluation error", str(err))
     except protocols.OutputError as err:  # a full disk while writing results: the earlier ones are whole
         _fail("write error", str(err))
     except (hub.HubError, builders.WeightsError) as err:

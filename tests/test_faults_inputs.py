@@ -563,9 +563,9 @@ def test_empty_target_train_split_is_a_one_line_data_error(tmp_path):
     splits = datasets.load("ccvid", str(root))  # evaluation-only data reads fine
     assert splits.train == () and len(splits.query) == 1
     with pytest.raises(DatasetError) as err:
-        datasets.require_split(splits.train, "train", "ccvid", str(root), "target")
-    assert str(err.value) == (f"ccvid: the train split of data.target ({root}) holds no tracklets; it is read from "
-                              "train.txt")
+        datasets.require_split(splits.train, "train", "ccvid", f"the 'ccvid' reader on {root}", "target")
+    assert str(err.value) == (f"data.target: the 'ccvid' reader on {root} gives an empty train split (0 tracklets); "
+                              "it is read from train.txt")
     datasets.require_split(splits.query, "query", "ccvid", str(root), "target")  # not empty: no error
     # The stream itself refuses with a DatasetError too (main reports those in one line).
     spec = pipeline.ClipSpec(seq_len=2, height=8, width=4)
@@ -577,5 +577,6 @@ def test_every_registered_reader_names_its_lists():
     built_in = {"svreid", "svreid_cc", "svreid_plus", "mars", "ilidsvid", "prid", "lsvid", "ccvid", "folder"}
     assert set(datasets.SPLIT_FILES) == built_in and built_in <= set(datasets.names())
     assert all(set(files) == {"train", "query", "gallery"} for files in datasets.SPLIT_FILES.values())
-    with pytest.raises(DatasetError, match=r"^mine: the train split of data.source \(/x\) holds no tracklets$"):
+    with pytest.raises(DatasetError, match=r"^data.source: /x gives an empty train split \(0 tracklets\); check that "
+                                           r"dataset's train list or train folder$"):
         datasets.require_split((), "train", "mine", "/x", "source")  # a reader registered by the user

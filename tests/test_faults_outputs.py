@@ -345,8 +345,8 @@ def test_an_empty_target_train_split_is_one_line(micro_run, tmp_path):
     assert len(datasets.load("mars", str(data / "target")).train) == 0
     assert _one_line(_main(tmp_path / "run", f"--config.data.demo_root={data}")) == (
         f"svreid_jax: data error: data.target: the 'mars' reader on {data}/target gives an empty train split "
-        "(0 tracklets; 10 query, 7 gallery); training needs tracklets there: check that dataset's train list or "
-        "train folder")
+        "(0 tracklets; 10 query, 7 gallery); it is read from info/train_name.txt with info/tracks_train_info.mat "
+        "(pid -1 rows dropped)")
     assert builders.saved_steps(str(tmp_path / "run" / "checkpoints")) == []
 
 
@@ -389,3 +389,31 @@ def test_visualize_draws_packed_tracklets_as_their_folders(micro_run, tmp_path):
               for s in (folder, packed)]
     np.testing.assert_array_equal(images[1], images[0])
     assert images[0].std() > 0  # frames were drawn, not blank cells
+
+
+_NAN_FEATURES_MAIN = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from svreid_jax.evaluation import evaluate
+    real = evaluate.Evaluator.features
+    def nan_features(self, *args, **kwargs):  # a model whose embeddings went non-finite
+        feats = np.array(real(self, *args, **kwargs))
+        feats[0] = np.nan
+        return feats
+    evaluate.Evaluator.features = nan_features
+    from svreid_jax import main
+    sys.argv = ["svreid-jax", *sys.argv[1:]]
+    main.run()
+""")
+
+
+def test_non_finite_features_in_eval_are_one_line_and_report_nothing(run_copy):
+    (run_copy / "eval_results.json").write_text('{"rank1": 0.25}\n')
+    done = subprocess.run([sys.executable, "-c", _NAN_FEATURES_MAIN, CONFIG, f"--workdir={run_copy}", "--mode=eval"],
+                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=300)
+    line = _one_line(done)
+    assert line.startswith("svreid_jax: evaluation error: evaluation features cannot be ranked (query: 1 of "), line
+    assert "non-finite" in line
+    assert (run_copy / "eval_results.json").read_text() == '{"rank1": 0.25}\n'  # no metric from NaN features
+    assert not [n for n in os.listdir(run_copy) if n.startswith("eval_results-")]

@@ -122,13 +122,14 @@ def load_with_stats(name: str, root: str, **options) -> tuple[DatasetSplits, Any
     return result
 
 
-def require_split(tracklets, split: str, name: str, where: str, role: str) -> None:
-    """A one-line DatasetError when `tracklets` (split `split` of dataset `name`, read from `where`: the
-    root, or the packed directory) is empty, naming the list file(s) it comes from. `role` is the config
-    entry, e.g. 'target' for data.target. Call it where a split must hold data, e.g. the target's train
-    split before training (readers return empty splits legitimately, e.g. for evaluation-only data)."""
+def require_split(tracklets, split: str, name: str, where: str, role: str, *, others: str = "") -> None:
+    """A one-line DatasetError when `tracklets` (split `split` of dataset `name`, read by `where`: the
+    reader on its root, or the packed directory) is empty, naming the list file(s) it comes from. `role`
+    is the config entry, e.g. 'target' for data.target; `others` adds the other splits' sizes to the
+    message. Call it where a split must hold data, e.g. the train splits before training (readers return
+    empty splits legitimately, e.g. for evaluation-only data)."""
     if len(tracklets):
         return
     source = SPLIT_FILES.get(name, {}).get(split)
-    read_from = f"; it is read from {source}" if source else ""
-    raise DatasetError(f"{name}: the {split} split of data.{role} ({where}) holds no tracklets{read_from}")
+    read_from = f"; it is read from {source}" if source else f"; check that dataset's {split} list or {split} folder"
+    raise DatasetError(f"data.{role}: {where} gives an empty {split} split (0 tracklets{others}){read_from}")

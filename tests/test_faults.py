@@ -365,7 +365,9 @@ def test_model_selection_keeps_the_best_step_across_a_resume(data_root, tmp_path
                                    "train.eval_every_epochs": 1, "train.select_holdout_ids": 2,
                                    "train.keep_checkpoints": 5})
     workdir = tmp_path / "run"
-    outcome.interrupt_at = 5
+    # Calls: steps 0, 1, the divergence guard's probe before evaluating step 2, steps 2, 3, the probe
+    # before step 4's evaluation, then step 4 (the 7th call) is interrupted.
+    outcome.interrupt_at = 7
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, str(workdir))
     assert [(s, sel) for s, sel, _, _ in seen] == [(2, True), (2, False), (4, True), (4, False)]

@@ -1,6 +1,7 @@
 """The training loop: data, model, state, steps, evaluation, logs and checkpoints. No model maths here."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -458,11 +459,14 @@ def _finish(run: _Run, placed_state, start_step: int, judged, stop: signals.Stop
         if run.best is not None:
             state = _select(run, state)
         final = run.evaluate(state, run.target, all_protocols=config.eval.protocols)
-    finally:
-        with stop.protected():
-            run.checkpointer.close()
-            if run.best is not None:
-                run.best.close()
+    except BaseException:
+        # Interrupted (a signal's grace ran out) or failed: the saves in flight still complete, and the
+        # original error is what surfaces (a failed save's is said once).
+        with stop.protected(), contextlib.suppress(Exception):
+            _close_checkpoints(run)
+        raise
+    with stop.protected():
+        _close_checkpoints(run)
     run.writer.write_scalars(run.total_steps, final, prefix="eval/")
     table = evaluation.results_table(final, f"{config.data.source.name} → {config.data.target.name}")
     results, mark = _final_results(run, final, counts)
@@ -476,6 +480,15 @@ def _finish(run: _Run, placed_state, start_step: int, judged, stop: signals.Stop
         logging.warning("%s", mark)
         raise TrainingStopped(f"training finished, but {mark[0].lower()}{mark[1:]}", EXIT_STOPPED)
     return results
+
+
+def _close_checkpoints(run: _Run) -> None:
+    """Wait for the last saves (the run's and model selection's) and release orbax's threads."""
+    try:
+        run.checkpointer.close()
+    finally:
+        if run.best is not None:
+            run.best.close()
 
 
 def _final_results(run: _Run, final: dict, counts: dict[str, int]) -> tuple[dict, str]:

@@ -116,11 +116,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every_steps = 50  # metrics and progress (steps/s, ETA) every this many steps
     c.train.eval_every_epochs = 5  # target evaluation every this many epochs (0 = only at the end)
     c.train.checkpoint_every_epochs = 5  # checkpoint every this many epochs (and always at the end)
-    c.train.max_consecutive_nonfinite = 10  # stop after this many skipped (NaN/inf) updates in a row
-    c.train.divergence_factor = 10.0  # skip an update whose loss or gradient norm is > this × the median of the last accepted ones (0 = off)
+    c.train.max_consecutive_nonfinite = 10  # stop after this many rejected (NaN/inf) steps with no accepted update between them
+    c.train.divergence_factor = 10.0  # roll back the update after which the loss or gradient norm is > this × the median of the last accepted ones (0 = off)
     c.train.divergence_window = 50  # accepted updates that median is taken over
-    c.train.divergence_min_history = 1  # accepted updates needed before the divergence guard judges
-    c.train.max_consecutive_diverged = 10  # stop, marked diverged, after this many skipped (exploded) updates in a row
+    c.train.divergence_min_history = 1  # accepted losses remembered before the relative rule judges (NaN/inf is judged from the first step)
+    c.train.max_consecutive_diverged = 10  # stop, marked diverged, after this many rejected (exploded) steps with no accepted update between them
     c.train.stop_grace_sec = 10.0  # SIGTERM/SIGINT: the step in flight may finish within this; then it is abandoned and the run saved
     c.train.allow_resume_changes = False  # resume even if the checkpoint's config differs in a field that changes the run
     c.train.keep_checkpoints = 2  # checkpoints kept on disk

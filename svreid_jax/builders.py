@@ -100,12 +100,15 @@ def load_target(config, workdir: str, **option_overrides) -> DatasetSplits:
     return load_split_set(config.data.target, root, **option_overrides)
 
 
-def hold_out_source(splits: DatasetSplits, num_ids: int, seed: int) -> tuple[DatasetSplits, DatasetSplits]:
-    """Split source identities: (training splits, a held-out query/gallery for model selection).
+def hold_out_source(splits: DatasetSplits, num_ids: int, seed: int) -> tuple[DatasetSplits, DatasetSplits | None]:
+    """Split source identities: (training splits, a held-out query/gallery for model selection, or None).
 
-    `num_ids` source identities (drawn with the seed) leave training; each gives its first tracklet
-    as a query and the rest as gallery. Training pids are relabelled 0..N−1. Selecting on these
-    never looks at target labels.
+    Up to `num_ids` source identities (drawn with the seed) leave training, among those with tracklets
+    in at least two cameras: each gives its first tracklet as a query and the rest as gallery, so every
+    query has a match in another camera (the protocols ignore same-camera matches; an identity without
+    one would score rank-1 0 whatever the model). Fewer qualifying: those are held out, with a warning;
+    none: the splits unchanged and None, with a warning that selection is off. Training pids are
+    relabelled 0..N−1. Selecting on these never looks at target labels.
     """
     if not isinstance(splits.train, tuple):
         raise ValueError("train.select_holdout_ids needs the folder layout; packed shards cannot be re-split. "
@@ -113,7 +116,18 @@ def hold_out_source(splits: DatasetSplits, num_ids: int, seed: int) -> tuple[Dat
     pids = sorted({t.pid for t in splits.train})
     if num_ids >= len(pids) - 1:
         raise ValueError(f"train.select_holdout_ids={num_ids} leaves too few of the {len(pids)} source identities")
-    held = set(np.random.default_rng(seed).choice(pids, size=num_ids, replace=False).tolist())
+    cameras: dict[int, set] = {}
+    for t in splits.train:
+        cameras.setdefault(t.pid, set()).add(t.camid)
+    usable = [p for p in pids if len(cameras[p]) >= 2]
+    if not usable:
+        logging.warning("model selection is off: train.select_holdout_ids=%d, but none of the %d source identities "
+                        "has tracklets in two cameras to hold out; the last state is reported", num_ids, len(pids))
+        return splits, None
+    if len(usable) < num_ids:
+        logging.warning("model selection holds out %d source identities, not train.select_holdout_ids=%d: only "
+                        "they have tracklets in two cameras", len(usable), num_ids)
+    held = set(np.random.default_rng(seed).choice(usable, size=min(num_ids, len(usable)), replace=False).tolist())
     kept = [p for p in pids if p not in held]
     relabel = {p: i for i, p in enumerate(kept)}
     train_part = tuple(dataclasses.replace(t, pid=relabel[t.pid]) for t in splits.train if t.pid in relabel)
@@ -133,8 +147,9 @@ def prepare_data(config, workdir: str) -> tuple[DatasetSplits, DatasetSplits, Da
     selection = None
     if config.train.select_holdout_ids > 0 and not config.train.select_on_target_test:
         source, selection = hold_out_source(source, config.train.select_holdout_ids, config.seed)
-        logging.info("model selection on %d held-out source identities (%d query / %d gallery tracklets)",
-                     config.train.select_holdout_ids, len(selection.query), len(selection.gallery))
+        if selection is not None:
+            logging.info("model selection on %d held-out source identities (%d query / %d gallery tracklets)",
+                         len(selection.query), len(selection.query), len(selection.gallery))
     elif config.train.select_on_target_test:
         logging.warning("train.select_on_target_test=True selects the checkpoint by target *test* rank-1 "
                         "(the authors' behaviour, D10 in docs/REPRODUCIBILITY.md): the result is optimistically "

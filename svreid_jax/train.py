@@ -1,11 +1,13 @@
 """The training loop: data, model, state, steps, evaluation, logs and checkpoints. No model maths here."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metrics as clu_metrics
@@ -20,6 +22,7 @@ from svreid_jax.utils import progress as progress_lib
 from svreid_jax.utils import signals
 from svreid_jax.utils.checkpointing import BestCheckpoint, Checkpointer
 from svreid_jax.utils.writers import MetricWriter
+from svreid_jax.variants import divergence
 
 
 # Exit codes of the command line for a run the loop stopped (main.py): a signal gives 128 + its
@@ -43,13 +46,16 @@ class _Stop(Exception):
     def __init__(self, status: str, message: str):
         super().__init__(message)
         self.status = status
+        self.counts: dict[str, int] | None = None  # the guards' counters of the saved state
 
 
 def summarise_interval(fetched: list[dict]) -> dict[str, float]:
     """The train metrics of one log interval: each averaged over its steps (clu.metrics.Average),
-    'skipped' and 'diverged' summed (how many updates the non-finite and divergence guards dropped),
-    'loss_median' the last one (the guard's reference at the end of the interval; absent while NaN)."""
-    summed, last = ("skipped", "diverged"), ("loss_median",)
+    'skipped', 'diverged' and 'rolled_back' summed (how many steps the non-finite and divergence guards
+    rejected, and how many earlier updates they undid), 'loss_median' and the guards' streaks the last
+    ones (the guard's reference at the end of the interval, absent while NaN; the rejections since the
+    last accepted update)."""
+    summed, last = ("skipped", "diverged", "rolled_back"), ("loss_median", "diverged_streak", "nonfinite_streak")
     summary = {k: float(clu_metrics.Average.from_model_output(np.stack([np.asarray(m[k]) for m in fetched])).compute())
                for k in fetched[-1] if k not in summed + last}
     for k in summed:
@@ -105,11 +111,18 @@ def check_resume(config, directory: str, step: int, meta: dict) -> list[tuple[st
     return changes
 
 
-def _stopped_results(workdir: str, status: str, message: str, step: int) -> None:
+def _stopped_results(workdir: str, status: str, message: str, step: int, counts: dict[str, int]) -> None:
     """results.json / results.md of a run the loop stopped: the reason instead of metrics, so that
-    nothing reads them as the result of a finished run."""
-    protocols.write_results(workdir, "results", {"status": status, "step": int(step), "message": message},
+    nothing reads them as the result of a finished run; with the guards' counts (`_guard_counts`)."""
+    protocols.write_results(workdir, "results",
+                            {"status": status, "step": int(step), "message": message, **_guard_counts(counts)},
                             f"**No result: the run stopped ({status}) at step {step}.** {message}\n")
+
+
+def _guard_counts(counts: dict[str, int]) -> dict[str, int]:
+    """What results.json says of the guards over the whole run (resumes included): 'skipped' (steps with
+    a non-finite loss or gradient) and 'diverged' (steps whose loss or gradient norm exploded)."""
+    return {"skipped": int(counts["skipped_total"]), "diverged": int(counts["diverged_total"])}
 
 
 @dataclasses.dataclass
@@ -143,8 +156,26 @@ class _Run:
         return self.evaluator(self.evaluator.variables(state), splits, **kwargs)
 
     def save(self, step: int, state, **meta) -> None:
-        self.checkpointer.save(step, state, self.streams.iterators,
-                               {"step": step, **meta, "config": self.stored_config})
+        """Start saving `state` (as get_state gives it; the guard's run-time part stays out, its counters
+        go to the metadata)."""
+        self.checkpointer.save(step, divergence.detach(state), self.streams.iterators,
+                               {"step": step, **meta, "counters": divergence.counters(state),
+                                "config": self.stored_config})
+
+    def probe(self, placed_state, batch):
+        """The placed state with the last update judged (divergence.py: no step follows it to judge it),
+        on `batch`, the batch of the step that made it; rolled back if rejected. None: nothing to judge."""
+        if batch is None:
+            return placed_state
+        flag = self.par.put_state(parallel.replicate(jnp.ones((), bool), self.mesh))
+        placed_state, metrics = self.par.step(divergence.probing(placed_state, flag), batch)
+        m = jax.device_get(metrics)
+        if m["rolled_back"] > 0:
+            logging.warning("the last update before step %d was rolled back by the %s guard: %s at the parameters "
+                            "it produced", int(jax.device_get(placed_state.step).reshape(-1)[0]),
+                            "non-finite" if m["skipped"] > 0 else "divergence",
+                            f"loss {float(m['loss']):.4g}, gradient norm {float(m['grad_norm']):.4g}")
+        return placed_state
 
 
 def _train_and_evaluate(config, workdir: str, stop: signals.StopOnSignals) -> dict[str, float]:
@@ -152,7 +183,8 @@ def _train_and_evaluate(config, workdir: str, stop: signals.StopOnSignals) -> di
     state, start_step = _resume(run, state)
     epoch_hook = variants.epoch_start(config)
     log = _LogInterval(run, start_step)
-    step, positions = start_step, None
+    # judged: the batch of the last step, whose update no step has judged yet (Run.probe judges it).
+    step, positions, judged = start_step, None, None
     try:
         for step in range(start_step, run.total_steps):
             stop.check()  # a SIGTERM/SIGINT since the last step: save and stop here
@@ -165,18 +197,20 @@ def _train_and_evaluate(config, workdir: str, stop: signals.StopOnSignals) -> di
             positions = run.streams.positions()
             batch, bad_frames = run.streams.next()
             state, metrics = run.par.step(state, batch)
-            positions = None
+            positions, judged = None, batch
             log.add(metrics, bad_frames)
             done = step + 1
             if log.due(done):
                 log.write(done)
             if done % run.steps_per_epoch == 0 and done < run.total_steps:
-                _end_epoch(run, state, done)
+                state, judged = _end_epoch(run, state, done, judged, before_hook=epoch_hook is not None)
+        stop.check()  # a signal during the last step: save it like any other, not in the final evaluation
     except BaseException as err:
         stop.saving()  # the grace timer must not interrupt the save below
-        saved = _save_on_stop(run, state, err, positions, log, trained=bool(log.pending) or step > start_step)
+        saved = _save_on_stop(run, state, err, positions, log, judged,
+                              trained=bool(log.pending) or step > start_step)
         _raise_stopped(run, err, saved, step, stop)
-    return _finish(run, state, start_step)
+    return _finish(run, state, start_step, judged, stop)
 
 
 def _build_run(config, workdir: str) -> tuple[_Run, Any]:
@@ -189,6 +223,7 @@ def _build_run(config, workdir: str) -> tuple[_Run, Any]:
     is_main = jax.process_index() == 0
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
     _refuse_other_runs(config, checkpointer)
+    checkpointer.remove_partial_saves()  # what a killed or failed save left; this run is the writer
     writer = MetricWriter(workdir, enabled=is_main)
     mesh = parallel.data_mesh()
     builders.initial_weights(config)  # refuse a silent random start, fetch ImageNet weights: before any data
@@ -240,6 +275,7 @@ def _write_parameter_table(config, workdir: str, params) -> None:
 def _resume(run: _Run, state) -> tuple[Any, int]:
     """(the placed state to train from, its step): the newest intact checkpoint's, if any."""
     checkpointer = run.checkpointer
+    meta = {}
     if checkpointer.steps():
         state, meta = checkpointer.restore(state, run.streams.iterators, set_aside_broken=True,
                                            check=lambda step, meta: check_resume(run.config, checkpointer.directory,
@@ -253,6 +289,8 @@ def _resume(run: _Run, state) -> tuple[Any, int]:
                      start_step)
     logging.info("training %d steps (%d epochs × %d steps) from step %d", run.total_steps,
                  run.config.train.num_epochs, run.steps_per_epoch, start_step)
+    # The restored (or fresh) state is the first accepted one; the guard's counts go on from the checkpoint's.
+    state = parallel.replicate(divergence.attach(state, meta.get("counters", {})), run.mesh)
     return run.par.put_state(state), start_step
 
 
@@ -260,23 +298,26 @@ def _start_epoch(run: _Run, epoch_hook, placed_state, epoch: int):
     """The variant's per-epoch state (plus: the target's pseudo-identities and cluster memory),
     computed from the replicated state and placed again like any state."""
     camids = np.asarray([t.camid for t in run.target.train], np.int32)
-    new_state, stats = epoch_hook(run.config, run.par.get_state(placed_state),
+    state = run.par.get_state(placed_state)
+    counts = divergence.counters(state)
+    new_state, stats = epoch_hook(run.config, divergence.detach(state),
                                   lambda variables: run.evaluator.features(variables, run.target.train), camids, epoch)
     if stats:
         run.writer.write_scalars(epoch * run.steps_per_epoch, stats, prefix="cluster/")
         logging.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+    # The hook's state is the accepted one from here: a rollback must not undo it.
+    new_state = divergence.attach(parallel.replicate(new_state, run.mesh), counts)
     return run.par.put_state(parallel.replicate(new_state, run.mesh))
 
 
 class _LogInterval:
-    """The steps since the last log line: their metrics, undecodable frames, and how many updates in a
-    row the non-finite and divergence guards dropped (the loop stops at train.max_consecutive_*)."""
+    """The steps since the last log line: their metrics and undecodable frames; a guard's streak (steps
+    it rejected since the last accepted update) at train.max_consecutive_* stops the run."""
 
     def __init__(self, run: _Run, start_step: int):
         self.run = run
         self.pending: list[dict] = []
         self.bad_frames = 0
-        self.nonfinite_run = self.diverged_run = 0
         self.progress = progress_lib.Progress(run.total_steps, start_step)
 
     def add(self, metrics: dict, bad_frames: int) -> None:
@@ -294,14 +335,13 @@ class _LogInterval:
         stopping = None
         for i, m in enumerate(fetched):
             at = done - len(fetched) + i + 1
-            self.nonfinite_run = self.nonfinite_run + 1 if m["skipped"] > 0 else 0
-            self.diverged_run = self.diverged_run + 1 if m.get("diverged", 0) > 0 else 0
-            if stopping is None and self.nonfinite_run >= t.max_consecutive_nonfinite:
-                stopping = _Stop("non_finite", f"{self.nonfinite_run} consecutive non-finite losses or gradients "
-                                               f"at step {at}")
-            if stopping is None and self.diverged_run >= t.max_consecutive_diverged:
-                stopping = _Stop("diverged", f"diverged: {self.diverged_run} consecutive updates skipped at step "
-                                             f"{at}, loss {float(m['loss']):.4g} against a median of "
+            nonfinite, diverged = int(m.get("nonfinite_streak", 0)), int(m.get("diverged_streak", 0))
+            if stopping is None and nonfinite >= t.max_consecutive_nonfinite:
+                stopping = _Stop("non_finite", f"{nonfinite} non-finite losses or gradients without an accepted "
+                                               f"update between them, at step {at}")
+            if stopping is None and diverged >= t.max_consecutive_diverged:
+                stopping = _Stop("diverged", f"diverged: {diverged} updates rejected without an accepted one between "
+                                             f"them, at step {at}, loss {float(m['loss']):.4g} against a median of "
                                              f"{float(m['loss_median']):.4g} over the last accepted ones "
                                              f"(train.divergence_factor={t.divergence_factor:g})")
         summary = self.summary(fetched, done)
@@ -310,10 +350,12 @@ class _LogInterval:
         self.run.writer.write_scalars(done, summary, prefix="train/")
         logging.info("%s | loss %.4f", self.progress.line(done), summary["loss"])
         if summary.get("diverged", 0) > 0:
-            logging.warning("step %d: %d update(s) of the last %d skipped by the divergence guard (loss or "
-                            "gradient norm > %g × the median of the last accepted; %d in a row, the run "
-                            "stops at %d)", done, int(summary["diverged"]), len(fetched), t.divergence_factor,
-                            self.diverged_run, t.max_consecutive_diverged)
+            logging.warning("step %d: %d of the last %d step(s) rejected by the divergence guard (loss or gradient "
+                            "norm > %g × the median of the last accepted), %d earlier update(s) rolled back; "
+                            "%d rejected since the last accepted update, the run stops at %d", done,
+                            int(summary["diverged"]), len(fetched), t.divergence_factor,
+                            int(summary.get("rolled_back", 0)), int(summary.get("diverged_streak", 0)),
+                            t.max_consecutive_diverged)
         if stopping is not None:
             raise stopping
 
@@ -324,36 +366,44 @@ class _LogInterval:
         return summary
 
 
-def _end_epoch(run: _Run, placed_state, done: int) -> None:
-    """After an epoch that is not the last: evaluate and checkpoint as train.*_every_epochs say."""
+def _end_epoch(run: _Run, placed_state, done: int, judged, before_hook: bool):
+    """After an epoch that is not the last: evaluate and checkpoint as train.*_every_epochs say, and
+    checkpoint before a variant's epoch hook (a slow one, plus's whole-set clustering, cannot be
+    interrupted, so a stop during it loses the hook only). The last update is judged first, so what is
+    evaluated and saved is an accepted state. Returns (the placed state, the batch still to judge)."""
     epoch = done // run.steps_per_epoch
     t = run.config.train
     evaluating = t.eval_every_epochs and epoch % t.eval_every_epochs == 0
-    saving = t.checkpoint_every_epochs and epoch % t.checkpoint_every_epochs == 0
+    saving = before_hook or (t.checkpoint_every_epochs and epoch % t.checkpoint_every_epochs == 0)
     if not (evaluating or saving):
-        return
+        return placed_state, judged
+    placed_state = run.probe(placed_state, judged)
     state = run.par.get_state(placed_state)
     if evaluating:
         if run.selection is not None:
             chosen = run.evaluate(state, run.selection)
             run.writer.write_scalars(done, chosen, prefix="select/")
-            run.best.offer(done, state, chosen["rank1"])
+            run.best.offer(done, divergence.detach(state), chosen["rank1"])
         if run.selection is not run.target:
             run.writer.write_scalars(done, run.evaluate(state, run.target), prefix="eval/")
     if saving:
         run.save(done, state, epoch=epoch)
+        if before_hook:
+            run.checkpointer.wait()  # on disk before the hook starts: a kill during it keeps this step
+    return placed_state, None
 
 
 def _save_on_stop(run: _Run, placed_state, err: BaseException, positions: dict | None, log: _LogInterval,
-                  trained: bool) -> int | None:
+                  judged, trained: bool) -> int | None:
     """Keep what was learnt when the loop ends early (a signal, a guard's stop, any error): save the
-    last finished step with the data positions before any unfinished step. Returns the saved step, or
-    None when nothing new was saved."""
+    last finished step (its update judged first) with the data positions before any unfinished step.
+    Returns the saved step, or None when nothing new was saved."""
     if not trained:
         return None
     try:
         if positions is not None:
             run.streams.rewind(positions)
+        placed_state = run.probe(placed_state, judged)
         state = run.par.get_state(placed_state)
         saved = int(jax.device_get(state.step))
         if log.pending and not isinstance(err, _Stop):
@@ -363,6 +413,8 @@ def _save_on_stop(run: _Run, placed_state, err: BaseException, positions: dict |
         if saved not in run.checkpointer.steps():  # not already the last scheduled save
             run.save(saved, state, interrupted=True)
         run.checkpointer.close()
+        if isinstance(err, _Stop):
+            err.counts = divergence.counters(state)  # for results.json
         return saved
     except Exception as save_error:  # noqa: BLE001 — report, but surface the original error
         logging.error("could not save the interrupted state: %s", save_error)
@@ -372,7 +424,7 @@ def _save_on_stop(run: _Run, placed_state, err: BaseException, positions: dict |
 def _raise_stopped(run: _Run, err: BaseException, saved: int | None, step: int, stop: signals.StopOnSignals):
     """Re-raise how the loop ended: TrainingStopped with the exit code for a guard's stop or a signal
     (a guard's stop also writes results.json saying why), the original error otherwise."""
-    where = (f"the state without the skipped updates is saved as {run.checkpointer.directory}/{saved}"
+    where = (f"the last accepted state is saved as {run.checkpointer.directory}/{saved}"
              if isinstance(err, _Stop) and saved is not None else
              f"the last finished step is saved as {run.checkpointer.directory}/{saved}" if saved is not None
              else "nothing new was saved")
@@ -380,7 +432,8 @@ def _raise_stopped(run: _Run, err: BaseException, saved: int | None, step: int, 
     if isinstance(err, _Stop):
         message = f"{err}; {where}"
         if run.is_main:
-            _stopped_results(run.workdir, err.status, message, saved if saved is not None else step)
+            counts = err.counts or dict.fromkeys(divergence.COUNTERS, 0)
+            _stopped_results(run.workdir, err.status, message, saved if saved is not None else step, counts)
         raise TrainingStopped(f"training stopped: {message}", EXIT_STOPPED) from None
     if stop.signum is not None and isinstance(err, (signals.StopRequested, KeyboardInterrupt)):
         raise TrainingStopped(f"stopped by {stop.name} at step {saved if saved is not None else step}; {where}; "
@@ -388,26 +441,79 @@ def _raise_stopped(run: _Run, err: BaseException, saved: int | None, step: int, 
     raise err
 
 
-def _finish(run: _Run, placed_state, start_step: int) -> dict[str, float]:
-    """The last checkpoint, model selection's pick, the final evaluation on the target test split
-    (every protocol with eval.protocols), results.json / results.md and the printed table."""
+def _finish(run: _Run, placed_state, start_step: int, judged, stop: signals.StopOnSignals) -> dict[str, float]:
+    """The last update judged, the last checkpoint (written before anything else, and waited for: a
+    signal during the final evaluation finds it on disk), model selection's pick, the final evaluation
+    on the target test split (every protocol with eval.protocols), results.json / results.md and the
+    printed table. A final state that follows rejected updates raises TrainingStopped (exit 3) after
+    writing its results, marked."""
     config = run.config
-    state = run.par.get_state(placed_state)
-    if run.total_steps > start_step:
-        run.save(run.total_steps, state, epoch=config.train.num_epochs)
-    if run.best is not None:
-        state = _select(run, state)
-    final = run.evaluate(state, run.target, all_protocols=config.eval.protocols)
-    run.checkpointer.close()
+    state = run.par.get_state(run.probe(placed_state, judged))
+    counts = divergence.counters(state)
+    try:
+        if run.total_steps > start_step:
+            with stop.protected():
+                run.save(run.total_steps, state, epoch=config.train.num_epochs)
+                run.checkpointer.wait()
+        state = divergence.detach(state)
+        if run.best is not None:
+            state = _select(run, state)
+        final = run.evaluate(state, run.target, all_protocols=config.eval.protocols)
+    except BaseException:
+        # Interrupted (a signal's grace ran out) or failed: the saves in flight still complete, and the
+        # original error is what surfaces (a failed save's is said once).
+        with stop.protected(), contextlib.suppress(Exception):
+            _close_checkpoints(run)
+        raise
+    with stop.protected():
+        _close_checkpoints(run)
     run.writer.write_scalars(run.total_steps, final, prefix="eval/")
     table = evaluation.results_table(final, f"{config.data.source.name} → {config.data.target.name}")
+    results, mark = _final_results(run, final, counts)
     if run.is_main:
-        protocols.write_results(run.workdir, "results", final, table)
+        protocols.write_results(run.workdir, "results", results, table + (f"\n**{mark}**\n" if mark else ""))
     run.writer.close()
     print(table, flush=True)
     print(f"target rank-1 {100 * final['rank1']:.1f}%, mAP {100 * final['mAP']:.1f}% "
           f"({int(final['num_valid_queries'])} queries)", flush=True)
-    return final
+    if mark:
+        logging.warning("%s", mark)
+        raise TrainingStopped(f"training finished, but {mark[0].lower()}{mark[1:]}", EXIT_STOPPED)
+    return results
+
+
+def _close_checkpoints(run: _Run) -> None:
+    """Wait for the last saves (the run's and model selection's) and release orbax's threads."""
+    try:
+        run.checkpointer.close()
+    finally:
+        if run.best is not None:
+            run.best.close()
+
+
+def _final_results(run: _Run, final: dict, counts: dict[str, int]) -> tuple[dict, str]:
+    """(results.json's content, the mark of a final state that follows rejected updates or '').
+
+    results.json holds the metrics, the guards' counts (`_guard_counts`), the step model selection
+    picked ('selected_step') or why selection is off ('model_selection'), and, when the final state
+    follows updates the guards rejected (none accepted after them), 'status' and 'message' saying so."""
+    results = {**final, **_guard_counts(counts)}
+    if run.best is not None:
+        results["selected_step"] = int(run.best.step)
+    elif run.config.train.select_holdout_ids > 0 and not run.config.train.select_on_target_test:
+        results["model_selection"] = ("off: no source identity has tracklets in two cameras to hold out "
+                                      "(docs/METHOD.md §7.6); the last state is reported")
+    diverged, nonfinite = counts["diverged_streak"], counts["nonfinite_streak"]
+    if not (diverged or nonfinite):
+        return results, ""
+    status = "diverged" if diverged else "non_finite"
+    why = ("its loss or gradient norm exploded (> train.divergence_factor × the median of the accepted ones)"
+           if diverged else "its loss or gradient was not finite")
+    mark = (f"The final state follows {diverged + nonfinite} rejected step(s) with no accepted update after them "
+            f"({status}: {why}); the guards rolled back to the last accepted state, which these metrics are "
+            f"of ({counts['diverged_total']} diverged, {counts['skipped_total']} non-finite steps in the run). "
+            "Lower optimizer.learning_rate or check the data")
+    return {**results, "status": status, "message": mark}, mark
 
 
 def _select(run: _Run, state):
@@ -417,5 +523,4 @@ def _select(run: _Run, state):
     run.best.offer(run.total_steps, state, last["rank1"], ties=True)
     state = run.best.restore(state)
     logging.info("evaluating the selected checkpoint from step %d", run.best.step)
-    run.best.close()
     return state

@@ -263,19 +263,23 @@ def test_exploding_learning_rate_stops_marked_diverged(data_root, tmp_path):
         train.train_and_evaluate(config, str(workdir))
     assert err.value.exit_code == train.EXIT_STOPPED
     message = str(err.value)
-    # Step 1 (lr 1e6 · warm-up factor) wrecks the weights; steps 2 and 3 explode and are skipped.
-    assert message.startswith("training stopped: diverged: 2 consecutive updates skipped at step 3, loss ")
-    assert message.endswith(f"(train.divergence_factor=10); the state without the skipped updates is saved as "
-                            f"{workdir}/checkpoints/3")
+    # Update 0 (lr 1e6 · warm-up factor) wrecks the weights: step 1's loss rejects it and the initial
+    # state comes back; step 2 is at those again, and step 3 rejects update 2 the same way.
+    assert message.startswith("training stopped: diverged: 2 updates rejected without an accepted one between "
+                              "them, at step 4, loss ")
+    assert message.endswith(f"(train.divergence_factor=10); the last accepted state is saved as "
+                            f"{workdir}/checkpoints/4")
     results = json.load(open(workdir / "results.json"))
-    assert results["status"] == "diverged" and results["step"] == 3 and "rank1" not in results
+    assert results["status"] == "diverged" and results["step"] == 4 and "rank1" not in results
+    assert results["diverged"] == 2 and results["skipped"] == 0
     assert "No result" in open(workdir / "results.md").read()
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-    assert [r["train/diverged"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["train/diverged"] for r in rows] == [0.0, 1.0, 0.0, 1.0]
     assert rows[1]["train/loss"] > 10 * rows[0]["train/loss"]
-    # What was kept is the state the guard let through (after step 1), with step 3's RNG and counter.
-    saved = _saved_state(workdir, 3)
-    assert int(saved["step"]) == 3 and int(saved["guard"]["count"]) == 1
+    # What was kept is the last accepted state (the initial one), with step 4's counter; only step 0's
+    # and step 2's losses, both at the initial parameters, are remembered.
+    saved = _saved_state(workdir, 4)
+    assert int(saved["step"]) == 4 and int(saved["guard"]["count"]) == 2
 
 
 def _scripted_steps(monkeypatch, outcome, interrupt_at=lambda call: False):
@@ -311,15 +315,17 @@ def test_nonfinite_updates_stop_the_run_with_the_last_good_state(data_root, tmp_
         if call < 3:
             good["params"] = jax.device_get(new.params)
             return new, metrics
-        return before.replace(step=new.step, rng=new.rng), {**metrics, "skipped": jnp.float32(1.0)}
+        # What the guard reports for a non-finite step (tests/test_divergence.py checks the guard itself).
+        return before.replace(step=new.step, rng=new.rng), {**metrics, "skipped": jnp.float32(1.0),
+                                                            "nonfinite_streak": jnp.float32(call - 2)}
 
     _scripted_steps(monkeypatch, outcome)
     workdir = tmp_path / "run"
     with pytest.raises(train.TrainingStopped) as err:
         train.train_and_evaluate(_config(data_root, **{"train.max_consecutive_nonfinite": 2}), str(workdir))
     assert err.value.exit_code == train.EXIT_STOPPED
-    assert str(err.value) == ("training stopped: 2 consecutive non-finite losses or gradients at step 4; the state "
-                              f"without the skipped updates is saved as {workdir}/checkpoints/4")
+    assert str(err.value) == ("training stopped: 2 non-finite losses or gradients without an accepted update between "
+                              f"them, at step 4; the last accepted state is saved as {workdir}/checkpoints/4")
     assert json.load(open(workdir / "results.json"))["status"] == "non_finite"
     saved = _saved_state(workdir, 4)
     assert int(saved["step"]) == 4
@@ -359,7 +365,9 @@ def test_model_selection_keeps_the_best_step_across_a_resume(data_root, tmp_path
                                    "train.eval_every_epochs": 1, "train.select_holdout_ids": 2,
                                    "train.keep_checkpoints": 5})
     workdir = tmp_path / "run"
-    outcome.interrupt_at = 5
+    # Calls: steps 0, 1, the divergence guard's probe before evaluating step 2, steps 2, 3, the probe
+    # before step 4's evaluation, then step 4 (the 7th call) is interrupted.
+    outcome.interrupt_at = 7
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, str(workdir))
     assert [(s, sel) for s, sel, _, _ in seen] == [(2, True), (2, False), (4, True), (4, False)]

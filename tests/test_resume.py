@@ -32,10 +32,13 @@ class _Interrupted(KeyboardInterrupt):
 
 
 @pytest.mark.parametrize("variant, interrupt_call, saved_step", [
-    ("paper", 4, 3),
-    # plus clusters the target before epochs 1 and 2: interrupted in the first step of epoch 1, the run
-    # resumes at the epoch boundary and must recompute the same pseudo-labels and memory.
-    pytest.param("plus", 3, 2, marks=pytest.mark.slow),
+    # Calls of the step: steps 0 and 1, the divergence guard's probe before the checkpoint at step 2,
+    # steps 2 and 3 (the 5th call).
+    ("paper", 5, 3),
+    # plus clusters the target before epochs 1 and 2: interrupted in the first step of epoch 1 (the 4th
+    # call, after the probe), the run resumes at the epoch boundary and must recompute the same
+    # pseudo-labels and memory.
+    pytest.param("plus", 4, 2, marks=pytest.mark.slow),
 ])
 def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, variant, interrupt_call,
                                                                  saved_step):

@@ -10,7 +10,9 @@ cut short, a missing item) is skipped for the next older one, naming it and the 
 `set_aside_broken`, once an older step has restored, renamed to `<step>.unreadable` so that the run
 can write that step again; a save
 that fails (a full disk) names its cause and the newest step still on disk, which orbax leaves in
-place because a step only replaces it once completely written.
+place because a step only replaces it once completely written. The partial folder of a failed save
+(`<step>.orbax-checkpoint-tmp…`) is removed then, and the ones a killed run left are removed before this
+process's first save.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 from typing import Any, Mapping
 
@@ -32,6 +35,8 @@ class CheckpointError(RuntimeError):
     the step and the cause."""
 
 
+# orbax writes a step into `<step>.orbax-checkpoint-tmp[-<timestamp>]` and renames it when complete.
+_PARTIAL_SAVE = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 _TENSORSTORE_ANNOTATION = re.compile(r"\s\[(tensorstore_spec|source locations)=")
 
 
@@ -99,6 +104,8 @@ class Checkpointer:
             ),
         )
         self._saving: int | None = None  # the step of an asynchronous save not yet waited for
+        self._saved_before = False  # partial saves of earlier processes are removed before the first save
+        self._closed = False
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -107,7 +114,22 @@ class Checkpointer:
         """The steps on disk, newest first."""
         return sorted(self._manager.all_steps(), reverse=True)
 
+    def remove_partial_saves(self) -> list[str]:
+        """Remove the folders of saves that never completed (a failed save, a killed run) from the
+        directory; returns their paths. Only a writer may call this: another process's save in flight
+        looks the same."""
+        removed = []
+        names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+        for name in sorted(names):
+            if _PARTIAL_SAVE.match(name):
+                path = os.path.join(self.directory, name)
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+                logging.info("removed the partial checkpoint %s", path)
+        return removed
+
     def _write_failed(self, step: int, err: BaseException) -> CheckpointError:
+        self.remove_partial_saves()
         self._manager.reload()
         kept = [s for s in self.steps() if s != step]
         previous = (f"the newest checkpoint left is step {kept[0]} in {self.directory}" if kept
@@ -119,6 +141,9 @@ class Checkpointer:
         """Start saving step `step`; a failure (this save's or the previous asynchronous one's) raises
         CheckpointError."""
         self.wait()
+        if not self._saved_before:
+            self.remove_partial_saves()
+            self._saved_before = True
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(dict(meta))}
         for name, it in iterators.items():
             items[name] = grain.checkpoint.CheckpointSave(_for_grain(it))
@@ -252,9 +277,13 @@ class Checkpointer:
         self._saving = None
 
     def close(self) -> None:
+        """Wait for the last save and release orbax's threads; closing again does nothing."""
+        if self._closed:
+            return
         try:
             self.wait()
         finally:
+            self._closed = True
             self._manager.close()
 
 

@@ -5,11 +5,14 @@ SLURM, Kubernetes and preemptible VMs stop a job with SIGTERM and kill it some s
 scheduled checkpoint. Inside `StopOnSignals` the first SIGTERM or SIGINT only sets `signum`; the
 training loop checks it between steps and saves. If the loop has not stopped `grace_sec` after the
 signal (a step still compiling, an evaluation in progress), the main thread gets a KeyboardInterrupt,
-which the loop's interrupt path also saves from. A second signal interrupts at once.
+which the loop's interrupt path also saves from. A second signal interrupts at once. Inside
+`protected()` (the final checkpoint being written) the grace period does not run: it starts when the
+section ends, so the save is complete before anything interrupts the run.
 """
 from __future__ import annotations
 
 import _thread
+import contextlib
 import signal
 import threading
 
@@ -32,6 +35,7 @@ class StopOnSignals:
         self._previous: dict[int, object] = {}
         self._timer: threading.Timer | None = None
         self._active = False
+        self._protected = 0  # depth of protected() sections
 
     @property
     def name(self) -> str:
@@ -60,6 +64,10 @@ class StopOnSignals:
         logging.warning("%s received: saving a checkpoint after the current step, then stopping "
                         "(at most %.0f s for the step in flight; a second signal stops at once)",
                         self.name, self.grace_sec)
+        if not self._protected:
+            self._start_timer()
+
+    def _start_timer(self) -> None:
         self._timer = threading.Timer(self.grace_sec, self._abandon)
         self._timer.daemon = True
         self._timer.start()
@@ -75,6 +83,21 @@ class StopOnSignals:
         """The loop is saving: the grace timer must not interrupt the save (a second signal still does)."""
         if self._timer is not None:
             self._timer.cancel()
+
+    @contextlib.contextmanager
+    def protected(self):
+        """A section the grace timer must not interrupt (a checkpoint being written and waited for): a
+        signal before or inside it has its grace period (re)started when the section ends. A second
+        signal still interrupts at once."""
+        self._protected += 1
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            yield
+        finally:
+            self._protected -= 1
+            if not self._protected and self.signum is not None and self._active:
+                self._start_timer()
 
     def check(self) -> None:
         """Raise StopRequested if a signal has arrived (the loop calls this between steps)."""

@@ -21,10 +21,10 @@ The modes that write into --workdir (all but export) hold <workdir>/.lock while 
 (svreid_jax/utils/lock.py): a second command on the same workdir is refused in one line naming the
 holder's process id. Results already in the workdir are kept, never overwritten (protocols.write_results).
 
-Exit codes: 0 done; 1 a usage, config, data, checkpoint, weights, export, write or workdir-in-use error (one
-line on stderr, no traceback); 3
-training stopped with its last good state saved (diverged, or too many non-finite updates;
-results.json says so instead of giving metrics); 128 + N stopped by signal N after saving (143
+Exit codes: 0 done; 1 a usage, config, data, checkpoint, weights, export, write, evaluation (non-finite
+features) or workdir-in-use error (one line on stderr, no traceback); 3 training stopped with its last good
+state saved (diverged, or too many non-finite updates; results.json says so instead of giving metrics), or
+finished from a rolled-back state (results.json marks the metrics with "status"); 128 + N stopped by signal N after saving (143
 SIGTERM, 130 SIGINT): run the same command to resume.
 
 Most logic lives in svreid_jax.train, svreid_jax.builders and svreid_jax.evaluation so that notebooks

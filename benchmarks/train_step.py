@@ -358,6 +358,11 @@ def _delta(r):
     return r["peak_bytes"] - r["start_rss_bytes"]
 
 
+def fmt_flops(x: float) -> str:
+    """A FLOP count in TFLOP or GFLOP, never in exponent notation."""
+    return f"{x / 1e12:.3f} TFLOP" if abs(x) >= 1e11 else f"{x / 1e9:.4g} GFLOP"
+
+
 def flops_for(result: dict, jax_result: dict | None) -> float | None:
     """FLOPs one device of this runner does per step: JAX's own per-device count; a PyTorch runner does the
     whole global step on its one device (the same network and batch, so the same analytical count)."""
@@ -378,8 +383,8 @@ def xla_count_text(jax_result: dict) -> str:
     """XLA's own count beside the analytical one, or n/a where it is implausible (GPU custom calls)."""
     x, a = jax_result.get("xla_flops"), jax_result.get("flops")
     if jax_result.get("xla_flops_plausible"):
-        return f"{x / 1e9:.4g} GFLOP ({x / a:.3f} × the analytical count)"
-    return f"n/a (XLA reported {x}; implausible against the analytical {a / 1e9:.4g} GFLOP)"
+        return f"{fmt_flops(x)} ({x / a:.3f} × the analytical count)"
+    return f"n/a (XLA reported {x}; implausible against the analytical {fmt_flops(a)})"
 
 
 def report(args, results: list[dict], datasheet: tuple, measured: tuple) -> str:
@@ -428,10 +433,10 @@ def report(args, results: list[dict], datasheet: tuple, measured: tuple) -> str:
         a = jx["analytic_flops"]
         notes += [
             f"- analytical FLOPs per step (benchmarks/flops.py, counted in {jx['count_s']:.1f} s): "
-            f"{a['total'] / 1e9:.4g} GFLOP = student forwards {a['student_forward'] / 1e9:.4g} + teacher forward "
-            f"{a['teacher_forward'] / 1e9:.4g} + backward {a['backward'] / 1e9:.4g} (2 × the student forwards − the "
-            f"first convolution's input gradient) + losses {a['rest'] / 1e9:.2g}; {a['convs']} convolutions, "
-            f"{a['dots']} matrix products; per device {jx['flops'] / 1e9:.4g} GFLOP. XLA's cost analysis: "
+            f"{fmt_flops(a['total'])} = student forwards {fmt_flops(a['student_forward'])} + teacher forward "
+            f"{fmt_flops(a['teacher_forward'])} + backward {fmt_flops(a['backward'])} (2 × the student forwards − "
+            f"the first convolution's input gradient) + losses {fmt_flops(a['rest'])}; {a['convs']} convolutions, "
+            f"{a['dots']} matrix products; per device {fmt_flops(jx['flops'])}. XLA's cost analysis: "
             f"{xla_count_text(jx)}.",
             f"- JAX: init {jx['init_s']:.1f} s (not in compile), lower {jx['lower_s']:.1f} s + compile "
             f"{jx['xla_compile_s']:.1f} s, peak RSS up to the end of compilation {_gib(jx['compile_peak_rss_bytes'])}; "

@@ -621,14 +621,21 @@ def launch(part: Part, args, timeout: float, log, workdir: str) -> tuple[str, di
     reader.join(5)
     took = time.perf_counter() - start
     data = _read_result(result)
+    status, data = part_outcome(rc, data)
+    return status, data, took
+
+
+def part_outcome(rc: int, data: dict | None) -> tuple[str, dict]:
+    """(status, entry) of a part that exited with rc after writing `data` (None: no result file): a result
+    without an error is kept whatever rc says."""
     if data is not None and "error" not in data:
         if rc != 0:
-            data["exit_note"] = f"exited {rc} after writing its result"
-        return "ok", data, took
+            data = {**data, "exit_note": f"exited {rc} after writing its result"}
+        return "ok", data
     error = f"exited {rc}"
     if data is not None:  # the part's own account of what went wrong
         error += ": " + str(data.get("error", ""))
-    return "failed", {"error": error}, took
+    return "failed", {"error": error}
 
 
 FRAMEWORK_KEYS = {label: key for key, label in FRAMEWORK_LABELS.items()}  # runner labels → --options frameworks
@@ -688,8 +695,6 @@ def preflight(parts: list[Part], dry: bool) -> str | None:
 
 
 def orchestrate(args) -> int:
-    wall_start = time.time()
-    deadline = args.deadline or wall_start + (args.budget or default_budget(args.dry_run))
     selected = args.parts.split(",") if args.parts else list(PART_NAMES)
     unknown = sorted(set(selected) - set(PART_NAMES))
     if unknown:
@@ -705,6 +710,9 @@ def orchestrate(args) -> int:
     if problem:
         print(f"run.py: preflight failed, nothing measured: {problem}", file=sys.stderr, flush=True)
         return 2
+    # --budget counts from here (run.sh's --deadline already covers its install and this preflight).
+    wall_start = time.time()
+    deadline = args.deadline or wall_start + (args.budget or default_budget(args.dry_run))
     os.makedirs(args.out, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="svreid_gpu_")
     report = {"started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -773,6 +781,11 @@ def default_budget(dry: bool) -> float:
 
 # =============================================================================================
 # Report
+
+
+def fmt_flops(x: float) -> str:
+    """A FLOP count in TFLOP or GFLOP, never in exponent notation."""
+    return f"{x / 1e12:.3f} TFLOP" if abs(x) >= 1e11 else f"{x / 1e9:.4g} GFLOP"
 
 
 def _fmt_bytes(x) -> str:
@@ -960,12 +973,12 @@ def render(report: dict) -> str:
             if jx and jx.get("analytic_flops"):
                 a = jx["analytic_flops"]
                 xla = jx.get("xla_flops")
-                xla_txt = (f"{xla / 1e9:.4g} GFLOP per device, {xla / jx['flops']:.3f}× the analytical"
+                xla_txt = (f"{fmt_flops(xla)} per device, {xla / jx['flops']:.3f}× the analytical"
                            if jx.get("xla_flops_plausible") else f"n/a (reported {xla}: not plausible)")
-                extra.append(f"FLOPs per step (analytical, benchmarks/flops.py) {a['total'] / 1e9:.4g} GFLOP = "
-                             f"student forwards {a['student_forward'] / 1e9:.4g} + teacher forward "
-                             f"{a['teacher_forward'] / 1e9:.4g} + backward {a['backward'] / 1e9:.4g} + losses "
-                             f"{a['rest'] / 1e9:.2g}; XLA's cost analysis: {xla_txt}")
+                extra.append(f"FLOPs per step (analytical, benchmarks/flops.py) {fmt_flops(a['total'])} = "
+                             f"student forwards {fmt_flops(a['student_forward'])} + teacher forward "
+                             f"{fmt_flops(a['teacher_forward'])} + backward {fmt_flops(a['backward'])} + losses "
+                             f"{fmt_flops(a['rest'])}; XLA's cost analysis: {xla_txt}")
             pair = by_base.get(name, {})
             for kind, what in (("torch_compiled", "PyTorch compiled"), ("torch", "PyTorch eager")):
                 if "jax" in pair and kind in pair:

@@ -19,12 +19,15 @@ One step, like `svreid_jax.variants.make_train_step` with every loss weight > 0:
     assignment softmax(cos / 0.1) against the teacher's clusters + mean distance to the assigned centroid;
   * backward, gradient norm, non-finite guard (skip the update), Adam with L2 5e-4 added to the gradient
     on conv/linear weights only (the JAX default `decay_bn_and_bias=False`), EMA teacher update with
-    decay min(1 − 1/(step+1), 0.999).
+    decay min(1 − 1/(step+1), 0.999);
+  * no host↔device sync inside a step: random numbers (erasing, flip, k-means++) drawn on the device, the step
+    counter, β and the EMA decay on the device, fused Adam whose `found_inf` skips a non-finite update on the
+    device, metrics returned as device tensors. `compile=True` runs the forwards and losses under torch.compile.
 
 `--dtype bfloat16` runs the backbone under `torch.autocast(device, torch.bfloat16)`; the pooled embeddings
 and everything after them stay float32, as in svreid_jax (`model.dtype` only affects the backbone).
 
-Standalone: `python benchmarks/torch_baseline.py --depth tiny --batch 2 --steps 3` prints one markdown
+Standalone: `python benchmarks/torch_baseline.py --depth tiny --batch 2 --steps 3 [--compile]` prints one markdown
 row. `benchmarks/train_step.py --torch` calls `run(...)` on the same uint8 batch as the JAX step.
 """
 from __future__ import annotations
@@ -365,7 +368,8 @@ class Trainer:
         finite = torch.isfinite(total) & torch.isfinite(grad_norm)
         self.opt.found_inf = (~finite).float()  # fused Adam leaves parameters and moments alone where set
         self.opt.step()
-        # EMA decay min(1 − 1/(step+1), ema), and no teacher move at all on a skipped step.
+        # EMA decay min(1 − 1/(step+1), ema), and no teacher move at all on a skipped step: weight 0 leaves the teacher
+        # exactly as it was, since the student's parameters stay finite (a non-finite update is never applied).
         weight = (1.0 - torch.clamp(1.0 - 1.0 / (step + 1.0), max=self.ema)) * finite.float()
         with torch.no_grad():
             t_params, s_params = list(self.teacher.parameters()), list(self.student.parameters())

@@ -8,14 +8,16 @@ the flags below change only sizes and the compute dtype. Random uint8 clips are 
 
     python benchmarks/train_step.py --depth tiny --steps 3             # quick check
     python benchmarks/train_step.py --batch 2 --torch                  # ResNet-50, f32, JAX and PyTorch
-    python benchmarks/train_step.py --batch 16 --dtype bfloat16 --torch --steps 20 --warmup 3   # a GPU
+    python benchmarks/train_step.py --batch 16 --dtype bfloat16 --torch --torch-compile inductor --steps 20   # a GPU
 
-Reported (a markdown table, then notes): median and min step time over `--steps` timed steps after
-`--warmup` untimed ones; frames/s counting source + target + teacher frames, and "training frames" (source +
-target); process CPU seconds per step (all threads; on a shared machine this moves much less than wall time
-for XLA, whereas PyTorch's OpenMP threads spin while waiting and burn CPU when preempted); compile time
-(lower + compile; the model init is reported separately); an MFU estimate = XLA cost-analysis flops per
-step / step time / peak flops; and peak memory: the device allocator's peak where it has one, else the
+Reported (a markdown table, then notes): median and min step time over `--steps` timed single steps (each
+waited for) after `--warmup` untimed ones, and the time per step of `--back-to-back` steps dispatched without
+waiting; frames/s counting source + target + teacher frames, and "training frames" (source + target); process
+CPU seconds per step (all threads; on a shared machine this moves much less than wall time for XLA, whereas
+PyTorch's OpenMP threads spin while waiting and burn CPU when preempted); compile time (lower + compile; the model
+init is reported separately; torch.compile's: its first step less its median step); MFU = the analytical FLOPs
+per step (benchmarks/flops.py; XLA's cost analysis is printed beside it, "n/a" where implausible) / step time /
+peak, against the datasheet peak and against a measured matmul; host syncs per step; and peak memory: the device allocator's peak where it has one, else the
 process's peak RSS over that framework's warm-up (VmHWM is reset after JAX compiles and before PyTorch builds
 its model), with a "Δ" column that subtracts the RSS the process already had when that framework's part
 began. XLA's own buffer sizes (`compiled.memory_analysis()`) are in the notes.
@@ -24,15 +26,15 @@ Order: JAX init + compile + warm-up, then PyTorch build + warm-up, then the time
 interleaved (alternating which goes first), so that on a shared machine both see the same load.
 `--threads 1` pins the whole process to one CPU, which makes the comparison far less sensitive to other jobs.
 
-Peak flops: `--peak-flops`, or the dense spec peak of the device kind (PEAK_FLOPS below, with its sources; H100/H200
-SXM bf16 989.5e12; float32 work against the TF32 tensor-core rate, 494.5e12, because XLA's default f32 precision
-and cuDNN use TF32 on those GPUs; PyTorch does so for convolutions by default, for matmuls only when asked:
-benchmarks/gpu/run.py asks). On a CPU there is no spec value to
-trust: a 2048×2048 matmul in the run's dtype is timed (XLA, and PyTorch with --torch; at the start and at the
-end of the run) and the best rate is used as the "achieved peak" (the notes say which).
+Peaks: the datasheet's, `--peak-flops` or the dense spec peak of the device kind (PEAK_FLOPS below, with its
+sources; H100/H200 SXM bf16 989.5e12; float32 work against the TF32 tensor-core rate, 494.5e12, because XLA's
+default f32 precision and cuDNN use TF32 on those GPUs; PyTorch does so for convolutions by default, for matmuls
+only when asked: benchmarks/gpu/run.py asks), none on a CPU; and the measured one: a 2048×2048 matmul in the
+run's dtype, timed (XLA, and PyTorch with --torch; at the start and at the end of the run), the best rate kept.
 
 The PyTorch step is benchmarks/torch_baseline.py (same network, losses and optimiser, written from the
-spec) on the same uint8 batch (the global batch, on one torch device); its MFU uses the XLA flop count.
+spec) on the same uint8 batch (the global batch, on one torch device), eagerly and with --torch-compile also
+under torch.compile; its MFU uses the same analytical count (the whole global step).
 """
 from __future__ import annotations
 

@@ -135,6 +135,66 @@ def test_dry_run_step_part_runs_pytorch_compiled_and_eager_beside_jax(tmp_path):
     assert "| step_bf16: Rtiny bfloat16" in report["table"] and "torch.compile" in report["table"]
 
 
+def _torch_baseline():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import torch_baseline
+
+    return torch_baseline
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_torch_step_reads_nothing_back_and_skips_a_non_finite_update_on_the_device():
+    import numpy as np
+    import torch
+
+    tb = _torch_baseline()
+    rng = np.random.default_rng(0)
+    video = lambda: torch.from_numpy(rng.integers(0, 256, (4, 2, 32, 16, 3), dtype=np.uint8))  # noqa: E731
+    trainer = tb.Trainer(8, depth="tiny", kmeans_clusters=2, kmeans_iters=3)
+    source, pid, target = video(), torch.tensor([0, 0, 1, 1]), video()
+    reads = tb.host_reads(lambda: trainer.step(source, pid, target))
+    assert reads == []  # no float(), .item(), `if tensor` ... inside a step
+    assert float(trainer.step_count) == 1.0
+    # Gradients that overflow (a BN-neck scale of 1e37: finite, but the gradient norm is inf): fused Adam's found_inf
+    # leaves every parameter and moment alone, and the teacher does not move.
+    with torch.no_grad():
+        trainer.student.bnneck.weight.fill_(1e37)
+    kept = {n: p.detach().clone() for n, p in trainer.student.named_parameters()}
+    moments = {n: trainer.opt.state[p]["exp_avg"].clone() for n, p in trainer.student.named_parameters()}
+    teacher = {n: p.detach().clone() for n, p in trainer.teacher.named_parameters()}
+    metrics = trainer.step(source, pid, target)
+    assert float(metrics["skipped"]) == 1.0 and not torch.isfinite(metrics["grad_norm"])
+    for n, p in trainer.student.named_parameters():
+        assert torch.equal(p, kept[n]), n
+        assert torch.equal(trainer.opt.state[p]["exp_avg"], moments[n]), n
+    for n, p in trainer.teacher.named_parameters():
+        assert torch.equal(p, teacher[n]), n
+    assert float(trainer.step_count) == 2.0  # the step still counts, as in the JAX step
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_torch_device_kmeans_finds_planted_clusters_and_survives_identical_points():
+    import torch
+
+    tb = _torch_baseline()
+    torch.manual_seed(0)
+    centres = torch.tensor([[10.0, 0.0], [0.0, 10.0], [-10.0, -10.0]])
+    truth = torch.arange(30) % 3
+    points = centres[truth] + 0.1 * torch.randn(30, 2)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        cent, assign = tb.kmeans(points, 3, 5)
+        # k-means++ puts one seed in each far-apart blob, so the clusters are the blobs (up to their labels).
+        pairs = set(zip(truth.tolist(), assign.tolist()))
+        assert len(pairs) == 3 and len({a for _, a in pairs}) == 3, seed
+        assert torch.allclose(cent[assign], centres[truth], atol=0.2)
+    same = torch.ones(6, 4)  # every D² weight 0 after the first seed: still valid indices, no NaN
+    cent, assign = tb.kmeans(same, 3, 2)
+    assert torch.equal(cent, torch.ones(3, 4)) and assign.min() >= 0 and assign.max() < 3
+
+
 def test_budget_skips_a_part_that_cannot_fit_and_kills_one_that_overruns_its_cap(tmp_path):
     # 9 s budget, 5 s kept for the report: env (cap 100 s) is skipped without starting; smoke (cap 1 s, really
     # the micro demo: tens of seconds) starts and is killed with its child at its cap.

@@ -793,7 +793,11 @@ def _fmt_bytes(x) -> str:
 
 
 def _fmt_rate(x, unit="TFLOP/s", scale=1e12) -> str:
-    return "n/a" if not x else f"{x / scale:.1f} {unit}"
+    if not x:
+        return "n/a"
+    if unit == "TFLOP/s" and x < 1e11:  # a CPU's rates (dry run)
+        return f"{x / 1e9:.1f} GFLOP/s"
+    return f"{x / scale:.1f} {unit}"
 
 
 def framework_kind(framework: str) -> str:

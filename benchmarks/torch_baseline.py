@@ -19,12 +19,15 @@ One step, like `svreid_jax.variants.make_train_step` with every loss weight > 0:
     assignment softmax(cos / 0.1) against the teacher's clusters + mean distance to the assigned centroid;
   * backward, gradient norm, non-finite guard (skip the update), Adam with L2 5e-4 added to the gradient
     on conv/linear weights only (the JAX default `decay_bn_and_bias=False`), EMA teacher update with
-    decay min(1 − 1/(step+1), 0.999).
+    decay min(1 − 1/(step+1), 0.999);
+  * no host↔device sync inside a step: random numbers (erasing, flip, k-means++) drawn on the device, the step
+    counter, β and the EMA decay on the device, fused Adam whose `found_inf` skips a non-finite update on the
+    device, metrics returned as device tensors. `compile=True` runs the forwards and losses under torch.compile.
 
 `--dtype bfloat16` runs the backbone under `torch.autocast(device, torch.bfloat16)`; the pooled embeddings
 and everything after them stay float32, as in svreid_jax (`model.dtype` only affects the backbone).
 
-Standalone: `python benchmarks/torch_baseline.py --depth tiny --batch 2 --steps 3` prints one markdown
+Standalone: `python benchmarks/torch_baseline.py --depth tiny --batch 2 --steps 3 [--compile]` prints one markdown
 row. `benchmarks/train_step.py --torch` calls `run(...)` on the same uint8 batch as the JAX step.
 """
 from __future__ import annotations
@@ -135,12 +138,13 @@ class GradientReversal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, beta):
-        ctx.beta = float(beta)
+        ctx.save_for_backward(beta)  # a 0-d device tensor: reading it back as a float would sync
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return -ctx.beta * grad, None
+        (beta,) = ctx.saved_tensors
+        return -beta.to(grad.dtype) * grad, None
 
 
 class DomainDiscriminator(nn.Module):
@@ -193,13 +197,11 @@ class ReIDNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Data transforms
+# Data transforms (every random number is drawn on the step's device: no host round trip per step)
 
 
-def normalise(video_uint8: torch.Tensor, memory_format) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] → float32 [B, T, 3, H, W], ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, device=video_uint8.device)
-    std = torch.tensor(IMAGENET_STD, device=video_uint8.device)
+def normalise(video_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, memory_format) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] → float32 [B, T, 3, H, W], ImageNet-normalised (mean, std: [3] on the device)."""
     x = (video_uint8.float() / 255.0 - mean) / std
     x = x.permute(0, 1, 4, 2, 3)
     if memory_format is torch.channels_last:
@@ -208,12 +210,12 @@ def normalise(video_uint8: torch.Tensor, memory_format) -> torch.Tensor:
     return x.contiguous()
 
 
-def random_erasing(x: torch.Tensor, gen: torch.Generator, probability=0.5, area=(0.02, 0.4),
-                   aspect=(0.3, 1 / 0.3), attempts=10) -> torch.Tensor:
-    """Random Erasing on [B, T, C, H, W] like svreid_jax.data.augment.random_erasing (vectorised)."""
+def random_erasing(x: torch.Tensor, fill: torch.Tensor, probability=0.5, area=(0.02, 0.4), aspect=(0.3, 1 / 0.3),
+                   attempts=10) -> torch.Tensor:
+    """Random Erasing on [B, T, C, H, W] like svreid_jax.data.augment.random_erasing (vectorised; fill: [C])."""
     b, t, c, h, w = x.shape
     dev = x.device
-    u = lambda *shape: torch.rand(*shape, generator=gen, device="cpu").to(dev)  # noqa: E731
+    u = lambda *shape: torch.rand(*shape, device=dev)  # noqa: E731
     apply = u(b) < probability
     pos = u(b, 1, 2)
     ar = (area[0] + (area[1] - area[0]) * u(b, t, attempts)) * h * w
@@ -230,8 +232,7 @@ def random_erasing(x: torch.Tensor, gen: torch.Generator, probability=0.5, area=
     inside = ((rows >= top[..., None, None]) & (rows < (top + eh)[..., None, None])
               & (cols >= left[..., None, None]) & (cols < (left + ew)[..., None, None]))
     mask = (inside & (apply[:, None] & any_fit)[..., None, None])[:, :, None]  # [B, T, 1, H, W]
-    fill = torch.tensor(ERASE_FILL, device=dev, dtype=x.dtype)[None, None, :, None, None]
-    return torch.where(mask, fill, x)
+    return torch.where(mask, fill.to(x.dtype)[None, None, :, None, None], x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +251,8 @@ def batch_hard_triplet(emb, labels, margin=0.3):
 
 def domain_cross_entropy(source_logits, target_logits):
     s, t = source_logits.reshape(-1, 2), target_logits.reshape(-1, 2)
-    labels = torch.cat([torch.zeros(len(s), dtype=torch.long), torch.ones(len(t), dtype=torch.long)]).to(s.device)
+    labels = torch.cat([torch.zeros(len(s), dtype=torch.long, device=s.device),
+                        torch.ones(len(t), dtype=torch.long, device=s.device)])
     return F.cross_entropy(torch.cat([s, t]), labels)
 
 
@@ -259,15 +261,19 @@ def _sq_dist(x, c):
 
 
 @torch.no_grad()
-def kmeans(points, k, iters, gen):
-    """k-means++ seeding, then `iters` Lloyd rounds (an empty cluster keeps its centroid)."""
+def kmeans(points, k, iters):
+    """k-means++ seeding, then `iters` Lloyd rounds (an empty cluster keeps its centroid), all on the points'
+    device: each seed is drawn by inverting the cumulative D² weights at a device-side uniform number, so no
+    index or probability comes back to the host."""
     n = points.shape[0]
-    idx = [int(torch.randint(n, (1,), generator=gen))]
+    cent = points[torch.randint(n, (1,), device=points.device)]
     for _ in range(1, k):
-        d2 = _sq_dist(points, points[idx]).amin(1).cpu()
-        probs = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full((n,), 1.0 / n)
-        idx.append(int(torch.multinomial(probs, 1, generator=gen)))
-    cent = points[idx].clone()
+        cum = torch.cumsum(_sq_dist(points, cent).amin(1), 0)
+        draw = torch.rand(1, device=points.device) * cum[-1]
+        # The first point whose cumulative weight passes the draw; all-zero weights (every point already a
+        # centroid) give n, clamped to the last point.
+        pick = torch.searchsorted(cum, draw, right=True).clamp_max(n - 1)
+        cent = torch.cat([cent, points[pick]])
     for _ in range(iters):
         onehot = F.one_hot(_sq_dist(points, cent).argmin(1), k).float()
         counts = onehot.sum(0)
@@ -275,10 +281,10 @@ def kmeans(points, k, iters, gen):
     return cent, _sq_dist(points, cent).argmin(1)
 
 
-def teacher_consistency(student, teacher, k, iters, temperature, gen):
+def teacher_consistency(student, teacher, k, iters, temperature):
     s = F.normalize(student.float(), dim=-1, eps=1e-12)
     t = F.normalize(teacher.float(), dim=-1, eps=1e-12)
-    cent, assign = kmeans(t, k, iters, gen)
+    cent, assign = kmeans(t, k, iters)
     ce = F.cross_entropy((s @ F.normalize(cent, dim=-1, eps=1e-12).T) / temperature, assign)
     dist = torch.sqrt((s - cent[assign]).square().sum(-1) + 1e-12).mean()
     return ce, dist
@@ -289,10 +295,18 @@ def teacher_consistency(student, teacher, k, iters, temperature, gen):
 
 
 class Trainer:
+    """The paper step in PyTorch. No host↔device traffic inside a step: the random numbers (erasing, flip,
+    k-means++) are drawn on the device, the step counter, GRL β and EMA decay live on the device, the
+    non-finite guard is fused Adam's `found_inf` (the update is skipped on the device, as GradScaler does), and
+    the metrics stay device tensors until `metrics()` reads them.
+
+    compile: run the forwards and losses through torch.compile (inductor; AOTAutograd compiles their
+    backward too); the optimiser is fused Adam either way, the EMA update foreach kernels."""
+
     def __init__(self, num_classes, depth="50", width=None, dtype="float32", device="cpu", lr=3e-4,
                  weight_decay=5e-4, ema=0.999, grl_max_steps=20000, kmeans_clusters=8, kmeans_iters=10,
-                 temperature=0.1, channels_last=True, seed=0):
-        torch.manual_seed(seed)
+                 temperature=0.1, channels_last=True, seed=0, compile=False, compile_backend="inductor"):
+        torch.manual_seed(seed)  # seeds the CPU and every CUDA generator: the device-side draws repeat
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         autocast = {"float32": None, "bfloat16": torch.bfloat16}[dtype]
@@ -307,24 +321,29 @@ class Trainer:
         decay = [p for p in self.student.parameters() if p.ndim > 1]  # conv and linear weights
         no_decay = [p for p in self.student.parameters() if p.ndim <= 1]
         self.opt = torch.optim.Adam([{"params": decay, "weight_decay": weight_decay},
-                                     {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+                                     {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                    fused=True)
         self.ema, self.grl_max_steps = ema, grl_max_steps
         self.k, self.iters, self.temperature = kmeans_clusters, kmeans_iters, temperature
-        self.gen = torch.Generator().manual_seed(seed)
-        self.step_count = 0
+        dev = self.device
+        self.mean = torch.tensor(IMAGENET_MEAN, device=dev)
+        self.std = torch.tensor(IMAGENET_STD, device=dev)
+        self.fill = torch.tensor(ERASE_FILL, device=dev)
+        self.step_count = torch.zeros((), device=dev)  # float: β and the EMA decay are computed from it
+        self.compiled = bool(compile)
+        self.losses = torch.compile(self._losses, backend=compile_backend) if compile else self._losses
 
     def prepare(self, video, flip=False):
-        x = normalise(video, self.memory_format)
+        x = normalise(video, self.mean, self.std, self.memory_format)
         if flip:
-            x = torch.where((torch.rand(x.shape[0], generator=self.gen) < 0.5).to(x.device)[:, None, None, None, None],
-                            x.flip(-1), x)
-        return random_erasing(x, self.gen)
+            x = torch.where((torch.rand(x.shape[0], device=x.device) < 0.5)[:, None, None, None, None], x.flip(-1), x)
+        return random_erasing(x, self.fill)
 
-    def step(self, source_video, source_pid, target_video) -> dict[str, float]:
-        beta = 2.0 / (1.0 + math.exp(-10.0 * self.step_count / self.grl_max_steps)) - 1.0
+    def _losses(self, source_video, source_pid, target_video, beta):
+        """The forwards and the loss terms: (total, {term: value})."""
         src, tgt = self.prepare(source_video), self.prepare(target_video)
         with torch.no_grad():
-            t_out = self.teacher(self.prepare(target_video, flip=True), 0.0)
+            t_out = self.teacher(self.prepare(target_video, flip=True), torch.zeros_like(beta))
         out_s = self.student(src, beta)
         out_t = self.student(tgt, beta)
         terms = {
@@ -334,24 +353,31 @@ class Trainer:
             "clip_domain": domain_cross_entropy(out_s["clip_domain_logits"], out_t["clip_domain_logits"]),
         }
         terms["consistency_ce"], terms["consistency_dist"] = teacher_consistency(
-            out_t["bn_embedding"], t_out["bn_embedding"], self.k, self.iters, self.temperature, self.gen)
-        total = sum(terms.values())
+            out_t["bn_embedding"], t_out["bn_embedding"], self.k, self.iters, self.temperature)
+        return sum(terms.values()), terms
+
+    def step(self, source_video, source_pid, target_video) -> dict[str, torch.Tensor]:
+        """One train step; returns the metrics as device tensors (reading them synchronises)."""
+        step = self.step_count
+        beta = 2.0 / (1.0 + torch.exp(-10.0 * step / self.grl_max_steps)) - 1.0
+        total, terms = self.losses(source_video, source_pid, target_video, beta)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         grads = [p.grad for p in self.student.parameters() if p.grad is not None]
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        finite = bool(torch.isfinite(total) & torch.isfinite(grad_norm))
-        if finite:
-            self.opt.step()
-            decay = min(1.0 - 1.0 / (self.step_count + 1.0), self.ema)
-            with torch.no_grad():
-                t_params, s_params = list(self.teacher.parameters()), list(self.student.parameters())
-                torch._foreach_mul_(t_params, decay)
-                torch._foreach_add_(t_params, s_params, alpha=1.0 - decay)
-        self.step_count += 1
-        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()},
-                "grad_norm": float(grad_norm),
-                "skipped": 0.0 if finite else 1.0}
+        finite = torch.isfinite(total) & torch.isfinite(grad_norm)
+        self.opt.found_inf = (~finite).float()  # fused Adam leaves parameters and moments alone where set
+        self.opt.step()
+        # EMA decay min(1 − 1/(step+1), ema), and no teacher move at all on a skipped step: weight 0 leaves the teacher
+        # exactly as it was, since the student's parameters stay finite (a non-finite update is never applied).
+        weight = (1.0 - torch.clamp(1.0 - 1.0 / (step + 1.0), max=self.ema)) * finite.float()
+        with torch.no_grad():
+            t_params, s_params = list(self.teacher.parameters()), list(self.student.parameters())
+            torch._foreach_mul_(t_params, 1.0 - weight)
+            torch._foreach_add_(t_params, torch._foreach_mul(s_params, weight))
+        self.step_count = step + 1.0
+        return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}, "grad_norm": grad_norm,
+                "skipped": (~finite).float()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,20 +395,63 @@ def matmul_rate(dtype="float32", n=2048, repeats=5, device="cpu") -> float:
     return 2.0 * n**3 / best
 
 
-class Runner:
-    """Build the trainer on `batch` (numpy: source video/pid, target video), then time single steps.
+# Tensor methods that hand a value to Python, i.e. wait for the device (counted by host_reads on any device).
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
 
-    Peak memory: the process's peak RSS from just before the model is built (VmHWM reset; Linux), or
-    torch.cuda.max_memory_allocated on a GPU. `benchmarks/train_step.py` interleaves `step()` calls
-    with the JAX step's, so both see the same machine load.
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def host_reads(fn) -> list[str]:
+    """The Python-level reads of tensor values (float(t), t.item(), `if t:` ...) while fn() runs eagerly."""
+    with _HostReads() as mode:
+        fn()
+    return mode.seen
+
+
+def cuda_syncs(fn) -> int:
+    """Host↔device synchronisations while fn() runs, as CUDA's sync debug mode reports them (CUDA only)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+class Runner:
+    """Build the trainer on `batch` (numpy: source video/pid, target video), then time steps: single steps,
+    each waited for, and back-to-back runs waited for once at the end.
+
+    Peak memory: the process's peak RSS from just before the model is built (VmHWM reset; Linux), or on a GPU
+    torch.cuda.max_memory_allocated minus what was allocated when this runner began (another runner's tensors
+    in the same process are not its own). `benchmarks/train_step.py` interleaves `step()` calls with the JAX
+    step's, so all see the same machine load.
     """
 
     def __init__(self, batch: dict, *, num_classes: int, depth="50", width=None, dtype="float32", device=None,
                  kmeans_clusters=8, kmeans_iters=10, channels_last=True, seed=0, num_threads=None,
-                 cudnn_benchmark=True, tf32=None):
+                 cudnn_benchmark=True, tf32=None, compile=False, compile_backend="inductor"):
         """cudnn_benchmark: let cuDNN time its convolution algorithms on the first steps (what re-ID training code
         sets; the warm-up absorbs it). tf32: None keeps PyTorch's defaults (TF32 for cuDNN convolutions, not for
-        matmuls); True/False sets both, True being what XLA does for float32 on Ampere and later GPUs."""
+        matmuls); True/False sets both, True being what XLA does for float32 on Ampere and later GPUs.
+        compile: torch.compile the forwards and losses (the first steps compile; `compile_s` is the first
+        step's time less a later step's), with compile_backend: "inductor" (Triton kernels on a GPU) or, for a
+        CPU dry run, "aot_eager" (the same graph capture and AOTAutograd, no code generation: inductor's C++
+        build takes minutes on a small CPU and says nothing about the GPU's Triton kernels)."""
         torch.set_num_threads(num_threads or os.cpu_count())
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.cuda = self.device.startswith("cuda")
@@ -397,50 +466,88 @@ class Runner:
         self.rss_reset = reset_peak_rss()
         self.start_rss = proc_status("VmRSS")
         if self.cuda:
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            self.start_allocated = torch.cuda.memory_allocated()
         t0 = time.perf_counter()
         self.trainer = Trainer(num_classes, depth, width, dtype, self.device, kmeans_clusters=kmeans_clusters,
-                               kmeans_iters=kmeans_iters, channels_last=channels_last, seed=seed)
+                               kmeans_iters=kmeans_iters, channels_last=channels_last, seed=seed, compile=compile,
+                               compile_backend=compile_backend)
         self.build_s = time.perf_counter() - t0
         self.sv = torch.from_numpy(np.asarray(batch["source"]["video"])).to(self.device)
         self.sp = torch.from_numpy(np.asarray(batch["source"]["pid"]).astype(np.int64)).to(self.device)
         self.tv = torch.from_numpy(np.asarray(batch["target"]["video"])).to(self.device)
-        self.name = (f"PyTorch {torch.__version__} (eager{', channels_last' if channels_last else ''}"
+        mode = (f"torch.compile{'' if compile_backend == 'inductor' else ' ' + compile_backend}" if compile
+                else "eager")
+        self.name = (f"PyTorch {torch.__version__} ({mode}, fused Adam{', channels_last' if channels_last else ''}"
                      f"{', autocast bf16' if dtype == 'bfloat16' else ''}"
                      f"{', TF32' if self.cuda and dtype == 'float32' and torch.backends.cudnn.allow_tf32 else ''})")
-        self.metrics = None
+        self.compiled = bool(compile)
+        self.last = None
 
-    def step(self) -> tuple[float, float]:
-        """One train step: (wall seconds, process CPU seconds)."""
-        wall, cpu = time.perf_counter(), time.process_time()
-        self.metrics = self.trainer.step(self.sv, self.sp, self.tv)  # float() of the metrics synchronises
+    def _sync(self):
         if self.cuda:
             torch.cuda.synchronize()
+
+    def step(self) -> tuple[float, float]:
+        """One train step, waited for: (wall seconds, process CPU seconds)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.last = self.trainer.step(self.sv, self.sp, self.tv)
+        self._sync()
         return time.perf_counter() - wall, time.process_time() - cpu
+
+    def steps(self, n: int) -> float:
+        """n steps back to back, waited for once at the end: wall seconds for all n."""
+        self._sync()
+        wall = time.perf_counter()
+        for _ in range(n):
+            self.last = self.trainer.step(self.sv, self.sp, self.tv)
+        self._sync()
+        return time.perf_counter() - wall
+
+    def host_syncs(self) -> tuple[int | None, str]:
+        """(count, how) of host↔device synchronisations in one step: CUDA's own count on a GPU; elsewhere the
+        Python-level reads of tensor values in one step (eager only: a compiled step's reads are traced away)."""
+        one = lambda: self.trainer.step(self.sv, self.sp, self.tv)  # noqa: E731
+        if self.cuda:
+            self._sync()
+            count = cuda_syncs(one)
+            self._sync()
+            return count, "torch.cuda sync debug mode"
+        if self.compiled:
+            return None, "not counted for a compiled step on CPU"
+        return len(host_reads(one)), "Python reads of tensor values"
 
     def peak_memory(self) -> tuple[int | None, str]:
         if self.cuda:
-            return torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
+            return (torch.cuda.max_memory_allocated() - self.start_allocated,
+                    "torch.cuda.max_memory_allocated over this runner's start")
         if self.rss_reset:
             return proc_status("VmHWM"), "process peak RSS from model build to the end of warm-up (VmHWM reset)"
         return proc_status("VmHWM"), "process peak RSS"
 
+    def metrics(self) -> dict[str, float]:
+        return {k: float(v) for k, v in (self.last or {}).items()}
+
     def info(self) -> dict:
         return {"framework": self.name, "device": self.device, "compile_s": None, "build_s": self.build_s,
-                "start_rss_bytes": self.start_rss, "metrics": self.metrics, "backend_flags": self.backend_flags,
+                "start_rss_bytes": self.start_rss, "metrics": self.metrics(), "backend_flags": self.backend_flags,
                 "num_params": sum(p.numel() for p in self.trainer.student.parameters())}
 
 
-def run(batch: dict, *, steps=3, warmup=1, **kwargs) -> dict:
+def run(batch: dict, *, steps=3, warmup=1, back_to_back=0, **kwargs) -> dict:
     """Build, warm up and time the PyTorch step alone. Returns a result dict."""
     runner = Runner(batch, **kwargs)
     warm = [runner.step()[0] for _ in range(max(warmup, 1))]
     peak, mem_source = runner.peak_memory()
     timed = [runner.step() for _ in range(steps)]
     times = [t for t, _ in timed]
-    return {**runner.info(), "first_step_s": warm[0], "warmup_s": warm, "step_times_s": times,
-            "cpu_times_s": [c for _, c in timed], "step_s": statistics.median(times), "peak_bytes": peak,
-            "mem_source": mem_source}
+    out = {**runner.info(), "first_step_s": warm[0], "warmup_s": warm, "step_times_s": times,
+           "cpu_times_s": [c for _, c in timed], "step_s": statistics.median(times), "peak_bytes": peak,
+           "mem_source": mem_source}
+    if back_to_back:
+        out["back_to_back_s"] = runner.steps(back_to_back) / back_to_back
+    return out
 
 
 def main():
@@ -456,6 +563,8 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--num-classes", type=int, default=150)
     p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forwards and losses")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)")
     a = p.parse_args()
     rng = np.random.default_rng(0)
     shape = (a.batch, a.frames, a.height, a.width, 3)
@@ -464,12 +573,13 @@ def main():
                         "pid": (np.arange(a.batch) // k).astype(np.int32)},
              "target": {"video": rng.integers(0, 256, shape, dtype=np.uint8)}}
     r = run(batch, num_classes=a.num_classes, depth=a.depth, width=a.model_width, dtype=a.dtype, steps=a.steps,
-            warmup=a.warmup, kmeans_clusters=min(8, a.batch), channels_last=not a.no_channels_last)
+            warmup=a.warmup, kmeans_clusters=min(8, a.batch), channels_last=not a.no_channels_last,
+            compile=a.compile, compile_backend=a.compile_backend, back_to_back=a.steps)
     frames = 3 * a.batch * a.frames
-    print("| framework | step (median) | frames/s (src+tgt+teacher) | first step | peak mem |")
-    print("|---|---|---|---|---|")
-    print(f"| {r['framework']} | {r['step_s']:.3f} s | {frames / r['step_s']:.2f} | {r['first_step_s']:.2f} s | "
-          f"{(r['peak_bytes'] or 0) / 2**30:.2f} GiB |")
+    print("| framework | step (median) | back to back, per step | frames/s (src+tgt+teacher) | first step | peak mem |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {r['framework']} | {r['step_s']:.3f} s | {r['back_to_back_s']:.3f} s | {frames / r['step_s']:.2f} | "
+          f"{r['first_step_s']:.2f} s | {(r['peak_bytes'] or 0) / 2**30:.2f} GiB |")
     print("metrics:", {k: round(v, 4) for k, v in r["metrics"].items()})
 
 

@@ -8,14 +8,16 @@ the flags below change only sizes and the compute dtype. Random uint8 clips are 
 
     python benchmarks/train_step.py --depth tiny --steps 3             # quick check
     python benchmarks/train_step.py --batch 2 --torch                  # ResNet-50, f32, JAX and PyTorch
-    python benchmarks/train_step.py --batch 16 --dtype bfloat16 --torch --steps 20 --warmup 3   # a GPU
+    python benchmarks/train_step.py --batch 16 --dtype bfloat16 --torch --torch-compile inductor --steps 20   # a GPU
 
-Reported (a markdown table, then notes): median and min step time over `--steps` timed steps after
-`--warmup` untimed ones; frames/s counting source + target + teacher frames, and "training frames" (source +
-target); process CPU seconds per step (all threads; on a shared machine this moves much less than wall time
-for XLA, whereas PyTorch's OpenMP threads spin while waiting and burn CPU when preempted); compile time
-(lower + compile; the model init is reported separately); an MFU estimate = XLA cost-analysis flops per
-step / step time / peak flops; and peak memory: the device allocator's peak where it has one, else the
+Reported (a markdown table, then notes): median and min step time over `--steps` timed single steps (each
+waited for) after `--warmup` untimed ones, and the time per step of `--back-to-back` steps dispatched without
+waiting; frames/s counting source + target + teacher frames, and "training frames" (source + target); process
+CPU seconds per step (all threads; on a shared machine this moves much less than wall time for XLA, whereas
+PyTorch's OpenMP threads spin while waiting and burn CPU when preempted); compile time (lower + compile; the model
+init is reported separately; torch.compile's: its first step less its median step); MFU = the analytical FLOPs
+per step (benchmarks/flops.py; XLA's cost analysis is printed beside it, "n/a" where implausible) / step time /
+peak, against the datasheet peak and against a measured matmul; host syncs per step; and peak memory: the device allocator's peak where it has one, else the
 process's peak RSS over that framework's warm-up (VmHWM is reset after JAX compiles and before PyTorch builds
 its model), with a "Δ" column that subtracts the RSS the process already had when that framework's part
 began. XLA's own buffer sizes (`compiled.memory_analysis()`) are in the notes.
@@ -24,15 +26,15 @@ Order: JAX init + compile + warm-up, then PyTorch build + warm-up, then the time
 interleaved (alternating which goes first), so that on a shared machine both see the same load.
 `--threads 1` pins the whole process to one CPU, which makes the comparison far less sensitive to other jobs.
 
-Peak flops: `--peak-flops`, or the dense spec peak of the device kind (PEAK_FLOPS below, with its sources; H100/H200
-SXM bf16 989.5e12; float32 work against the TF32 tensor-core rate, 494.5e12, because XLA's default f32 precision
-and cuDNN use TF32 on those GPUs; PyTorch does so for convolutions by default, for matmuls only when asked:
-benchmarks/gpu/run.py asks). On a CPU there is no spec value to
-trust: a 2048×2048 matmul in the run's dtype is timed (XLA, and PyTorch with --torch; at the start and at the
-end of the run) and the best rate is used as the "achieved peak" (the notes say which).
+Peaks: the datasheet's, `--peak-flops` or the dense spec peak of the device kind (PEAK_FLOPS below, with its
+sources; H100/H200 SXM bf16 989.5e12; float32 work against the TF32 tensor-core rate, 494.5e12, because XLA's
+default f32 precision and cuDNN use TF32 on those GPUs; PyTorch does so for convolutions by default, for matmuls
+only when asked: benchmarks/gpu/run.py asks), none on a CPU; and the measured one: a 2048×2048 matmul in the
+run's dtype, timed (XLA, and PyTorch with --torch; at the start and at the end of the run), the best rate kept.
 
 The PyTorch step is benchmarks/torch_baseline.py (same network, losses and optimiser, written from the
-spec) on the same uint8 batch (the global batch, on one torch device); its MFU uses the XLA flop count.
+spec) on the same uint8 batch (the global batch, on one torch device), eagerly and with --torch-compile also
+under torch.compile; its MFU uses the same analytical count (the whole global step).
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ from configs import mars  # noqa: E402
 from svreid_jax import parallel, variants  # noqa: E402
 from svreid_jax.state import create_train_state  # noqa: E402
 from svreid_jax.builders import create_model, init_variables  # noqa: E402
+import flops as flop_count  # noqa: E402  (benchmarks/flops.py)
 from memory import peak_rss_bytes, proc_status, reset_peak_rss  # noqa: E402
 
 # Dense peak flops/s per device (no structured sparsity), keyed by a substring of jax's device_kind and matched in
@@ -131,21 +134,31 @@ def measured_matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
     return 2.0 * n**3 / best
 
 
-def peak_flops(args) -> tuple[float | None, str]:
+def datasheet_peak(args) -> tuple[float | None, str]:
+    """The device's dense datasheet peak for the run's dtype (PEAK_FLOPS), or --peak-flops; None on a CPU."""
     if args.peak_flops:
         return args.peak_flops, "--peak-flops"
     dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        return spec_peak(dev.device_kind, args.dtype)
     if dev.platform == "cpu":
-        rate, how = measured_matmul_peak(args.dtype), "XLA"
-        if args.torch:
-            import torch_baseline  # noqa: E402
+        return None, "no datasheet figure for a CPU"
+    return spec_peak(dev.device_kind, args.dtype)
 
-            torch_rate = torch_baseline.matmul_rate(args.dtype)
-            if torch_rate > rate:
-                rate, how = torch_rate, "PyTorch (faster than XLA's here)"
-        return rate, f"measured on this CPU: best of 5 2048² {args.dtype} matmuls, {how}"
+
+def measured_peak(args, n: int = 2048) -> tuple[float, str]:
+    """The best rate of an n² matmul in the run's dtype here: XLA's, and PyTorch's when it runs too."""
+    rate, how = measured_matmul_peak(args.dtype, n), "XLA"
+    if args.torch:
+        import torch_baseline  # noqa: E402
+
+        torch_rate = torch_baseline.matmul_rate(args.dtype, n, device="cuda" if torch_cuda() else "cpu")
+        if torch_rate > rate:
+            rate, how = torch_rate, "PyTorch (faster than XLA's here)"
+    return rate, f"measured: best of 5 {n}² {args.dtype} matmuls, {how}"
+
+
+def torch_cuda() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_available()
 
 
 def load_average() -> str:
@@ -196,6 +209,11 @@ class JaxRunner:
 
     def __init__(self, args, host_batch: dict):
         config = make_config(args)
+        # The analytical count (benchmarks/flops.py) is what MFU divides by; XLA's cost analysis is kept beside it
+        # as a check, trusted only where it is plausible (on GPU its convolutions count −1 or 0).
+        t0 = time.perf_counter()
+        self.analytic = flop_count.paper_step(config, args.num_classes, host_batch)
+        self.count_s = time.perf_counter() - t0
         reset_peak_rss()
         self.start_rss = proc_status("VmRSS")
         mesh = parallel.data_mesh()
@@ -217,7 +235,9 @@ class JaxRunner:
         t0 = time.perf_counter()
         self.compiled = lowered.compile()
         self.xla_compile_s = time.perf_counter() - t0
-        self.flops = flops_of(self.compiled)
+        # Per device: the step is data-parallel over the mesh, so each device does 1/N of the global count.
+        self.flops = self.analytic["total"] / mesh.size
+        self.xla_flops = flops_of(self.compiled)  # XLA's count for one device's program
         self.mem = self.compiled.memory_analysis()
         self.compile_peak = peak_rss_bytes()  # init + compile (XLA's own working memory included)
         self.rss_reset = reset_peak_rss()  # the steps' peak is measured on its own
@@ -231,6 +251,17 @@ class JaxRunner:
         jax.block_until_ready((self.state, self.metrics))
         return time.perf_counter() - wall, time.process_time() - cpu
 
+    def steps(self, n: int) -> float:
+        """n steps dispatched back to back (JAX's dispatch is asynchronous), waited for once: wall seconds."""
+        wall = time.perf_counter()
+        for _ in range(n):
+            self.state, self.metrics = self.compiled(self.state, self.batch)
+        jax.block_until_ready((self.state, self.metrics))
+        return time.perf_counter() - wall
+
+    def host_syncs(self) -> tuple[int | None, str]:
+        return 0, "one jitted call per step"
+
     def peak_memory(self) -> tuple[int | None, str]:
         dev_peak = device_peak_bytes()
         if dev_peak is not None:
@@ -243,7 +274,9 @@ class JaxRunner:
         m = self.mem
         return {"framework": self.name, "device": str(jax.devices()[0].device_kind), "init_s": self.init_s,
                 "lower_s": self.lower_s, "compile_s": self.lower_s + self.xla_compile_s,
-                "xla_compile_s": self.xla_compile_s, "flops": self.flops, "start_rss_bytes": self.start_rss,
+                "xla_compile_s": self.xla_compile_s, "flops": self.flops, "xla_flops": self.xla_flops,
+                "xla_flops_plausible": flop_count.plausible(self.xla_flops, self.flops),
+                "analytic_flops": self.analytic, "step_flops": self.analytic["total"], "count_s": self.count_s, "start_rss_bytes": self.start_rss,
                 "compile_peak_rss_bytes": self.compile_peak,
                 "metrics": {k: float(v) for k, v in jax.device_get(self.metrics).items()},
                 "num_params": int(sum(x.size for x in jax.tree.leaves(self.state.params))),
@@ -260,10 +293,13 @@ def release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def benchmark(factories: list, warmup: int, num_steps: int, tolerate_errors: bool = False) -> list[dict]:
+def benchmark(factories: list, warmup: int, num_steps: int, tolerate_errors: bool = False,
+              back_to_back: int = 0) -> list[dict]:
     """Build and warm up each runner in turn (reading its peak memory right after its warm-up, before the
-    next one is built), then time `num_steps` steps of each, interleaved and alternating which goes first,
-    so that all see the same machine load.
+    next one is built), then time `num_steps` single steps of each (each waited for), interleaved and
+    alternating which goes first, so that all see the same machine load; then, with back_to_back = n, n steps of
+    each dispatched back to back and waited for once (`back_to_back_s`: per step), which lets the host's
+    dispatch overlap the device's work as in training; then one more step of each with its host syncs counted.
 
     factories: callables returning a runner, or (label, callable) pairs. With tolerate_errors, a runner that
     raises while building or warming up (out of device memory, say) becomes {'framework': label, 'error': text}
@@ -294,12 +330,19 @@ def benchmark(factories: list, warmup: int, num_steps: int, tolerate_errors: boo
             order.reverse()
         for j in order:
             timed[j].append(runners[j].step())
+    chained = [r.steps(back_to_back) / back_to_back if back_to_back else None for r in runners]
+    syncs = [r.host_syncs() for r in runners]
     results = []
-    for r, w, (peak, source), t in zip(runners, warm, peaks, timed):
+    for r, w, (peak, source), t, b2b, (nsync, sync_how) in zip(runners, warm, peaks, timed, chained, syncs):
         times = [x for x, _ in t]
-        results.append({**r.info(), "first_step_s": w[0], "warmup_s": w, "step_times_s": times,
+        info = r.info()
+        if getattr(r, "compiled", False) and info.get("compile_s") is None:
+            # torch.compile compiles inside the first step: its excess over a later step is the compile time.
+            info["compile_s"] = max(w[0] - statistics.median(times), 0.0)
+        results.append({**info, "first_step_s": w[0], "warmup_s": w, "step_times_s": times,
                         "cpu_times_s": [c for _, c in t], "step_s": statistics.median(times), "peak_bytes": peak,
-                        "mem_source": source})
+                        "mem_source": source, "back_to_back_s": b2b, "back_to_back_steps": back_to_back,
+                        "host_syncs": nsync, "host_syncs_how": sync_how})
     return [results[s] if isinstance(s, int) else s for s in slots]
 
 
@@ -317,7 +360,36 @@ def _delta(r):
     return r["peak_bytes"] - r["start_rss_bytes"]
 
 
-def report(args, results: list[dict], peak: float | None, peak_source: str) -> str:
+def fmt_flops(x: float) -> str:
+    """A FLOP count in TFLOP or GFLOP, never in exponent notation."""
+    return f"{x / 1e12:.3f} TFLOP" if abs(x) >= 1e11 else f"{x / 1e9:.4g} GFLOP"
+
+
+def flops_for(result: dict, jax_result: dict | None) -> float | None:
+    """FLOPs one device of this runner does per step: JAX's own per-device count; a PyTorch runner does the
+    whole global step on its one device (the same network and batch, so the same analytical count)."""
+    if result["framework"].startswith("JAX"):
+        return result.get("flops")
+    return (jax_result or {}).get("step_flops")
+
+
+def mfu(flops: float | None, step_s: float | None, peak: float | None) -> float | None:
+    return flops / step_s / peak if flops and step_s and peak else None
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def xla_count_text(jax_result: dict) -> str:
+    """XLA's own count beside the analytical one, or n/a where it is implausible (GPU custom calls)."""
+    x, a = jax_result.get("xla_flops"), jax_result.get("flops")
+    if jax_result.get("xla_flops_plausible"):
+        return f"{fmt_flops(x)} ({x / a:.3f} × the analytical count)"
+    return f"n/a (XLA reported {x}; implausible against the analytical {fmt_flops(a)})"
+
+
+def report(args, results: list[dict], datasheet: tuple, measured: tuple) -> str:
     ndev = jax.device_count()
     b = args.batch * ndev  # global source clips (= target clips)
     all_frames = 3 * b * args.frames  # source + target + teacher
@@ -326,51 +398,64 @@ def report(args, results: list[dict], peak: float | None, peak_source: str) -> s
     results = [r for r in results if "error" not in r]
     if not results:
         return "\n".join(f"- {r['framework']} failed: {r['error']}" for r in errors)
-    flops = results[0].get("flops")
+    jx = next((r for r in results if r["framework"].startswith("JAX")), None)
     lines = [
-        "| framework | step: median (min) | frames/s (src+tgt+teacher) | training frames/s (src+tgt) | ratio vs JAX "
-        "| CPU s/step | compile (lower+compile) | first step | MFU | peak memory | Δ over part's start |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| framework | step: median (min) | back to back, per step | frames/s (src+tgt+teacher) | training frames/s "
+        "| ratio vs first | CPU s/step | compile | first step | MFU (datasheet) | MFU (measured matmul) "
+        "| host syncs/step | peak memory | Δ over part's start |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = results[0]["step_s"]
     for r in results:
-        mfu = "n/a" if not (flops and peak) else f"{100 * flops / r['step_s'] / peak:.1f} %"
+        f = flops_for(r, jx)
         compile_txt = "none (eager)" if r.get("compile_s") is None else f"{r['compile_s']:.1f} s"
+        b2b = "n/a" if r.get("back_to_back_s") is None else f"{r['back_to_back_s']:.3f} s"
+        syncs = "n/a" if r.get("host_syncs") is None else str(r["host_syncs"])
         lines.append(
-            f"| {r['framework']} | {r['step_s']:.3f} s ({min(r['step_times_s']):.3f} s) | "
+            f"| {r['framework']} | {r['step_s']:.3f} s ({min(r['step_times_s']):.3f} s) | {b2b} | "
             f"{all_frames / r['step_s']:.2f} | "
             f"{train_frames / r['step_s']:.2f} | {base / r['step_s']:.2f}× | "
             f"{statistics.median(r['cpu_times_s']):.2f} s | {compile_txt} | "
-            f"{r['first_step_s']:.2f} s | {mfu} | {_gib(r['peak_bytes'])} | {_gib(_delta(r))} |")
-    jx = results[0]
+            f"{r['first_step_s']:.2f} s | {_pct(mfu(f, r['step_s'], datasheet[0]))} | "
+            f"{_pct(mfu(f, r['step_s'], measured[0]))} | {syncs} | {_gib(r['peak_bytes'])} | {_gib(_delta(r))} |")
     notes = [
         "",
         f"- setup: depth {args.depth}, {args.height}×{args.width}, T = {args.frames}, {b} source + {b} target clips "
         f"per step ({ndev} device(s), {args.batch} per device), dtype {args.dtype}, {args.num_classes} classes, "
         f"k-means {make_config(args).adaptation.kmeans_clusters} clusters; CPUs: "
         f"{f'pinned to {args.cpus}' if args.threads else f'all {os.cpu_count()}'}; {args.steps} timed steps after "
-        f"{max(args.warmup, 1)} warm-up.",
+        f"{max(args.warmup, 1)} warm-up, then {args.back_to_back} back to back.",
         f"- device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} CPUs, "
         f"{platform.processor() or platform.machine()}; load average at start {args.load_start}, at end "
         f"{load_average()}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        f"- XLA flops per step: {flops / 1e9:.1f} GFLOP; peak {peak / 1e9:.1f} GFLOP/s ({peak_source})."
-        if flops and peak else f"- XLA flops per step: {flops}; peak: {peak} ({peak_source}).",
-        f"- JAX: init {jx['init_s']:.1f} s (not in compile), lower {jx['lower_s']:.1f} s + compile "
-        f"{jx['xla_compile_s']:.1f} s, peak RSS up to the end of compilation {_gib(jx['compile_peak_rss_bytes'])}; "
-        f"XLA buffers: temp {_gib(jx['xla_temp_bytes'])}, arguments {_gib(jx['xla_argument_bytes'])}; "
-        f"params {jx['num_params'] / 1e6:.2f} M (PyTorch: "
-        f"{(results[1]['num_params'] / 1e6 if len(results) > 1 else float('nan')):.2f} M).",
-        "- timing: each framework built and warmed up in turn, then the timed steps interleaved (alternating "
-        "which goes first) so both see the same machine load.",
+        f"- peaks: datasheet {f'{datasheet[0] / 1e12:.1f} TFLOP/s' if datasheet[0] else 'n/a'} ({datasheet[1]}); measured "
+        f"{measured[0] / 1e12:.2f} TFLOP/s ({measured[1]}).",
     ]
-    if len(results) > 1 and "RSS" in results[1]["mem_source"]:
+    if jx:
+        a = jx["analytic_flops"]
+        notes += [
+            f"- analytical FLOPs per step (benchmarks/flops.py, counted in {jx['count_s']:.1f} s): "
+            f"{fmt_flops(a['total'])} = student forwards {fmt_flops(a['student_forward'])} + teacher forward "
+            f"{fmt_flops(a['teacher_forward'])} + backward {fmt_flops(a['backward'])} (2 × the student forwards − "
+            f"the first convolution's input gradient) + losses {fmt_flops(a['rest'])}; {a['convs']} convolutions, "
+            f"{a['dots']} matrix products; per device {fmt_flops(jx['flops'])}. XLA's cost analysis: "
+            f"{xla_count_text(jx)}.",
+            f"- JAX: init {jx['init_s']:.1f} s (not in compile), lower {jx['lower_s']:.1f} s + compile "
+            f"{jx['xla_compile_s']:.1f} s, peak RSS up to the end of compilation {_gib(jx['compile_peak_rss_bytes'])}; "
+            f"XLA buffers: temp {_gib(jx['xla_temp_bytes'])}, arguments {_gib(jx['xla_argument_bytes'])}; "
+            f"params {jx['num_params'] / 1e6:.2f} M.",
+        ]
+    notes.append("- timing: each framework built and warmed up in turn, then the single steps interleaved "
+                 "(alternating which goes first) so all see the same machine load, then each one's back-to-back "
+                 "steps; a torch.compile runner's compile time is its first step less its median step.")
+    if any("RSS" in r["mem_source"] for r in results[1:]):
         notes.append("- PyTorch's peak RSS is read in the same process after JAX's part: memory JAX freed stays in "
                      "the process and PyTorch reuses it, so its peak and Δ are not standalone figures "
                      "(`python benchmarks/torch_baseline.py` alone gives one).")
     for r in results:
         notes.append(f"- {r['framework']}: step times {', '.join(f'{t:.3f}' for t in r['step_times_s'])} s "
                      f"(process CPU s: {', '.join(f'{t:.2f}' for t in r['cpu_times_s'])}; warm-up "
-                     f"{', '.join(f'{t:.2f}' for t in r['warmup_s'])} s); "
+                     f"{', '.join(f'{t:.2f}' for t in r['warmup_s'])} s); host syncs: {r.get('host_syncs_how')}; "
                      f"memory = {r['mem_source']} (RSS when its part began: {_gib(r.get('start_rss_bytes'))}); "
                      "loss " + ", ".join(f"{k} {r['metrics'][k]:.4f}" for k in
                                         ("loss", "ce", "triplet", "frame_domain", "clip_domain", "consistency_ce",
@@ -395,6 +480,10 @@ def main(argv=None):
     p.add_argument("--num-classes", type=int, default=150, help="source identities (classifier size)")
     p.add_argument("--peak-flops", type=float, default=0.0, help="peak flops/s per device for MFU (0: default)")
     p.add_argument("--torch", action="store_true", help="also time benchmarks/torch_baseline.py on the same batch")
+    p.add_argument("--torch-compile", default="", metavar="BACKEND",
+                   help="with --torch, also time the torch.compile'd step with this backend (inductor; aot_eager "
+                        "captures the same graphs without generating code, for a quick CPU check)")
+    p.add_argument("--back-to-back", type=int, default=10, help="steps timed back to back after the single ones")
     p.add_argument("--torch-device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--torch-contiguous", action="store_true",
                    help="PyTorch in NCHW-contiguous memory format instead of channels_last")
@@ -413,25 +502,32 @@ def main(argv=None):
     args.load_start = load_average()
 
     host_batch = make_batch(args.batch * jax.device_count(), args.frames, args.height, args.width)
-    peak_rates = [peak_flops(args)]  # on a CPU: measured now and again at the end, the best is kept
+    rates = [measured_peak(args)]  # measured now and again at the end, the best is kept
     factories = [("JAX", lambda: JaxRunner(args, host_batch))]
     if args.torch:
         import torch_baseline  # noqa: E402  (imports torch only when asked)
 
-        factories.append(("PyTorch", lambda: torch_baseline.Runner(
-            host_batch, num_classes=args.num_classes, depth=args.depth, width=args.model_width or None,
-            dtype=args.dtype, device=args.torch_device,
-            kmeans_clusters=make_config(args).adaptation.kmeans_clusters,
-            kmeans_iters=make_config(args).adaptation.kmeans_iters, channels_last=not args.torch_contiguous,
-            num_threads=args.threads or None)))
-    results = benchmark(factories, args.warmup, args.steps)
-    peak_rates.append(peak_flops(args))
-    peak, peak_source = max(peak_rates, key=lambda x: x[0] or 0.0)
-    text = report(args, results, peak, peak_source)
+        def torch_runner(compile_backend=""):
+            return lambda: torch_baseline.Runner(
+                host_batch, num_classes=args.num_classes, depth=args.depth, width=args.model_width or None,
+                dtype=args.dtype, device=args.torch_device,
+                kmeans_clusters=make_config(args).adaptation.kmeans_clusters,
+                kmeans_iters=make_config(args).adaptation.kmeans_iters, channels_last=not args.torch_contiguous,
+                num_threads=args.threads or None, compile=bool(compile_backend),
+                compile_backend=compile_backend or "inductor")
+
+        if args.torch_compile:
+            factories.append(("PyTorch compiled", torch_runner(args.torch_compile)))
+        factories.append(("PyTorch", torch_runner()))
+    results = benchmark(factories, args.warmup, args.steps, back_to_back=args.back_to_back)
+    rates.append(measured_peak(args))
+    measured = max(rates, key=lambda x: x[0])
+    datasheet = datasheet_peak(args)
+    text = report(args, results, datasheet, measured)
     print(text)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "peak_flops": peak, "peak_source": peak_source, "results": results}, f,
+            json.dump({"args": vars(args), "datasheet_peak": datasheet, "measured_peak": measured, "results": results}, f,
                       indent=1, default=str)
 
 

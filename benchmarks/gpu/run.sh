@@ -4,6 +4,8 @@
 # from the repository root with .whl/ (benchmarks/gpu/wheels.sh) carried. It installs the wheels and the project
 # (--no-deps: the image's jax, flax, optax, orbax and torch are used as they are), then runs benchmarks/gpu/run.py
 # with a deadline of SVREID_GPU_BUDGET seconds (default 480) counted from this script's start, install included.
+# A missing .whl/ (when the image lacks its packages) or a project that does not import stops it at once, with
+# one line, before any device time goes into measuring.
 # Results: $OUT/gpu_benchmark.{json,md,log} and this console output in $OUT/console.log.
 set -uo pipefail
 start=$(date +%s)
@@ -17,12 +19,20 @@ site=${SVREID_SITE:-/tmp/svreid_site}
 
 echo "== $(date -u +%FT%TZ) $(hostname), $(nproc) CPUs, $python = $($python --version 2>&1)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+# The packages of wheels.txt, by import name: without them every part would fail one by one, so a missing .whl/
+# (not carried, or wheels.sh not run) stops here with one line instead.
+modules="grain ml_collections simplejpeg clu tensorboardX array_record portpicker"
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
-    || { echo "installing .whl/ failed"; exit 1; }
+    || { echo "run.sh: installing .whl/ failed (see pip's message above)"; exit 1; }
   echo "== installed $(ls .whl | wc -l) wheels into $site"
+elif ! missing=$("$python" -c "
+import importlib.util, sys
+print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))" $modules) || [ -n "$missing" ]; then
+  echo "run.sh: no .whl/ folder and this python lacks: ${missing:-?}; run 'bash benchmarks/gpu/wheels.sh' and carry .whl"
+  exit 1
 else
-  echo "== no .whl/ folder: using the packages already installed"
+  echo "== no .whl/ folder; every package of wheels.txt is installed already"
 fi
 # The project itself, from this checkout, without its dependencies (the image's and .whl/'s are used as they
 # are). --no-build-isolation builds with the image's setuptools, which must be 77 or later for pyproject.toml;
@@ -47,5 +57,6 @@ print("== versions: " + ", ".join(f"{n} {version(n)}" for n in names))
 import svreid_jax, svreid_jax.train  # noqa: E401  (fails here, not in a part, if an import is broken)
 print(f"== svreid_jax from {svreid_jax.__file__}")
 PY
+[ $? -eq 0 ] || { echo "run.sh: the project does not import (the traceback is above); nothing measured"; exit 1; }
 echo "== install took $(( $(date +%s) - start )) s"
 exec "$python" benchmarks/gpu/run.py --out "$out" --deadline $(( start + budget )) "$@"

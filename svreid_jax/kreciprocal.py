@@ -39,10 +39,13 @@ import scipy.sparse
 from svreid_jax import clustering
 
 _CHUNK_ELEMENTS = 1 << 25  # dense path: bound on chunk * K * Ng in the Jaccard step (128 MiB of float32)
-_BLOCK_ELEMENTS = 1 << 24  # sparse path: rows per block × N in the neighbour pass (64 MiB of float32)
-_KEEP = 64  # sparse path: nearest items kept per row; weights outside them re-read their row of D
+_TILE = 512  # sparse path, features: items per side of a tile of D (one [T, Dim] × [Dim, T] matmul)
+_BLOCK_ELEMENTS = 1 << 24  # sparse path, a matrix: rows per block × N (64 MiB of float32)
+_KEEP = 64  # sparse path: nearest items kept per row; weights beyond them are read again from D
+_BUFFER_ELEMENTS = 1 << 23  # sparse path: rows × N of V held dense while their pairs' m are added (32 MiB)
 _PAIR_CHUNK = 1 << 14  # sparse path: pairs per Jaccard call
-_PAIR_ROWS = 4096  # sparse path: rows per sparse product when listing overlapping pairs
+_PAIR_ROWS = 4096  # sparse path: rows per sparse product when listing candidate pairs
+_MARGIN = 1e-4  # candidate pairs: slack on m's bound (float64 sums there, float32 m later)
 
 
 def _sizes(n: int, k1: int, k2: int) -> tuple[int, int, int]:
@@ -63,6 +66,12 @@ def exp_neg(d: jax.Array) -> jax.Array:
     return p * p
 
 
+def _per_row(x: jax.Array, total: jax.Array) -> jax.Array:
+    """x [R, K] divided by total [R] per row, written as x · (1 / total): XLA rewrites a division by a
+    broadcast into that product, a division by gathered values it does not, so both paths spell it out."""
+    return x * (1.0 / total)[:, None]
+
+
 def _sequential_sum(x: jax.Array) -> jax.Array:
     """[R, K] → [R]: x[:, 0] + x[:, 1] + … added left to right (a fixed order; see the module docstring)."""
     return jax.lax.scan(lambda acc, col: (acc + col, None), jnp.zeros(x.shape[:1], x.dtype), x.T)[0]
@@ -73,8 +82,8 @@ def _sequential_sum(x: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("k_top",))
 def _neighbours(dist: jax.Array, *, k_top: int) -> tuple[jax.Array, jax.Array]:
     """Step 1 and the neighbour lists → (normalised D [N, N], the k_top nearest of each item [N, k_top])."""
-    d = jnp.square(dist.astype(jnp.float32))
-    d = (d / jnp.max(d, axis=0, keepdims=True)).T
+    d = jnp.square(dist.astype(jnp.float32)).T
+    d = _per_row(d, jnp.max(d, axis=1))
     return d, jax.lax.top_k(-d, k_top)[1]
 
 
@@ -115,7 +124,7 @@ def _dense_expansion(d: jax.Array, rank: jax.Array, *, k1: int, k2: int) -> tupl
     rows = jnp.broadcast_to(jnp.arange(n)[:, None], cols.shape)
     member = jnp.zeros((n, n), bool).at[rows, cols].set(True, mode="drop")  # index n = no entry
     weight = jnp.where(member, exp_neg(d), 0.0)
-    v = weight / _sequential_sum(weight)[:, None]
+    v = _per_row(weight, _sequential_sum(weight))
 
     if k2 != 1:
         v = jax.lax.optimization_barrier(v)  # else each gathered row recomputes its weights (3× slower on CPU)
@@ -123,14 +132,13 @@ def _dense_expansion(d: jax.Array, rank: jax.Array, *, k1: int, k2: int) -> tupl
         acc = v[rank[:, 0]]
         for t in range(1, k_qe):
             acc = acc + v[rank[:, t]]
-        v = acc / k_qe
+        v = acc * (1.0 / k_qe)
     return d, v, jnp.sum(v != 0, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("num_query", "gallery_start", "k", "chunk", "lambda_value"))
-def _dense_jaccard(d: jax.Array, v: jax.Array, *, num_query: int, gallery_start: int, k: int, chunk: int,
-                   lambda_value: float) -> jax.Array:
-    """Step 5 → [Nq, Ng], the queries rows 0..num_query−1 and the gallery rows gallery_start..N−1."""
+@functools.partial(jax.jit, static_argnames=("num_query", "gallery_start", "k", "chunk"))
+def _dense_jaccard(v: jax.Array, *, num_query: int, gallery_start: int, k: int, chunk: int) -> jax.Array:
+    """Step 5's J → [Nq, Ng], the queries rows 0..num_query−1 and the gallery rows gallery_start..N−1."""
     vals, idx = jax.lax.top_k(v[:num_query], k)  # the (at most k) non-zeros of each query row, and zeros
     order = jnp.argsort(idx, axis=1)  # increasing column: the order m is added in
     vals, idx = jnp.take_along_axis(vals, order, axis=1), jnp.take_along_axis(idx, order, axis=1)
@@ -141,8 +149,13 @@ def _dense_jaccard(d: jax.Array, v: jax.Array, *, num_query: int, gallery_start:
         return _sequential_sum(jnp.minimum(values[:, None], v_gallery_t[index]).T)  # [Ng]
 
     m = jax.lax.map(one_query, (vals, idx), batch_size=chunk)
-    jaccard = 1.0 - m / (2.0 - m)
-    return jaccard * (1.0 - lambda_value) + d[:num_query, gallery_start:] * lambda_value
+    return 1.0 - m / (2.0 - m)
+
+
+@functools.partial(jax.jit, static_argnames=("lambda_value",))
+def combine(jaccard: jax.Array, d: jax.Array, *, lambda_value: float) -> jax.Array:
+    """(1 − λ) J + λ D, elementwise (one executable for both paths, so both round alike)."""
+    return jaccard * (1.0 - lambda_value) + d * lambda_value
 
 
 def _next_pow2(n: int) -> int:
@@ -159,8 +172,8 @@ def dense_jaccard(d: jax.Array, v: jax.Array, nonzeros: jax.Array, *, num_query:
     n = d.shape[0]
     k = max(min(_next_pow2(int(jax.device_get(jnp.max(nonzeros[:num_query])))), n), 1)
     chunk = max(1, min(num_query, _CHUNK_ELEMENTS // max(1, k * (n - gallery_start))))
-    return _dense_jaccard(d, v, num_query=num_query, gallery_start=gallery_start, k=k, chunk=chunk,
-                          lambda_value=float(lambda_value))
+    jaccard = _dense_jaccard(v, num_query=num_query, gallery_start=gallery_start, k=k, chunk=chunk)
+    return combine(jaccard, d[:num_query, gallery_start:], lambda_value=float(lambda_value))
 
 
 def _check_square(dist, what: str) -> jax.Array:
@@ -180,81 +193,188 @@ def jaccard_distances(dist, *, k1: int, k2: int) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------- sparse path
-
-RowsOfD = Callable[[np.ndarray], jax.Array]  # int32 [B] item indices → their rows of normalised D [B, N]
-
-
-@jax.jit
-def _cosine_rows(features: jax.Array, rows: jax.Array) -> jax.Array:
-    """features [N, Dim] (L2-normalised), rows int32 [B] → 1 − cos [B, N], clamped at 0 (full float32
-    products on every backend, as the host's NumPy matmul gave)."""
-    products = jnp.matmul(features[rows], features.T, precision=jax.lax.Precision.HIGHEST)
-    return jnp.maximum(1.0 - products, 0.0)
+#
+# D comes from a `_Source`: features (D from 1 − cos, computed in tiles) or a dense matrix (re-ranking's
+# input). A source gives each item's `keep` nearest (values of D ascending, ties by the lower index, as
+# the dense top-k) and D at any listed pairs, bit for bit as the dense path reads them.
 
 
-@jax.jit
-def _matrix_rows(dist: jax.Array, rows: jax.Array) -> jax.Array:
-    """Columns `rows` of dist [N, N], transposed → [B, N] (row i of D reads column i of the matrix)."""
-    return dist[:, rows].T
+class _Nearest(NamedTuple):
+    d: jax.Array  # float32 [N, keep]: D ascending (ties: the lower column first)
+    idx: jax.Array  # int32 [N, keep]: their columns
 
 
 @jax.jit
-def _normalised(raw: jax.Array) -> jax.Array:
-    """Step 1 on rows [B, N] of raw distances: squared, each row divided by its maximum."""
-    d = jnp.square(raw)
-    return d / jnp.max(d, axis=1, keepdims=True)
+def _cosine_tile(features: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
+    """features [N, Dim] (L2-normalised), item indices rows, cols int32 [T] (≥ N: padding) → 1 − cos [T, T]
+    clamped at 0, from full float32 products on every backend (as the host's NumPy matmul gave).
+
+    Every entry of the cosine distances the sparse path reads comes from this executable, with the
+    lower item index on the rows side (`_tile_of`), so a value read twice is the same value.
+    """
+    n = features.shape[0]
+    a, b = features[jnp.minimum(rows, n - 1)], features[jnp.minimum(cols, n - 1)]
+    return jnp.maximum(1.0 - jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST), 0.0)
 
 
-def cosine_rows_of_d(features) -> tuple[RowsOfD, int]:
-    """(rows of D, N) for L2-normalised features [N, Dim]: D from 1 − cos, computed a block at a time."""
-    f = jnp.asarray(features, jnp.float32)
-    return (lambda rows: _normalised(_cosine_rows(f, jnp.asarray(rows)))), f.shape[0]
+@functools.partial(jax.jit, static_argnames=("n", "transpose", "diagonal"), donate_argnums=(0,))
+def _merge_tile(state, tile: jax.Array, cols: jax.Array, *, n: int, transpose: bool, diagonal: bool):
+    """Running nearest of T rows: state (raw distances ascending [T, L], their columns [T, L], row maxima
+    [T]) and a tile of new columns `cols` [T], all above the state's (so index order is kept on ties)."""
+    vals, idx, top = state
+    if diagonal:  # entry (a, b) with a > b is (b, a): the lower index on the rows side
+        tile = jnp.where(jnp.arange(tile.shape[0])[:, None] <= jnp.arange(tile.shape[1])[None, :], tile, tile.T)
+    elif transpose:
+        tile = tile.T
+    valid = (cols < n)[None, :]
+    top = jnp.maximum(top, jnp.max(jnp.where(valid, tile, 0.0), axis=1))
+    both = jnp.concatenate([vals, jnp.where(valid, tile, jnp.inf)], axis=1)
+    neg, pos = jax.lax.top_k(-both, vals.shape[1])
+    columns = jnp.concatenate([idx, jnp.broadcast_to(cols, tile.shape)], axis=1)
+    return -neg, jnp.take_along_axis(columns, pos, axis=1), top
 
 
-def matrix_rows_of_d(dist) -> tuple[RowsOfD, int]:
-    """(rows of D, N) for a non-negative distance matrix [N, N] (dense input, as re-ranking gets it)."""
-    dist = _check_square(dist, "the k-reciprocal encoding")
-    return (lambda rows: _normalised(_matrix_rows(dist, jnp.asarray(rows)))), dist.shape[0]
+@functools.partial(jax.jit, static_argnames=("k_top",))
+def _finish_nearest(vals: jax.Array, idx: jax.Array, top: jax.Array, *, k_top: int):
+    """Raw nearest [N, L] and row maxima → (D ascending with ties by index [N, L], columns, row maxima of
+    D [N], whether the first k_top are certain [N]: D's order can tie values the raw order kept apart)."""
+    m = jnp.square(top)
+    d, idx = jax.lax.sort((_per_row(jnp.square(vals), m), idx), dimension=1, num_keys=2)
+    if vals.shape[1] >= vals.shape[0]:  # every item kept
+        return d, idx, m, jnp.ones(vals.shape[:1], bool)
+    # Items not kept have raw distance ≥ the last kept one's, so D ≥ its D: a strictly larger last D
+    # than the k_top-th means nothing outside could tie into the first k_top.
+    return d, idx, m, d[:, -1] > d[:, k_top - 1]
 
 
-def cosine_distances(features, *, block: int | None = None) -> jax.Array:
-    """The [N, N] matrix whose dense encoding is what `cosine_rows_of_d` gives block by block: column i
-    holds item i's 1 − cos as `_cosine_rows` computes them (for tests and small N)."""
-    f = jnp.asarray(features, jnp.float32)
-    n = f.shape[0]
-    block = _block_rows(n, block)
-    parts = [_cosine_rows(f, jnp.asarray(rows))[:count] for rows, count in _row_blocks(n, block)]
-    return jnp.concatenate(parts, axis=0).T
+@jax.jit
+def _tile_entries(tile: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    return tile[a, b]
 
 
-def _block_rows(n: int, block: int | None) -> int:
-    return max(1, min(n, block or max(8, _BLOCK_ELEMENTS // n)))
+@jax.jit
+def _normalise_entries(raw: jax.Array, m: jax.Array, first: jax.Array) -> jax.Array:
+    return jnp.square(raw) * (1.0 / m)[first]
 
 
-def _row_blocks(n: int, block: int):
-    """Yield (int32 [block] item indices, how many are real) covering 0..n−1; the last block repeats item
-    n−1 so every block has one shape (one executable)."""
-    for start in range(0, n, block):
-        yield np.minimum(np.arange(start, start + block), n - 1).astype(np.int32), min(block, n - start)
+class _FeatureSource:
+    """D from 1 − cos of L2-normalised features [N, Dim], a [T, T] tile at a time (T = `tile`)."""
+
+    def __init__(self, features, tile: int | None = None):
+        self.features = jnp.asarray(features, jnp.float32)
+        self.n = int(self.features.shape[0])
+        self.tile = max(1, min(self.n, tile or _TILE))
+        self.blocks = -(-self.n // self.tile)
+        self.index = [jnp.arange(b * self.tile, (b + 1) * self.tile, dtype=jnp.int32) for b in range(self.blocks)]
+        self.row_max = None  # max_j D_raw[i, j]², set by `nearest`
+
+    def tile_of(self, i: int, j: int) -> jax.Array:
+        """Raw distances of block i's items (rows) to block j's (columns), i ≤ j."""
+        return _cosine_tile(self.features, self.index[i], self.index[j])
+
+    def nearest(self, keep: int, k_top: int) -> _Nearest:
+        n, t = self.n, self.tile
+        states = [(jnp.full((t, keep), jnp.inf, jnp.float32), jnp.full((t, keep), n, jnp.int32),
+                   jnp.zeros((t,), jnp.float32)) for _ in range(self.blocks)]
+        # Each block of rows meets its column blocks in increasing order (earlier i: transposed tiles).
+        for i in range(self.blocks):
+            for j in range(i, self.blocks):
+                tile = self.tile_of(i, j)
+                states[i] = _merge_tile(states[i], tile, self.index[j], n=n, transpose=False, diagonal=i == j)
+                if j != i:
+                    states[j] = _merge_tile(states[j], tile, self.index[i], n=n, transpose=True, diagonal=False)
+        vals, idx, top = (jnp.concatenate([s[k] for s in states])[:n] for k in range(3))
+        d, idx, self.row_max, certain = _finish_nearest(vals, idx, top, k_top=k_top)
+        unsure = np.flatnonzero(~np.asarray(certain))
+        if unsure.size:  # ties across the kept boundary: these rows' order from their whole row of D
+            everything = np.arange(n)
+            d, idx = np.array(d), np.array(idx)
+            for row in unsure:
+                full = np.asarray(self.d_at(np.full(n, row), everything))
+                order = np.lexsort((everything, full))[:keep]
+                d[row], idx[row] = full[order], order
+            d, idx = jnp.asarray(d), jnp.asarray(idx, jnp.int32)
+        return _Nearest(d, idx)
+
+    def d_at(self, first: np.ndarray, second: np.ndarray) -> jax.Array:
+        """D[first[p], second[p]] float32 [P] (after `nearest`), each from its tile."""
+        first, second = np.asarray(first, np.int64), np.asarray(second, np.int64)
+        low, high = np.minimum(first, second), np.maximum(first, second)
+        key = (low // self.tile) * self.blocks + high // self.tile
+        order = np.argsort(key, kind="stable")
+        raw = np.empty(len(first), np.float32)
+        bounds = np.flatnonzero(np.diff(key[order])) + 1
+        for part in np.split(order, bounds):
+            if part.size == 0:
+                continue
+            i, j = int(low[part[0]] // self.tile), int(high[part[0]] // self.tile)
+            size = _next_pow2(part.size)  # few shapes, few compilations
+            take = part[np.minimum(np.arange(size), part.size - 1)]
+            got = _tile_entries(self.tile_of(i, j), jnp.asarray(low[take] - i * self.tile, jnp.int32),
+                                jnp.asarray(high[take] - j * self.tile, jnp.int32))
+            raw[part] = np.asarray(got)[:part.size]
+        return _normalise_entries(jnp.asarray(raw), self.row_max, jnp.asarray(first, jnp.int32))
+
+
+@jax.jit
+def _matrix_block(dist: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Rows of D for items `rows` [B] (column i of the matrix is row i of D) → (D [B, N], row maxima [B])."""
+    raw = jnp.square(dist[:, rows].T)
+    m = jnp.max(raw, axis=1)
+    return _per_row(raw, m), m
 
 
 @functools.partial(jax.jit, static_argnames=("keep",))
-def _nearest(d: jax.Array, *, keep: int) -> tuple[jax.Array, jax.Array]:
-    """Rows of D [B, N] → (their `keep` smallest values [B, keep] ascending, ties by index; their columns)."""
+def _nearest_rows(d: jax.Array, *, keep: int) -> tuple[jax.Array, jax.Array]:
     neg, idx = jax.lax.top_k(-d, keep)
     return -neg, idx
 
 
-def neighbours(rows_of_d: RowsOfD, n: int, *, keep: int, block: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """Each item's `keep` nearest items: (D values float32 [N, keep] ascending, columns int32 [N, keep]),
-    ties by the lower index as the dense path's top-k. One [block, N] block of D at a time."""
-    block = _block_rows(n, block)
-    values, columns = [], []
-    for rows, count in _row_blocks(n, block):
-        vals, idx = _nearest(rows_of_d(rows), keep=keep)
-        values.append(vals[:count])
-        columns.append(idx[:count])
-    return jnp.concatenate(values), jnp.concatenate(columns)
+@jax.jit
+def _matrix_entries(dist: jax.Array, m: jax.Array, first: jax.Array, second: jax.Array) -> jax.Array:
+    return jnp.square(dist[second, first]) * (1.0 / m)[first]
+
+
+class _MatrixSource:
+    """D from a non-negative distance matrix [N, N] (as re-ranking gets it), a block of rows at a time."""
+
+    def __init__(self, dist, block: int | None = None):
+        self.dist = _check_square(dist, "the k-reciprocal encoding")
+        self.n = int(self.dist.shape[0])
+        self.block = max(1, min(self.n, block or max(8, _BLOCK_ELEMENTS // self.n)))
+        self.row_max = None
+
+    def nearest(self, keep: int, k_top: int) -> _Nearest:
+        del k_top  # whole rows: exact
+        n, b = self.n, self.block
+        values, columns, maxima = [], [], []
+        for start in range(0, n, b):
+            rows = jnp.asarray(np.minimum(np.arange(start, start + b), n - 1), jnp.int32)  # one shape
+            d, m = _matrix_block(self.dist, rows)
+            vals, idx = _nearest_rows(d, keep=keep)
+            count = min(b, n - start)
+            values.append(vals[:count]), columns.append(idx[:count]), maxima.append(m[:count])
+        self.row_max = jnp.concatenate(maxima)
+        return _Nearest(jnp.concatenate(values), jnp.concatenate(columns))
+
+    def d_at(self, first: np.ndarray, second: np.ndarray) -> jax.Array:
+        return _matrix_entries(self.dist, self.row_max, jnp.asarray(first, jnp.int32), jnp.asarray(second, jnp.int32))
+
+
+def cosine_distances(features, *, tile: int | None = None) -> jax.Array:
+    """The [N, N] matrix of 1 − cos the sparse path reads for these features, assembled from the same
+    tiles (symmetric): dense `jaccard_distances` of it is what `jaccard_graph` lists (tests, small N)."""
+    src = _FeatureSource(features, tile)
+    t, n = src.tile, src.n
+    out = np.empty((src.blocks * t, src.blocks * t), np.float32)
+    for i in range(src.blocks):
+        for j in range(i, src.blocks):
+            tile = np.asarray(src.tile_of(i, j))
+            if i == j:
+                tile = np.where(np.arange(t)[:, None] <= np.arange(t)[None, :], tile, tile.T)
+            out[i * t:(i + 1) * t, j * t:(j + 1) * t] = tile
+            out[j * t:(j + 1) * t, i * t:(i + 1) * t] = tile.T
+    return jnp.asarray(out[:n, :n])
 
 
 @functools.partial(jax.jit, static_argnames=("k_forward", "k_half"))
@@ -266,7 +386,7 @@ def _expanded_sets(rank: jax.Array, rows: jax.Array, *, k_forward: int, k_half: 
     forward = rank_f[rows]  # [B, F]
     reciprocal = jnp.any(rank_f[forward] == rows[:, None, None], axis=2)  # [B, F]: is i in R(c)?
     cand = rank_h[forward]  # [B, F, H]: c's half list
-    cand_ok = jnp.any(rank_h[cand] == forward[:, :, None, None], axis=3)  # is c in the half list of each?
+    cand_ok = jnp.any(rank_h[cand] == forward[:, :, None, None], axis=3)  # is c in each one's half list?
     in_set = jnp.any((cand[..., None] == forward[:, None, None, :]) & reciprocal[:, None, None, :], axis=-1)
     overlap = jnp.sum(in_set & cand_ok, axis=-1)  # [B, F]
     size = jnp.sum(cand_ok, axis=-1)
@@ -293,17 +413,10 @@ def _d_from_nearest(cols: jax.Array, near_d: jax.Array, near_idx: jax.Array) -> 
 
 
 @jax.jit
-def _d_from_rows(d: jax.Array, cols: jax.Array) -> jax.Array:
-    """Rows of D [B, N], member columns [B, W] (N = none) → D there [B, W] (0 at padding)."""
-    n = d.shape[1]
-    return jnp.where(cols < n, jnp.take_along_axis(d, jnp.minimum(cols, n - 1), axis=1), 0.0)
-
-
-@jax.jit
 def _row_weights(d: jax.Array, valid: jax.Array) -> jax.Array:
     """Step 3 on member lists: exp(−D) normalised to sum 1 per row [B, W] (0 at padding)."""
     w = jnp.where(valid, exp_neg(d), 0.0)
-    return w / _sequential_sum(w)[:, None]
+    return _per_row(w, _sequential_sum(w))
 
 
 @functools.partial(jax.jit, static_argnames=("k_qe",))
@@ -323,7 +436,7 @@ def _query_expansion(cols: jax.Array, vals: jax.Array, rank: jax.Array, rows: ja
     acc = jax.vmap(lookup)(nb_cols[:, 0], nb_vals[:, 0], union)
     for t in range(1, k_qe):
         acc = acc + jax.vmap(lookup)(nb_cols[:, t], nb_vals[:, t], union)
-    return union, jnp.where(union < n, acc / k_qe, 0.0), counts
+    return union, jnp.where(union < n, acc * (1.0 / k_qe), 0.0), counts
 
 
 class Encoding(NamedTuple):
@@ -333,71 +446,91 @@ class Encoding(NamedTuple):
     vals: jax.Array
 
 
-def _compact(parts_cols, parts_vals, parts_counts) -> Encoding:
-    """Blocks of padded rows → one Encoding with W = the largest count."""
-    width = max(1, max(int(jax.device_get(jnp.max(c))) for c in parts_counts))
-    return Encoding(jnp.concatenate([c[:, :width] for c in parts_cols]),
-                    jnp.concatenate([v[:, :width] for v in parts_vals]))
+def _row_blocks(n: int, block: int):
+    """Yield (int32 [block] item indices, how many are real) covering 0..n−1; the last block repeats item
+    n−1 so every block has one shape (one executable)."""
+    for start in range(0, n, block):
+        yield jnp.asarray(np.minimum(np.arange(start, start + block), n - 1), jnp.int32), min(block, n - start)
 
 
-def encoding(rows_of_d: RowsOfD, n: int, *, k1: int, k2: int, block: int | None = None,
-             keep: int | None = None) -> Encoding:
-    """Steps 1–4 without an [N, N] array: V as sparse rows, equal to the dense path's non-zeros bit for bit.
+def _concat_width(parts: list, counts: list) -> tuple[list, int]:
+    width = max(1, max(int(jax.device_get(jnp.max(c))) for c in counts))
+    return [p[:, :width] for p in parts], width
 
-    rows_of_d: `cosine_rows_of_d` or `matrix_rows_of_d`. keep: nearest items kept per row (default 64, at
-    least the top-k length); a row whose members reach beyond them is read again from rows_of_d.
-    """
-    k1, k2 = int(k1), int(k2)
+
+def _encode(source, *, k1: int, k2: int, keep: int | None) -> Encoding:
+    """Steps 1–4 without an [N, N] array: V as sparse rows, equal to the dense path's non-zeros bit for bit."""
+    n, k1, k2 = source.n, int(k1), int(k2)
     if n < 2 or k1 < 1 or k2 < 1:
         raise ValueError(f"the k-reciprocal encoding needs N ≥ 2 items and k1, k2 ≥ 1, got N={n}, k1={k1}, k2={k2}")
     k_forward, k_half, k_top = _sizes(n, k1, k2)
     keep = min(n, max(k_top, keep or _KEEP))
-    block = _block_rows(n, block)
-    near_d, near_idx = neighbours(rows_of_d, n, keep=keep, block=block)
-    rank = near_idx[:, :k_top]
+    near = source.nearest(keep, k_top)
+    rank = near.idx[:, :k_top]
+    block = max(1, min(n, 1024))
 
-    cols, vals, counts = [], [], []
+    cols, counts = [], []
     for rows, count in _row_blocks(n, block):
-        c, k = _expanded_sets(rank, jnp.asarray(rows), k_forward=k_forward, k_half=k_half)
-        cols.append(c[:count])
-        counts.append(k[:count])
-    width = max(1, max(int(jax.device_get(jnp.max(k))) for k in counts))
-    cols = jnp.concatenate([c[:, :width] for c in cols])  # [N, W]
-    d, found = _d_from_nearest(cols, near_d, near_idx)
+        c, k = _expanded_sets(rank, rows, k_forward=k_forward, k_half=k_half)
+        cols.append(c[:count]), counts.append(k[:count])
+    cols = jnp.concatenate(_concat_width(cols, counts)[0])  # [N, W]
+    d, found = _d_from_nearest(cols, near.d, near.idx)
     valid = cols < n
-    missing = np.flatnonzero(np.asarray(jnp.any(valid & ~found, axis=1)))
-    for start in range(0, missing.size, block):  # members beyond the kept nearest: their rows of D again
-        rows = missing[np.minimum(np.arange(start, start + block), missing.size - 1)].astype(np.int32)
-        count = min(block, missing.size - start)
-        got = _d_from_rows(rows_of_d(rows), cols[rows])
-        d = d.at[rows[:count]].set(got[:count])
+    first, slot = np.nonzero(np.asarray(valid & ~found))  # members beyond the kept nearest: D read again
+    if first.size:
+        d = d.at[first, slot].set(source.d_at(first, np.asarray(cols)[first, slot]))
     vals = _row_weights(d, valid)
     if k2 == 1:
         return Encoding(cols, vals)
 
     parts = ([], [], [])
     for rows, count in _row_blocks(n, block):
-        for part, x in zip(parts, _query_expansion(cols, vals, rank, jnp.asarray(rows), k_qe=min(k2, n))):
+        for part, x in zip(parts, _query_expansion(cols, vals, rank, rows, k_qe=min(k2, n))):
             part.append(x[:count])
-    return _compact(*parts)
+    union, _ = _concat_width(parts[0], parts[2])
+    values, _ = _concat_width(parts[1], parts[2])
+    return Encoding(jnp.concatenate(union), jnp.concatenate(values))
 
 
-def overlapping_pairs(enc: Encoding, *, queries: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs whose rows of V share a column (every other pair has m = 0, Jaccard distance 1) →
-    (first, second) int64 [P] each: all pairs first < second, or with `queries` = Nq the pairs
-    first < Nq ≤ second (re-ranking's query × gallery). Sorted by first, then second."""
+def feature_encoding(features, *, k1: int, k2: int, tile: int | None = None, keep: int | None = None) -> Encoding:
+    """V for L2-normalised features [N, Dim] under D = 1 − cos (the matrix `cosine_distances` gives)."""
+    return _encode(_FeatureSource(features, tile), k1=k1, k2=k2, keep=keep)
+
+
+def candidate_pairs(enc: Encoding, *, min_overlap: float = 0.0,
+                    queries: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs that may have m ≥ min_overlap, a superset of them (m = Σ_k min(V[i, k], V[g, k])) → (first,
+    second) int64 [P], sorted by first then second: all pairs first < second, or with `queries` = Nq the
+    pairs first < Nq ≤ second (re-ranking's query × gallery). min_overlap 0: every pair whose rows share
+    a column (the others have m = 0, Jaccard distance 1).
+
+    Prefix filter: order the columns globally (rarest first) and keep of each row the entries from which
+    on at least min_overlap of its mass remains. The first column two rows share in that order bounds m
+    by the mass either row has from it on, so a pair with m ≥ min_overlap shares a kept entry.
+    """
     cols = np.asarray(enc.cols)
+    vals = np.asarray(enc.vals, np.float64)
     n = cols.shape[0]
     valid = cols < n
+    if min_overlap > 0:
+        frequency = np.bincount(cols[valid], minlength=n)
+        position = np.empty(n, np.int64)
+        position[np.lexsort((np.arange(n), frequency))] = np.arange(n)
+        order = np.argsort(np.where(valid, position[np.minimum(cols, n - 1)], n), axis=1, kind="stable")
+        cols, vals, valid = (np.take_along_axis(x, order, axis=1) for x in (cols, vals, valid))
+        remaining = np.cumsum(np.where(valid, vals, 0.0)[:, ::-1], axis=1)[:, ::-1]
+        valid = valid & (remaining >= min_overlap - _MARGIN)
     rows = scipy.sparse.csr_matrix((np.ones(int(valid.sum()), np.int32), cols[valid],
                                     np.concatenate([[0], np.cumsum(valid.sum(axis=1))])), shape=(n, n))
     stop = n if queries is None else int(queries)
+    others = rows.T.tocsr() if queries is None else rows[stop:].T.tocsr()
     firsts, seconds = [], []
     for start in range(0, stop, _PAIR_ROWS):
         end = min(start + _PAIR_ROWS, stop)
-        block = (rows[start:end] @ rows.T).tocoo()
-        first, second = block.row.astype(np.int64) + start, block.col.astype(np.int64)
-        keep = second > first if queries is None else second >= stop
+        block = (rows[start:end] @ others).tocoo()
+        first = block.row.astype(np.int64) + start
+        second = block.col.astype(np.int64) + (0 if queries is None else stop)
+        keep = second > first if queries is None else np.ones(first.shape, bool)
         order = np.lexsort((second[keep], first[keep]))
         firsts.append(first[keep][order])
         seconds.append(second[keep][order])
@@ -405,37 +538,78 @@ def overlapping_pairs(enc: Encoding, *, queries: int | None = None) -> tuple[np.
 
 
 @jax.jit
-def _pair_jaccard(cols: jax.Array, vals: jax.Array, first: jax.Array, second: jax.Array) -> jax.Array:
-    """Step 5 for pairs [P]: 1 − m / (2 − m), m added over second's columns in increasing order."""
+def _dense_rows(cols: jax.Array, vals: jax.Array, rows: jax.Array) -> jax.Array:
+    """Rows `rows` [B] of V as dense [B, N + 1] (column N: padding, always 0)."""
     n = cols.shape[0]
-    a_cols, a_vals, b_cols, b_vals = cols[first], vals[first], cols[second], vals[second]
-    pos = jnp.minimum(jax.vmap(jnp.searchsorted)(a_cols, b_cols), cols.shape[1] - 1)
-    hit = (jnp.take_along_axis(a_cols, pos, axis=1) == b_cols) & (b_cols < n)
-    m = _sequential_sum(jnp.where(hit, jnp.minimum(jnp.take_along_axis(a_vals, pos, axis=1), b_vals), 0.0))
+    out = jnp.zeros((rows.shape[0], n + 1), jnp.float32)
+    return out.at[jnp.arange(rows.shape[0])[:, None], cols[rows]].set(vals[rows])
+
+
+@jax.jit
+def _pair_jaccard(cols: jax.Array, vals: jax.Array, dense: jax.Array, local: jax.Array,
+                  second: jax.Array) -> jax.Array:
+    """Step 5 for pairs [P] (first = row `local` of `dense`): m added over second's columns in increasing
+    order (absent ones add min(·, 0) = 0, exactly), then 1 − m / (2 − m)."""
+    m = _sequential_sum(jnp.minimum(dense[local[:, None], cols[second]], vals[second]))
     return 1.0 - m / (2.0 - m)
 
 
 def pair_jaccard(enc: Encoding, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Jaccard distances float32 [P] of the pairs (first[p], second[p]), equal to the dense path's."""
+    """Jaccard distances float32 [P] of the pairs (first[p], second[p]) sorted by first, bit for bit the
+    dense path's."""
+    n = enc.cols.shape[0]
     out = np.empty(len(first), np.float32)
-    for start in range(0, len(first), _PAIR_CHUNK):
-        take = np.minimum(np.arange(start, start + _PAIR_CHUNK), len(first) - 1)  # one shape per call
-        got = _pair_jaccard(enc.cols, enc.vals, jnp.asarray(first[take], jnp.int32),
-                            jnp.asarray(second[take], jnp.int32))
-        out[start:start + _PAIR_CHUNK] = np.asarray(got)[:len(first) - start]
+    block = max(1, min(n, _BUFFER_ELEMENTS // (n + 1)))
+    bounds = np.searchsorted(first, np.arange(0, n + block, block))
+    for b, start in enumerate(range(0, n, block)):
+        lo, hi = bounds[b], bounds[b + 1]
+        if lo == hi:
+            continue
+        dense = _dense_rows(enc.cols, enc.vals, jnp.asarray(np.minimum(np.arange(start, start + block), n - 1),
+                                                             jnp.int32))
+        for c in range(lo, hi, _PAIR_CHUNK):
+            take = np.minimum(np.arange(c, c + _PAIR_CHUNK), hi - 1)  # one shape per call
+            got = _pair_jaccard(enc.cols, enc.vals, dense, jnp.asarray(first[take] - start, jnp.int32),
+                                jnp.asarray(second[take], jnp.int32))
+            out[c:min(c + _PAIR_CHUNK, hi)] = np.asarray(got)[:min(_PAIR_CHUNK, hi - c)]
     return out
 
 
-def jaccard_graph(features, *, k1: int, k2: int, radius: float, block: int | None = None,
+def min_overlap_within(radius: float) -> float:
+    """The least m = Σ_k min(V[i, k], V[g, k]) with Jaccard distance 1 − m / (2 − m) ≤ radius."""
+    return 2.0 * (1.0 - radius) / (2.0 - radius)
+
+
+def jaccard_graph(features, *, k1: int, k2: int, radius: float, tile: int | None = None,
                   keep: int | None = None) -> clustering.RadiusGraph:
-    """The pairs of items within Jaccard distance `radius` (< 1) of each other, from L2-normalised features
-    [N, Dim] under D = 1 − cos (λ = 0, as Cluster-Contrast/SpCL cluster on): what `clustering.dbscan`
-    reads in place of `jaccard_distances(cosine_distances(features))`, in O(N·k) memory."""
-    if not 0.0 <= radius < 1.0:
-        raise ValueError(f"jaccard_graph: radius={radius} must lie in [0, 1) (every pair is within 1)")
-    rows_of_d, n = cosine_rows_of_d(features)
-    enc = encoding(rows_of_d, n, k1=k1, k2=k2, block=block, keep=keep)
-    first, second = overlapping_pairs(enc)
+    """The pairs of items within Jaccard distance `radius` of each other (λ = 0, as Cluster-Contrast/SpCL
+    cluster on), from L2-normalised features [N, Dim] under D = 1 − cos, in O(N·k) memory: what
+    `clustering.dbscan` reads in place of `jaccard_distances(cosine_distances(features))`, with the same
+    values. radius ≥ 1 lists every pair whose rows of V overlap (the others are at exactly 1)."""
+    if radius < 0:
+        raise ValueError(f"jaccard_graph: radius={radius} must be ≥ 0")
+    enc = feature_encoding(features, k1=k1, k2=k2, tile=tile, keep=keep)
+    first, second = candidate_pairs(enc, min_overlap=min_overlap_within(radius) if radius < 1 else 0.0)
     distance = pair_jaccard(enc, first, second)
     near = distance <= radius
-    return clustering.RadiusGraph(n, first[near], second[near], distance[near], float(radius))
+    return clustering.RadiusGraph(int(enc.cols.shape[0]), first[near], second[near], distance[near], float(radius))
+
+
+def matrix_rerank(dist, num_query: int, *, k1: int, k2: int, lambda_value: float,
+                  block: int | None = None, keep: int | None = None) -> jax.Array:
+    """Re-ranked distances (1 − λ) J + λ D [Nq, Ng] from a non-negative distance matrix [N, N] (queries
+    first), J from the sparse encoding: bit for bit `dense_jaccard(*dense_encoding(dist))` on the
+    query × gallery block, without V or J as [N, N] arrays."""
+    src = _MatrixSource(dist, block)
+    n, nq = src.n, int(num_query)
+    enc = _encode(src, k1=k1, k2=k2, keep=keep)
+    first, second = candidate_pairs(enc, queries=nq)
+    jaccard = np.ones((nq, n - nq), np.float32)
+    jaccard[first, second - nq] = pair_jaccard(enc, first, second)
+    return combine(jnp.asarray(jaccard), _query_gallery_d(src.dist, src.row_max, nq), lambda_value=float(lambda_value))
+
+
+@functools.partial(jax.jit, static_argnames=("num_query",))
+def _query_gallery_d(dist: jax.Array, row_max: jax.Array, num_query: int) -> jax.Array:
+    """D on the query rows and gallery columns [Nq, Ng]: dist[g, q]² / the query's row maximum."""
+    return _per_row(jnp.square(dist[num_query:, :num_query].T), row_max[:num_query])

@@ -474,7 +474,11 @@ def _encode(source, *, k1: int, k2: int, keep: int | None) -> Encoding:
         c, k = _expanded_sets(rank, rows, k_forward=k_forward, k_half=k_half)
         cols.append(c[:count]), counts.append(k[:count])
     cols = jnp.concatenate(_concat_width(cols, counts)[0])  # [N, W]
-    d, found = _d_from_nearest(cols, near.d, near.idx)
+    d, found = [], []
+    for rows, count in _row_blocks(n, block):
+        got = _d_from_nearest(cols[rows], near.d[rows], near.idx[rows])
+        d.append(got[0][:count]), found.append(got[1][:count])
+    d, found = jnp.concatenate(d), jnp.concatenate(found)
     valid = cols < n
     first, slot = np.nonzero(np.asarray(valid & ~found))  # members beyond the kept nearest: D read again
     if first.size:

@@ -287,12 +287,12 @@ class _FeatureSource:
         d, idx, self.row_max, certain = _finish_nearest(vals, idx, top, k_top=k_top)
         unsure = np.flatnonzero(~np.asarray(certain))
         if unsure.size:  # ties across the kept boundary: these rows' order from their whole row of D
-            everything = np.arange(n)
             d, idx = np.array(d), np.array(idx)
-            for row in unsure:
-                full = np.asarray(self.d_at(np.full(n, row), everything))
-                order = np.lexsort((everything, full))[:keep]
-                d[row], idx[row] = full[order], order
+            step = max(1, _BLOCK_ELEMENTS // n)
+            for part in np.split(unsure, np.arange(step, unsure.size, step)):
+                full = np.asarray(self.d_at(np.repeat(part, n), np.tile(np.arange(n), part.size))).reshape(-1, n)
+                order = np.argsort(full, axis=1, kind="stable")[:, :keep]  # ties: the lower index
+                d[part], idx[part] = np.take_along_axis(full, order, axis=1), order
             d, idx = jnp.asarray(d), jnp.asarray(idx, jnp.int32)
         return _Nearest(d, idx)
 
@@ -464,7 +464,7 @@ def _encode(source, *, k1: int, k2: int, keep: int | None) -> Encoding:
     if n < 2 or k1 < 1 or k2 < 1:
         raise ValueError(f"the k-reciprocal encoding needs N ≥ 2 items and k1, k2 ≥ 1, got N={n}, k1={k1}, k2={k2}")
     k_forward, k_half, k_top = _sizes(n, k1, k2)
-    keep = min(n, max(k_top, keep or _KEEP))
+    keep = min(n, max(k_top + 1, keep or _KEEP))  # one beyond the top-k, to tell a tie at its edge
     near = source.nearest(keep, k_top)
     rank = near.idx[:, :k_top]
     block = max(1, min(n, 1024))

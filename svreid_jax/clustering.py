@@ -1,10 +1,13 @@
 """k-means, on device (jit-able, fixed iterations) for the paper variant's teacher and on the host
-(numpy, sklearn's defaults) for the reference variant's consistency constant; DBSCAN on a precomputed
-distance matrix (host, numpy/scipy) for the `plus` variant's pseudo-identities.
+(numpy, sklearn's defaults) for the reference variant's consistency constant; DBSCAN (host, numpy/scipy)
+for the `plus` variant's pseudo-identities, on a radius graph (`RadiusGraph`: the pairs within a radius,
+what kreciprocal.jaccard_graph gives in O(N·k) memory) or on a dense distance matrix (the reference).
 
 Shapes: N points of dimension D, K clusters.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -133,16 +136,31 @@ def kmeans_numpy(points: np.ndarray, num_clusters: int, *, n_init: int = 10, max
     return best
 
 
-def dbscan(distances: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
-    """DBSCAN on a precomputed symmetric distance matrix [N, N] → int32 labels [N], −1 for outliers.
+class RadiusGraph(NamedTuple):
+    """The pairs of num_points points within `radius` of each other: first < second int64 [E] and their
+    distance float32 [E]. Every pair not listed lies farther than radius and at most `ceiling`."""
+    num_points: int
+    first: np.ndarray
+    second: np.ndarray
+    distance: np.ndarray
+    radius: float
+    ceiling: float = 1.0
+
+
+def dbscan(distances, eps: float, min_samples: int) -> np.ndarray:
+    """DBSCAN on a precomputed symmetric distance matrix [N, N] or a `RadiusGraph` → int32 labels [N],
+    −1 for outliers.
 
     A point is core when at least `min_samples` points (itself included, as sklearn counts) lie within
     `eps`. Clusters are the connected components of the core points under that neighbourhood; a
     non-core point within eps of some core point joins the cluster of its nearest one (ties: the lower
     index), every other point is an outlier. Unlike sklearn, whose border points go to whichever
     cluster reaches them first, nothing depends on visiting order. Clusters are numbered by their
-    lowest core index, so the labels are a function of the matrix alone.
+    lowest core index, so the labels are a function of the distances alone: the graph and the dense
+    matrix with the same distances give the same labels.
     """
+    if isinstance(distances, RadiusGraph):
+        return _dbscan_graph(distances, eps, min_samples)
     d = np.asarray(distances)
     n = d.shape[0]
     if d.ndim != 2 or d.shape[1] != n:
@@ -162,6 +180,41 @@ def dbscan(distances: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
     if border.size:
         to_core = np.where(near[np.ix_(border, core_index)], d[np.ix_(border, core_index)], np.inf)
         labels[border] = component[np.argmin(to_core, axis=1)]
+    return labels
+
+
+def _dbscan_graph(graph: RadiusGraph, eps: float, min_samples: int) -> np.ndarray:
+    """`dbscan` on the listed pairs: O(N + E) memory."""
+    n = int(graph.num_points)
+    labels = np.full(n, -1, np.int32)
+    if eps >= graph.ceiling:  # every pair is within eps: one cluster of all, or no core point
+        labels[:] = 0 if n >= min_samples else -1
+        return labels
+    if eps > graph.radius:
+        raise ValueError(f"dbscan: eps={eps} exceeds the radius graph's radius {graph.radius} (pairs beyond it "
+                         f"are not listed)")
+    within = np.asarray(graph.distance) <= eps
+    first, second = np.asarray(graph.first)[within], np.asarray(graph.second)[within]
+    distance = np.asarray(graph.distance)[within]
+    core = 1 + np.bincount(first, minlength=n) + np.bincount(second, minlength=n) >= min_samples
+    core_index = np.flatnonzero(core)
+    if core_index.size == 0:
+        return labels
+    position = np.cumsum(core) - 1  # index among the core points, which keep their order
+    both = core[first] & core[second]
+    links = scipy.sparse.csr_matrix((np.ones(int(both.sum()), np.int8), (position[first[both]], position[second[both]])),
+                                    shape=(core_index.size, core_index.size))
+    _, component = scipy.sparse.csgraph.connected_components(links, directed=False)
+    labels[core_index] = component
+    # Border points: each pair in both directions, a non-core end taking its nearest core end (ties: lower index).
+    src, dst = np.concatenate([first, second]), np.concatenate([second, first])
+    dist = np.concatenate([distance, distance])
+    to_core = ~core[src] & core[dst]
+    src, dst, dist = src[to_core], dst[to_core], dist[to_core]
+    order = np.lexsort((dst, dist, src))
+    src, dst = src[order], dst[order]
+    nearest = np.concatenate([[True], src[1:] != src[:-1]]) if src.size else np.zeros(0, bool)
+    labels[src[nearest]] = labels[dst[nearest]]
     return labels
 
 
@@ -189,9 +242,9 @@ def membership_iou(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
     return iou
 
 
-def reliable_dbscan(distances: np.ndarray, eps: float, min_samples: int, delta: float, min_iou: float) -> np.ndarray:
-    """DBSCAN (see `dbscan`) that keeps a point's cluster only when it is stable: its cluster at eps must
-    overlap by at least `min_iou` (intersection over union) both its cluster at eps + delta (the
+def reliable_dbscan(distances, eps: float, min_samples: int, delta: float, min_iou: float) -> np.ndarray:
+    """DBSCAN (see `dbscan`: a dense matrix, or a `RadiusGraph` whose radius reaches eps + delta) that keeps
+    a point's cluster only when it is stable: its cluster at eps must overlap by at least `min_iou` (intersection over union) both its cluster at eps + delta (the
     cluster does not merge into others when loosened) and at eps − delta (it does not fall apart when
     tightened). Other points become outliers (−1). Labels int32 [N], numbered as `dbscan` numbers them.
     """

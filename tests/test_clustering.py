@@ -106,3 +106,30 @@ def test_reliable_dbscan_drops_a_bridge_that_merges_when_loosened():
     # The groups overlap their merged loose cluster by 4/10 ≥ 0.3, the pair by 2/10 < 0.3.
     assert kept.tolist() == [0, 0, 0, 0, -1, -1, 2, 2, 2, 2]
     assert np.array_equal(clustering.reliable_dbscan(d, 0.4, 2, delta=0.2, min_iou=0.0), plain)
+
+
+def _graph_of(d, radius, ceiling=1.0):
+    first, second = np.nonzero(np.triu(d <= radius, 1))
+    return clustering.RadiusGraph(len(d), first, second, d[first, second].astype(np.float32), radius, ceiling)
+
+
+def test_dbscan_on_a_radius_graph_equals_the_dense_matrix():
+    # Hand case on a line (eps 1.5, min_samples 3): cores 1.0 and 11.0; 0, 2, 10, 12.5 border; 5.0 alone.
+    x = np.array([0.0, 1.0, 2.0, 5.0, 10.0, 11.0, 12.5])
+    d = np.abs(x[:, None] - x[None, :])
+    np.testing.assert_array_equal(clustering.dbscan(_graph_of(d, 1.5, ceiling=np.inf), 1.5, 3), [0, 0, 0, -1, 1, 1, 1])
+    rng = np.random.default_rng(3)
+    for seed in range(3):
+        pts = np.concatenate([rng.normal(size=(5, 2))[rng.integers(5, size=60)] * 4 + rng.normal(size=(60, 2)),
+                              rng.normal(size=(10, 2)) * 8])
+        d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1)) / 30  # within [0, 1]: ceiling 1
+        graph = _graph_of(d, 0.1)
+        for eps, min_samples in ((0.03, 3), (0.05, 4), (0.1, 6), (0.0, 1)):
+            np.testing.assert_array_equal(clustering.dbscan(graph, eps, min_samples), clustering.dbscan(d, eps, min_samples))
+        np.testing.assert_array_equal(clustering.reliable_dbscan(graph, 0.05, 4, 0.03, 0.5),
+                                      clustering.reliable_dbscan(d, 0.05, 4, 0.03, 0.5))
+    # eps at the ceiling: every pair is within it; beyond the listed radius it cannot answer.
+    np.testing.assert_array_equal(clustering.dbscan(graph, 1.0, 70), np.zeros(70, np.int32))
+    np.testing.assert_array_equal(clustering.dbscan(graph, 1.0, 71), np.full(70, -1, np.int32))
+    with pytest.raises(ValueError, match=r"eps=0.2 exceeds the radius graph's radius 0.1"):
+        clustering.dbscan(graph, 0.2, 3)

@@ -96,8 +96,7 @@ def cluster_features(config, features: np.ndarray, camids: np.ndarray, epoch: in
         start = points[jax.random.permutation(key, points.shape[0])[: p.kmeans_clusters]]
         centroids = clustering.lloyd_iterations(points, start, p.kmeans_iters)
         return np.asarray(jnp.argmin(clustering.squared_distances(points, centroids), axis=1), np.int32)
-    cosine = np.maximum(1.0 - f @ f.T, 0.0)
-    jaccard = np.asarray(kreciprocal.jaccard_distances(cosine, k1=p.k1, k2=p.k2))
+    jaccard = kreciprocal.jaccard_graph(f, k1=p.k1, k2=p.k2, radius=p.eps + max(p.reliable_delta, 0.0))
     if p.reliable_delta > 0:
         return clustering.reliable_dbscan(jaccard, p.eps, p.min_samples, p.reliable_delta, p.reliable_min_iou)
     return clustering.dbscan(jaccard, p.eps, p.min_samples)

@@ -1,7 +1,9 @@
 """k-reciprocal re-ranking: against a plain NumPy transcription of Zhong et al.'s algorithm, and a toy case."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from svreid_jax import kreciprocal
 from svreid_jax.evaluation import ranking, rerank
 
 
@@ -109,3 +111,14 @@ def test_bad_inputs():
         rerank.k_reciprocal(np.zeros((2, 3)), np.zeros((2, 2)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="num_query"):
         rerank.rerank_full(np.zeros((4, 4)), 4)
+
+
+@pytest.mark.parametrize("nq, k1, k2", [(15, 20, 6), (40, 6, 1)])
+def test_sparse_rerank_equals_the_dense_reference_bit_for_bit(nq, k1, k2):
+    feats, _ = _features(seed=11, num_ids=12, per_id=10, dim=16, noise=0.8)
+    dist = np.asarray(rerank.non_negative_distances(feats, "euclidean"))
+    d, v, nonzeros = kreciprocal.dense_encoding(jnp.asarray(dist), k1=k1, k2=k2)
+    dense = np.asarray(kreciprocal.dense_jaccard(d, v, nonzeros, num_query=nq, gallery_start=nq, lambda_value=0.3))
+    got = np.asarray(rerank.rerank_full(dist, nq, k1=k1, k2=k2, lambda_value=0.3))
+    np.testing.assert_array_equal(got, dense)
+    assert np.any(got < 0.3 * np.asarray(d)[:nq, nq:] + 0.7)  # some pairs do overlap (J < 1)

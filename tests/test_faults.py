@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+import child_processes
 from configs import demo
 from svreid_jax import builders, parallel, train
 from svreid_jax.config_checks import ConfigError
@@ -85,7 +86,8 @@ def _train_rows(workdir):
 
 def _run_until(cmd, text, timeout=300):
     """Start `cmd`, return (process, stderr so far) once a stderr line contains `text`."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = child_processes.popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True)
     seen = []
     for line in proc.stderr:
         seen.append(line)
@@ -235,8 +237,8 @@ def test_failing_checkpoint_write_names_the_cause_and_keeps_the_previous_step(st
     cli = _cli(workdir, data_root, f"--config.train.num_epochs={EPOCHS + 5}")
     limited = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (120_000, 120_000)); "
                "sys.argv = ['svreid_jax.main'] + sys.argv[1:]; runpy.run_module('svreid_jax.main', run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", limited, *cli[3:]], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    done = child_processes.run([sys.executable, "-c", limited, *cli[3:]], cwd=ROOT, env=_env(),
+                               capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-3000:]
     # orbax's writer threads may still print their own tracebacks of the failure around ours, at exit,
     # and may have left a line unfinished when ours was written.
@@ -507,15 +509,16 @@ def test_png_and_jpeg_frames_are_read_and_other_files_named(data_root, tmp_path,
 def test_unknown_field_and_bad_choice_are_one_line_before_any_data(tmp_path):
     base = [sys.executable, "-m", "svreid_jax.main", "--config=configs/demo.py:paper,micro",
             f"--workdir={tmp_path}/run"]
-    done = subprocess.run(base + ["--config.foo=1"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    done = child_processes.run(base + ["--config.foo=1"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                               timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "svreid_jax: config error: unknown config field 'foo' (--config.foo); the closest fields are "
         "data.source.root, data.target.root, data.source.options"]
     # A wrong choice is refused before the (missing) data is looked at.
-    done = subprocess.run(base + ["--config.data.decoder=bogus", "--config.data.demo=False",
-                                  f"--config.data.source.root={tmp_path}/nowhere"],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    done = child_processes.run(base + ["--config.data.decoder=bogus", "--config.data.demo=False",
+                                       f"--config.data.source.root={tmp_path}/nowhere"],
+                               cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "svreid_jax: config error: config.data.decoder='bogus': expected one of auto, pil, simplejpeg")

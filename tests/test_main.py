@@ -1,11 +1,11 @@
 """End to end: the command line on a micro config, resume, and the missing-data error."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+import child_processes
 from configs import demo
 from svreid_jax import builders, train
 from svreid_jax.data.records import DatasetError
@@ -17,7 +17,7 @@ def _run_main(workdir, *extra):
     cmd = [sys.executable, "-m", "svreid_jax.main", "--config=configs/demo.py:paper,micro", f"--workdir={workdir}",
            *extra]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return child_processes.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_main_trains_evaluates_and_writes_everything(tmp_path):

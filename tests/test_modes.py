@@ -8,13 +8,13 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import child_processes
 from configs import demo
 from svreid_jax import builders
 from svreid_jax.data import datasets
@@ -27,7 +27,7 @@ CONFIG = "--config=configs/demo.py:paper,micro"
 def _run(workdir, *extra, env=None, timeout=600):
     cmd = [sys.executable, "-m", "svreid_jax.main", CONFIG, f"--workdir={workdir}", *extra]
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    done = child_processes.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

@@ -249,7 +249,9 @@ def test_failing_checkpoint_write_names_the_cause_and_keeps_the_previous_step(st
                            f"{workdir}/checkpoints: ValueError: "), last
     assert "File too large" in last and last.endswith(f"the newest checkpoint left is step {LAST} in "
                                                       f"{workdir}/checkpoints")
-    step, _, state = Checkpointer(str(workdir / "checkpoints")).restore_saved()
+    reader = Checkpointer(str(workdir / "checkpoints"))
+    step, _, state = reader.restore_saved()
+    reader.close()
     assert step == LAST
     _assert_same(_saved_state(straight, LAST), state)
 

@@ -22,8 +22,8 @@ def test_pmap_run_checkpoints_in_the_jit_format(tmp_path):
     assert 0.0 <= final["rank1"] <= 1.0
 
     # The saved state has no device axis: the same leaf shapes as a freshly built jit state.
-    saved = ocp.CheckpointManager(f"{workdir}/checkpoints").restore(
-        None, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    with ocp.CheckpointManager(f"{workdir}/checkpoints") as manager:
+        saved = manager.restore(None, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     model = builders.create_model(config, num_classes=builders.prepare_data(config, workdir)[0].num_train_pids)
     params, _ = builders.init_variables(config, model, jax.random.PRNGKey(0))
     assert jax.tree.map(np.shape, saved["params"]) == jax.tree.map(np.shape, params)

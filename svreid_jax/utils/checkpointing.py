@@ -238,7 +238,8 @@ class Checkpointer:
         saved_as = getattr(abstract, "SAVED_AS", None)
         if not saved_as or not dataclasses.is_dataclass(abstract):
             return abstract, lambda restored: restored
-        metadata = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
+        with ocp.StandardCheckpointer() as reader:  # closed: its pending reads would outlive the call
+            metadata = reader.metadata(os.path.join(self.directory, str(step), "state"))
         on_disk = set(getattr(metadata, "item_metadata", metadata).keys())
         old = {field: name for field, name in saved_as.items() if name in on_disk and field not in on_disk}
         if not old:

@@ -297,22 +297,35 @@ class _FeatureSource:
         return _Nearest(d, idx)
 
     def d_at(self, first: np.ndarray, second: np.ndarray) -> jax.Array:
-        """D[first[p], second[p]] float32 [P] (after `nearest`), each from its tile."""
+        """D[first[p], second[p]] float32 [P] (after `nearest`).
+
+        The entries come from `_cosine_tile` on gathered tiles: the rows a block of up to T distinct lower
+        indices, the columns up to T distinct higher indices that those rows need. One executable of one
+        shape adds every entry's products in the same order wherever its items sit in the tile, so each
+        value equals the one `tile_of` gives (the tests compare with `cosine_distances`), while only the
+        tiles that hold a wanted entry are multiplied.
+        """
         first, second = np.asarray(first, np.int64), np.asarray(second, np.int64)
         low, high = np.minimum(first, second), np.maximum(first, second)
-        key = (low // self.tile) * self.blocks + high // self.tile
-        order = np.argsort(key, kind="stable")
+        t = self.tile
         raw = np.empty(len(first), np.float32)
-        bounds = np.flatnonzero(np.diff(key[order])) + 1
-        for part in np.split(order, bounds):
-            if part.size == 0:
-                continue
-            i, j = int(low[part[0]] // self.tile), int(high[part[0]] // self.tile)
-            size = _next_pow2(part.size)  # few shapes, few compilations
-            take = part[np.minimum(np.arange(size), part.size - 1)]
-            got = _tile_entries(self.tile_of(i, j), jnp.asarray(low[take] - i * self.tile, jnp.int32),
-                                jnp.asarray(high[take] - j * self.tile, jnp.int32))
-            raw[part] = np.asarray(got)[:part.size]
+        order = np.lexsort((high, low))
+        lows = np.unique(low)
+        for group in np.split(lows, np.arange(t, lows.size, t)):
+            part = order[np.searchsorted(low[order], group[0]):np.searchsorted(low[order], group[-1], "right")]
+            row_of = np.searchsorted(group, low[part])
+            highs = np.unique(high[part])
+            col_of = np.searchsorted(highs, high[part])
+            rows = jnp.asarray(np.concatenate([group, np.full(t - group.size, self.n)]), jnp.int32)
+            for c in range(0, highs.size, t):
+                sel = np.flatnonzero((col_of >= c) & (col_of < c + t))
+                cols = highs[c:c + t]
+                tile = _cosine_tile(self.features, rows,
+                                    jnp.asarray(np.concatenate([cols, np.full(t - cols.size, self.n)]), jnp.int32))
+                size = _next_pow2(sel.size)  # few shapes, few compilations
+                take = sel[np.minimum(np.arange(size), sel.size - 1)]
+                got = _tile_entries(tile, jnp.asarray(row_of[take], jnp.int32), jnp.asarray(col_of[take] - c, jnp.int32))
+                raw[part[sel]] = np.asarray(got)[:sel.size]
         return _normalise_entries(jnp.asarray(raw), self.row_max, jnp.asarray(first, jnp.int32))
 
 

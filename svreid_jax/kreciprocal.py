@@ -533,13 +533,14 @@ def candidate_pairs(enc: Encoding, *, min_overlap: float = 0.0,
     rows = scipy.sparse.csr_matrix((data, cols[valid], np.concatenate([[0], np.cumsum(valid.sum(axis=1))])),
                                    shape=(n, n))
     stop = n if queries is None else int(queries)
-    others = rows.T.tocsr() if queries is None else rows[stop:].T.tocsr()
+    others = None if queries is None else rows[stop:].T.tocsr()
     firsts, seconds = [], []
     for start in range(0, stop, _PAIR_ROWS):
         end = min(start + _PAIR_ROWS, stop)
-        block = (rows[start:end] @ others).tocsr()  # columns unsorted: ordered below
+        offset = start if queries is None else stop  # all pairs: only the rows from this block on
+        block = (rows[start:end] @ (rows[start:].T if queries is None else others)).tocsr()  # columns unsorted
         first = np.repeat(np.arange(start, end, dtype=np.int64), np.diff(block.indptr))
-        second = block.indices.astype(np.int64) + (0 if queries is None else stop)
+        second = block.indices.astype(np.int64) + offset
         keep = second > first if queries is None else np.ones(first.shape, bool)
         if min_overlap > 0:
             keep &= block.data >= min_overlap - _MARGIN

@@ -88,6 +88,23 @@ def test_sparse_chunking_does_not_change_the_graph(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_entries_from_gathered_tiles_equal_the_tiled_matrix():
+    # d_at multiplies tiles of gathered items; each entry must keep the bits of its own tile of D.
+    f = planted(150, seed=7, dim=48)
+    src = kreciprocal._FeatureSource(f, tile=32)
+    src.nearest(8, 4)  # sets the row maxima
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(150, size=700), rng.integers(150, size=700)  # both orders, some i = j
+    cosine = np.asarray(kreciprocal.cosine_distances(f, tile=32))
+    want = kreciprocal._normalise_entries(jnp.asarray(cosine[first, second]), src.row_max,
+                                          jnp.asarray(first, jnp.int32))
+    got = src.d_at(first, second)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    row = src.d_at(np.full(150, 3), np.arange(150))  # one whole row, across every tile
+    np.testing.assert_array_equal(np.asarray(row), np.asarray(kreciprocal._normalise_entries(
+        jnp.asarray(cosine[3]), src.row_max, jnp.full(150, 3, jnp.int32))))
+
+
 def test_candidate_pairs_hold_every_pair_with_enough_overlap():
     f = planted(150, seed=5, per_id=8)
     enc = kreciprocal.feature_encoding(f, k1=10, k2=3)

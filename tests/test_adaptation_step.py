@@ -48,6 +48,7 @@ def _batch(seed=0):
                        "camid": np.arange(B, dtype=np.int32) % 3}}
 
 
+@pytest.mark.slow  # about 30 s: the default stage keeps its 15-minute budget
 def test_backbone_gets_minus_beta_times_the_domain_loss_gradient():
     """d L_domain / d θ_backbone with the GRL at β equals −β × the gradient without reversal (β = −1 is
     the identity's backward); the discriminator's own gradient is untouched by the GRL."""

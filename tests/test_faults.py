@@ -121,6 +121,7 @@ def _copy_run(straight, tmp_path):
 # --- preemption: kill -9, then SIGTERM, then resume ------------------------------------------------
 
 
+@pytest.mark.slow  # about 45 s: the default stage keeps its 15-minute budget
 def test_kill_then_sigterm_then_resume_is_bitwise_and_logs_each_step_once(straight, data_root, tmp_path):
     workdir = tmp_path / "run"
     # kill -9 once step 12 is logged and checkpoint 10 is complete: rows after 10 were logged after it.
@@ -336,6 +337,7 @@ def test_nonfinite_updates_stop_the_run_with_the_last_good_state(data_root, tmp_
     _assert_same(good["params"], saved["params"])  # the parameters after step 2, the last good update
 
 
+@pytest.mark.slow  # about 45 s: the default stage keeps its 15-minute budget
 def test_model_selection_keeps_the_best_step_across_a_resume(data_root, tmp_path, monkeypatch):
     """Selection scores are scripted: step 2 → 0.6, step 4 → 0.6 (a tie during training keeps the
     earlier), then the run is interrupted; the resumed run's last state scores 0.5, so the reported

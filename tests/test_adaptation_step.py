@@ -91,6 +91,7 @@ def _moved(before, after):
     return max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
 
 
+@pytest.mark.slow  # the default stage keeps a margin under its 15 minutes (15–25 s)
 def test_step_uses_the_scheduled_beta(domain_only):
     config, model, step = domain_only
     # At step 0 the schedule gives β = 0: the discriminators learn, the backbone gets nothing.
@@ -108,6 +109,7 @@ def test_step_uses_the_scheduled_beta(domain_only):
     assert _moved(state.params["backbone"], new.params["backbone"]) > 0
 
 
+@pytest.mark.slow  # the default stage keeps a margin under its 15 minutes (15–25 s)
 def test_total_is_the_weighted_sum_with_the_consistency_ramp():
     weights = dict(ce=0.7, triplet=1.3, frame_domain=0.4, clip_domain=0.9, consistency_ce=0.25, consistency_dist=0.6,
                    camera_alignment=0.35)

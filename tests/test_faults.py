@@ -260,6 +260,7 @@ def test_failing_checkpoint_write_names_the_cause_and_keeps_the_previous_step(st
 # --- divergence and the loop's stops --------------------------------------------------------------
 
 
+@pytest.mark.slow  # about 20 s; tests/test_faults_training.py covers the rollback in the default stage
 def test_exploding_learning_rate_stops_marked_diverged(data_root, tmp_path):
     workdir = tmp_path / "run"
     config = _config(data_root, **{"optimizer.learning_rate": 1e6, "train.max_consecutive_diverged": 2,

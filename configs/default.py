@@ -90,12 +90,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.adaptation.grl_max_steps = 20000  # I_max of the GRL schedule β = 2/(1+exp(−10·step/I_max)) − 1
     c.adaptation.ema_decay = 0.999  # teacher EMA decay α
     c.adaptation.ema_warmup = True  # use min(1 − 1/(step+1), α) early on
-    c.adaptation.kmeans_clusters = 8  # clusters of the teacher's target embeddings per batch
+    c.adaptation.kmeans_clusters = 0  # clusters of the teacher's target embeddings per batch; 0 = the label-free rule, batch.target_size // 4 (the authors' ratio: 16 clusters on 64 stacked embeddings)
     c.adaptation.kmeans_iters = 10  # Lloyd iterations (fixed, so the step is jit-able)
     c.adaptation.consistency_temperature = 0.1  # temperature of the student's soft assignment
     c.adaptation.consistency_rampup_steps = 0  # sigmoid ramp-up of the consistency weights (0 = none)
     c.adaptation.camera_centred = False  # ops.camera_centred on the step's target batch (label-free camids) before its k-means
     c.adaptation.teacher_augment = True  # the teacher sees its own flip/erasing of each target clip
+    c.adaptation.target_bn = False  # ours (not the paper's): the student's BN running statistics (used at evaluation) come from its target forwards only; on, it forwards the target clips even when no term reads them
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam_l2"  # 'adam_l2' (torch Adam, L2 in the gradient: reference) or 'adamw'
@@ -159,13 +160,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # one ablation row; the loss weights are loss.cluster_contrast and loss.cluster_soft.
     c.plus = ml_collections.ConfigDict()
     c.plus.clustering = "dbscan"  # pseudo-identities of the whole target train set each epoch: 'dbscan' (on k-reciprocal Jaccard distances) or 'kmeans'
-    c.plus.eps = 0.6  # DBSCAN neighbourhood radius on Jaccard distances (in [0, 1])
-    c.plus.min_samples = 4  # DBSCAN: neighbours within eps (itself included) that make a core point
-    c.plus.k1 = 30  # Jaccard distances: k of the k-reciprocal neighbourhoods
-    c.plus.k2 = 6  # Jaccard distances: neighbours of the local query expansion (1 = none)
+    # The clustering neighbourhood comes from a label-free rule (variants/plus.py `clustering_settings`,
+    # docs/METHOD.md §1.4), the same for every dataset: 0 means "from the rule". A positive value is
+    # an explicit setting that overrides it.
+    c.plus.eps = 0.0  # DBSCAN radius on Jaccard distances (in (0, 1)); 0 = the plus.eps_quantile-quantile of the tracklets' nearest-neighbour Jaccard distances
+    c.plus.eps_quantile = 0.8  # the rule's eps: with min_samples 2 this is the share of tracklets that get a pseudo-identity (the most isolated fifth are left out)
+    c.plus.min_samples = 2  # DBSCAN: neighbours within eps (itself included) that make a core point; 2 because a re-ID target guarantees only two tracklets per identity (iLIDS-VID, PRID2011)
+    c.plus.k1 = 0  # Jaccard distances: k of the k-reciprocal neighbourhoods; 0 = 2 × the target's cameras (a person filmed once or twice by each camera)
+    c.plus.k2 = 0  # Jaccard distances: neighbours of the local query expansion (1 = none); 0 = max(1, round(k1 / 5)), the published ratio (k1 30, k2 6)
     c.plus.reliable_delta = 0.0  # > 0: keep a DBSCAN label only if the point's cluster is stable at eps ± delta (SpCL-style reliability; 0 = off)
     c.plus.reliable_min_iou = 0.5  # the intersection over union a stable point's cluster keeps with its cluster at eps ± reliable_delta
-    c.plus.kmeans_clusters = 500  # k-means clusters (plus.clustering='kmeans')
+    c.plus.kmeans_clusters = 0  # k-means clusters (plus.clustering='kmeans'); 0 = as many as DBSCAN finds on the same features
     c.plus.kmeans_iters = 30  # k-means Lloyd iterations
     c.plus.max_clusters = 2048  # memory capacity M (slots); more clusters than this: the largest are kept
     c.plus.start_epoch = 0  # first epoch (0-based) that clusters; before it the memory is empty and its losses 0
@@ -174,7 +179,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.plus.camera_normalise = True  # ops.camera_centred on the target training set's features before the epoch's clustering
     c.plus.camera_proxies = False  # memory slots per (pseudo-identity, camera) instead of per pseudo-identity (CAP); read by loss.intra_camera / inter_camera
     c.plus.hard_negatives = 50  # inter_camera: the most similar proxies of other pseudo-identities each clip is contrasted with
-    c.plus.target_bn = True  # the student's BN running statistics (used at evaluation) come from its target forwards only
+    c.plus.soft_targets = "identity"  # loss.cluster_soft with camera proxies: 'identity' (teacher and student probabilities summed over each pseudo-identity's proxies) or 'proxy' (a softmax over every proxy, which rewards the clip's own-camera proxy)
 
     # The reference variant (variant='reference', svreid_jax.variants.reference; docs/REPRODUCIBILITY.md).
     # The D# flags default to the paper's side here; configs/<target>.py:reference sets the code's side.

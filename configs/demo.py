@@ -1,29 +1,35 @@
 """The embedded demo: procedural synthetic → real-looking tracklets, a tiny ResNet, sized for a CPU.
 
-Variants (--config=configs/demo.py:<variant>):
-  paper        the method (default): source CE + triplet, frame and sequence discriminators, mean teacher,
-               and the target's cameras aligned as domains (loss.camera_alignment)
+Variants (--config=configs/demo.py:<variant>), each an override table applied in the order given:
+  paper        the paper as published (default): source CE + triplet, frame and sequence discriminators
+               behind the GRL, the mean teacher's per-batch clustering consistency; none of our additions
   source_only  no adaptation: source losses only
   oracle       trains on the *target* training labels (an upper bound; not UDA)
   frame        source + frame-level discriminator
   frame_clip   source + both discriminators
   reference    the authors' code (configs/targets.py:REFERENCE) at demo sizes: the tiny plain ResNet
                instead of SINet (its plug-ins need ResNet-34/50/101), a small MS-TCN, fewer k-means restarts
-  plus         beyond the paper (configs/targets.py:PLUS): the paper recipe, and from epoch 20 on per-epoch
-               DBSCAN pseudo-identities of the target, a memory of camera-aware proxies, the teacher's soft
-               assignment, target BN; sized for the demo here
-  no_camera_normalise, no_soft, no_contrast, no_target_bn, kmeans, no_camera_alignment, no_domain_alignment,
-  no_consistency, early_start, no_camera_proxies, standalone, with_reliability
-               (combine after plus: "plus,no_soft") one ingredient of plus off, swapped or added; standalone
-               is plus without the paper's target terms, clustering from epoch 5: the ablation rows
+  plus         ours, beyond the paper (configs/targets.py:PLUS): our camera term and target BN, the paper's
+               terms, and from epoch 20 on per-epoch DBSCAN pseudo-identities of the target (label-free
+               settings) in a memory of camera-aware proxies with the teacher's soft assignment
+Our additions, each a modifier that combines with any variant ("source_only,cam,tbn", "paper,cam,pairs,tbn"):
+  cam          our camera-alignment term (loss.camera_alignment=1, docs/METHOD.md §4.11)
+  tbn          target BN statistics (adaptation.target_bn)
+  pairs        two clips per target tracklet and camera-centred per-batch clusters for the paper's teacher
+               (data.target_views=2, adaptation.camera_centred; docs/METHOD.md §9)
+Plus's ingredients, each switched off, swapped or added by a modifier after plus ("plus,no_soft"):
+  no_camera_normalise, no_soft, soft_per_proxy, no_contrast, no_target_bn, kmeans, no_camera_alignment,
+  no_domain_alignment, no_consistency, no_paper_terms, early_start, no_camera_proxies, standalone,
+  with_reliability
+Sizes and data:
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
   hard         (combine: "source_only,hard", "paper,hard", …) the hard data preset: a rendered-vs-filmed
                gap shared by all target cameras instead of per-camera scenes (svreid_jax/data/demo/scenes.py,
                shift="hard"); its data goes to <demo root>_hard
 
-Each name is an override table (configs/overrides.py), applied in the order given: VARIANTS train
-differently, PLUS_ABLATIONS change one ingredient of plus, SIZES shrink the run, DATA_PRESETS change
-the generated data.
+Every clustering setting (the teacher's per-batch clusters, plus's k1, k2, eps, min_samples, k-means
+count) comes from the label-free rules of configs/default.py, as on real data; tests/test_configs.py
+checks that no preset sets one.
 """
 import ml_collections
 
@@ -59,43 +65,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.adaptation.grl_max_steps = 500
     c.adaptation.ema_decay = 0.99
-    c.adaptation.kmeans_clusters = 16
     c.adaptation.consistency_rampup_steps = 200
     c.loss.consistency_ce = 0.1
     c.loss.consistency_dist = 0.1
-    # The teacher's clusters on plain random target batches formed around cameras (each demo camera
-    # paints its own scene behind everyone) and the consistency terms then hurt; label-free pairs of
-    # clips from one tracklet and camera-centred embeddings give it people to group instead
-    # (BENCHMARKS.md, "Demo ablation").
-    c.data.target_views = 2
-    c.adaptation.camera_centred = True
-    # Each demo camera paints its own scene behind everyone, and the diagnostics (BENCHMARKS.md,
-    # "Diagnostics") found that camera, not the source/target split, is what the target embedding
-    # carries: treat each target camera as a domain to align, with the between-camera share of the
-    # target batch's variance as a loss (label-free camera ids; docs/METHOD.md §4.5).
-    c.loss.camera_alignment = 1.0
     c.eval.batch_size = 64
     for name in (arg or "paper").split(","):
         c = overrides.apply(c, _table(c, name.strip()))
     return c
 
 
-# The label-free clip pairs, camera-centred clusters and camera term set above serve the paper
-# variant's teacher (and plus, which keeps the paper's recipe); the other variants run without them.
-_PAPER_EXTRAS_OFF = {"data.target_views": 1, "adaptation.camera_centred": False, "loss.camera_alignment": 0.0}
+# Our additions, one modifier each (ADDITIONS; combined after any variant). Each camera of the demo
+# paints its own scene behind everyone, and the diagnostics (BENCHMARKS.md, "Diagnostics") found that
+# camera, not the source/target split, is what the target embedding carries: `cam` aligns the target
+# cameras as domains. `pairs` gives the paper's teacher people to group (label-free clip pairs of one
+# tracklet, camera-centred per-batch clusters). `tbn` normalises evaluation with target statistics.
+ADDITIONS = {
+    "cam": {"loss.camera_alignment": 1.0},
+    "tbn": {"adaptation.target_bn": True},
+    "pairs": {"data.target_views": 2, "adaptation.camera_centred": True},
+}
 _NO_DOMAIN = {"loss.frame_domain": 0.0, "loss.clip_domain": 0.0}  # both discriminators
 _NO_CONSISTENCY = {"loss.consistency_ce": 0.0, "loss.consistency_dist": 0.0}  # the teacher's per-batch clusters
 
 VARIANTS = {
     "paper": {},
-    "source_only": {**_PAPER_EXTRAS_OFF, **_NO_DOMAIN, **_NO_CONSISTENCY},
+    "source_only": {**_NO_DOMAIN, **_NO_CONSISTENCY},
     # Train on the target's own labelled training split: the upper bound the gap is measured against.
-    "oracle": {**_PAPER_EXTRAS_OFF, **_NO_DOMAIN, **_NO_CONSISTENCY,
-               "data.source.name": "mars", "data.demo_source_domain": "target"},
-    "frame": {**_PAPER_EXTRAS_OFF, "loss.clip_domain": 0.0, **_NO_CONSISTENCY},
-    "frame_clip": {**_PAPER_EXTRAS_OFF, **_NO_CONSISTENCY},
+    "oracle": {**_NO_DOMAIN, **_NO_CONSISTENCY, "data.source.name": "mars", "data.demo_source_domain": "target"},
+    "frame": {"loss.clip_domain": 0.0, **_NO_CONSISTENCY},
+    "frame_clip": {**_NO_CONSISTENCY},
     "reference": {
-        **_PAPER_EXTRAS_OFF, **targets.REFERENCE,
+        **targets.REFERENCE,
         # Demo sizes: SINet's plug-ins need a ResNet-34/50/101, too slow here; keep the tiny ResNet.
         "model.arch": "resnet",
         "loss.infonce": 0.0,
@@ -108,18 +108,9 @@ VARIANTS = {
         "adaptation.grl_max_steps": 500,
         "train.select_on_target_test": False,  # the demo reports its last state (no test-set selection)
     },
-    "plus": {
-        **targets.PLUS,
-        # About 4 training tracklets per identity (220 for 50 ids), mostly one per camera: much smaller
-        # neighbourhoods than MARS's, so smaller k-reciprocal neighbourhoods, radius and clusters; chosen
-        # by the purity of the pseudo-labels (docs/METHOD.md §1.4), which MARS's settings merged.
-        "plus.k1": 6,
-        "plus.k2": 2,
-        "plus.eps": 0.45,
-        "plus.min_samples": 2,
-        "plus.max_clusters": 256,
-        "plus.kmeans_clusters": 50,
-    },
+    # About 4 training tracklets per identity (220 for 50 ids), mostly one per camera; the clustering
+    # settings come from the label-free rule (configs/default.py, variants/plus.py), as on MARS.
+    "plus": {**targets.PLUS, "plus.max_clusters": 256},
 }
 
 # Plus's ingredients, each switched off (or swapped, or the paper's alignment terms added) by a modifier
@@ -128,11 +119,15 @@ PLUS_ABLATIONS = {
     "no_camera_normalise": {"plus.camera_normalise": False},  # camera-centred clustering
     "no_soft": {"loss.cluster_soft": 0.0},  # the teacher's soft assignment over the memory (MMT)
     "no_contrast": {"loss.intra_camera": 0.0, "loss.inter_camera": 0.0},  # the proxy contrasts (the soft term remains)
-    "no_target_bn": {"plus.target_bn": False},  # target-domain BN statistics
+    "no_target_bn": {"adaptation.target_bn": False},  # target-domain BN statistics
+    "soft_per_proxy": {"plus.soft_targets": "proxy"},  # the soft term's softmax over every proxy, not per pseudo-identity
     "kmeans": {"plus.clustering": "kmeans"},  # k-means for DBSCAN on Jaccard distances
     "no_camera_alignment": {"loss.camera_alignment": 0.0},  # the paper recipe's camera term (METHOD.md §4.11)
     "no_domain_alignment": _NO_DOMAIN,
     "no_consistency": _NO_CONSISTENCY,
+    # Neither the paper's discriminators nor its teacher's per-batch consistency: camera term, target BN,
+    # clustering, camera-aware proxies and the soft term (whose teacher is the EMA model) remain.
+    "no_paper_terms": {**_NO_DOMAIN, **_NO_CONSISTENCY},
     "early_start": {"plus.start_epoch": 5},  # clustering from epoch 5 instead of half-way
     # One slot per pseudo-identity and its plain contrast instead of camera-aware proxies (CAP).
     "no_camera_proxies": {"plus.camera_proxies": False, "loss.cluster_contrast": 1.0, "loss.intra_camera": 0.0,
@@ -156,11 +151,8 @@ SIZES = {
         "batch.num_identities": 2,
         "batch.num_instances": 4,
         "batch.target_size": 8,
-        "adaptation.kmeans_clusters": 2,
         "reference.consistency_clusters": 2,
         "plus.start_epoch": 1,  # epoch 0 with an empty memory, epoch 1 clusters
-        "plus.min_samples": 2,
-        "plus.kmeans_clusters": 4,
         "train.num_epochs": 2,
         "train.steps_per_epoch": 2,
         "train.log_every_steps": 1,
@@ -181,7 +173,7 @@ DATA_PRESETS = {
 
 
 def _table(c: ml_collections.ConfigDict, name: str) -> overrides.Table:
-    for tables in (VARIANTS, SIZES, DATA_PRESETS):
+    for tables in (VARIANTS, ADDITIONS, SIZES, DATA_PRESETS):
         if name in tables:
             return tables[name]
     if name in PLUS_ABLATIONS:
@@ -189,5 +181,5 @@ def _table(c: ml_collections.ConfigDict, name: str) -> overrides.Table:
             raise ValueError(f"demo variant {name!r} changes an ingredient of plus; combine it after plus, "
                              f"e.g. 'plus,{name}'")
         return PLUS_ABLATIONS[name]
-    raise ValueError(f"unknown demo variant {name!r}; expected {', '.join([*VARIANTS, *SIZES, *DATA_PRESETS])} "
+    raise ValueError(f"unknown demo variant {name!r}; expected {', '.join([*VARIANTS, *ADDITIONS, *SIZES, *DATA_PRESETS])} "
                      f"or after plus one of {', '.join(PLUS_ABLATIONS)}")

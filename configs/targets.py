@@ -79,15 +79,16 @@ REFERENCE = {
     "reference.infonce_sum_groups": True,  # D14
 }
 
-# The plus variant (svreid_jax/variants/plus.py): the paper's recipe as the config has it (source CE +
-# triplet, both domain discriminators, the mean teacher's consistency terms, any camera term), and from
-# half-way on per-epoch pseudo-identities of the whole target set (camera-normalised clustering), a
-# memory of camera-aware proxies contrasted within and across cameras, the teacher's soft assignment
-# over the memory and target BN statistics (docs/METHOD.md "plus").
+# The plus variant (svreid_jax/variants/plus.py), ours and beyond the paper, one recipe for the demo and
+# real data: the paper's terms (source CE + triplet, both domain discriminators, the mean teacher's
+# consistency), our camera term with target BN (docs/METHOD.md §4.11, §9), and from half-way on
+# per-epoch pseudo-identities of the whole target set (camera-normalised DBSCAN with the label-free
+# settings of configs/default.py), a memory of camera-aware proxies contrasted within and across cameras,
+# and the teacher's soft assignment per pseudo-identity (docs/METHOD.md §1.4).
 #
-# It clusters the paper's features rather than replacing the paper: run alone from an unaligned model,
+# It clusters aligned features rather than starting from scratch: run alone from an unaligned model,
 # the clustering locked in camera-bound clusters no purer than a source-only model's (BENCHMARKS.md,
-# "Why plus falls short"), while the paper's aligned features cluster purer and carry no camera.
+# "Why plus falls short").
 PLUS = {
     "variant": "plus",
     # Camera-aware proxies (CAP's weights: intra 1, inter 0.5, 50 hard negatives) rather than one slot per
@@ -98,10 +99,14 @@ PLUS = {
     "loss.intra_camera": 1.0,
     "loss.inter_camera": 0.5,
     "loss.cluster_soft": 0.5,
-    # The paper's alignment first. A live reference, so a --config.train.num_epochs override moves it along.
+    # The alignment first. A live reference, so a --config.train.num_epochs override moves it along.
     "plus.start_epoch": lambda c: c.train.get_ref("num_epochs") // 2,
     "data.target_sampling": "random",
-    "data.target_views": 2,  # two clips of a tracklet per batch: the memory sees each pseudo-identity twice
+    # Our label-free additions (configs/demo.py ADDITIONS cam, tbn, pairs), on in plus everywhere.
+    "loss.camera_alignment": 1.0,
+    "adaptation.target_bn": True,
+    "data.target_views": 2,  # two clips of a tracklet per batch: the teacher and the memory see each tracklet twice
+    "adaptation.camera_centred": True,
 }
 
 VARIANTS = {"paper": {}, "reference": REFERENCE, "plus": PLUS}

@@ -250,16 +250,42 @@ def _labelled_nll(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def memory_soft_cross_entropy(student: jax.Array, teacher: jax.Array, memory: jax.Array, valid: jax.Array,
-                              temperature: float = 0.05) -> jax.Array:
-    """MMT-style soft pseudo-labels: −Σ_m p_T(m) log p_S(m), p = softmax(memory · f / τ) over the valid
-    slots, p_T from the teacher's embeddings (no gradient), averaged over the B items; 0 with an empty memory.
+                              temperature: float = 0.05, slot_groups: jax.Array | None = None) -> jax.Array:
+    """MMT-style soft pseudo-labels: −Σ_g P_T(g) log P_S(g), averaged over the B items; 0 with an empty memory.
+
+    p = softmax(memory · f / τ) over the valid slots, p_T from the teacher's embeddings (no gradient).
+    Without slot_groups each slot is its own class, P = p. With slot_groups (int32 [M], the group of each
+    slot, e.g. the pseudo-identity of a camera-aware proxy; −1 for empty slots) the classes are the groups:
+    P(g) = Σ_{slots m of g} p(m), computed as a log-sum-exp per group.
 
     student, teacher [B, D]; memory [M, D]; valid bool [M].
     """
-    p_teacher = jax.nn.softmax(jax.lax.stop_gradient(_memory_logits(teacher, memory, valid, temperature)), -1)
-    log_p = jax.nn.log_softmax(_memory_logits(student, memory, valid, temperature), -1)
-    per_item = -jnp.sum(jnp.where(valid[None, :], p_teacher * log_p, 0.0), -1)
+    t_logits = jax.lax.stop_gradient(_memory_logits(teacher, memory, valid, temperature))
+    log_p_teacher = jax.nn.log_softmax(t_logits, -1)
+    log_p_student = jax.nn.log_softmax(_memory_logits(student, memory, valid, temperature), -1)
+    if slot_groups is None:
+        p_teacher, log_p, present = jnp.exp(log_p_teacher), log_p_student, valid
+    else:
+        groups = jnp.where(valid, slot_groups, -1)
+        num = memory.shape[0]  # at most one group per slot
+        present = jax.ops.segment_sum(valid.astype(jnp.int32), jnp.maximum(groups, 0), num) > 0
+        p_teacher = jnp.exp(_group_logsumexp(log_p_teacher, groups, num))
+        log_p = _group_logsumexp(log_p_student, groups, num)
+    per_item = -jnp.sum(jnp.where(present[None, :], p_teacher * log_p, 0.0), -1)
     return jnp.where(jnp.any(valid), jnp.mean(per_item), 0.0)
+
+
+def _group_logsumexp(log_p: jax.Array, groups: jax.Array, num_groups: int) -> jax.Array:
+    """log Σ_{m: groups[m] = g} exp(log_p[:, m]) for g < num_groups: [B, num_groups], in O(B·M) memory;
+    slots with group −1 count nowhere, and an empty group gives the masked logit (probability 0)."""
+    ids = jnp.where(groups >= 0, groups, num_groups)  # out of range: dropped by the segment sums
+    columns = log_p.T  # [M, B]
+    peak = jax.lax.stop_gradient(jax.ops.segment_max(columns, ids, num_groups))  # [G, B], −inf when empty
+    peak = jnp.where(jnp.isfinite(peak), peak, 0.0)
+    shifted = jnp.exp(columns - peak[jnp.minimum(ids, num_groups - 1)])
+    summed = jax.ops.segment_sum(jnp.where((ids < num_groups)[:, None], shifted, 0.0), ids, num_groups)  # [G, B]
+    safe = jnp.where(summed > 0, summed, 1.0)
+    return jnp.where(summed > 0, peak + jnp.log(safe), _MASKED).T
 
 
 def intra_camera_contrast(features: jax.Array, labels: jax.Array, memory: jax.Array, valid: jax.Array,

@@ -35,7 +35,7 @@ from svreid_jax import builders, clustering, ops, parallel
 from svreid_jax.data.records import Tracklet
 from svreid_jax.evaluation import features, protocols
 from svreid_jax.utils import atomic
-from svreid_jax.variants import plus
+from svreid_jax.variants import plus, terms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def _subset(tracklets: Sequence[Tracklet], limit: int, rng: np.random.Generator)
 
 def teacher_clusters(config, teacher_features: np.ndarray, pids: np.ndarray, camids: np.ndarray, *,
                      num_batches: int = 20, seed: int = 0) -> dict[str, float]:
-    """Mean NMI / purity of k-means (the step's: adaptation.kmeans_clusters, kmeans_iters, camera centring)
+    """Mean NMI / purity of k-means (the step's: terms.teacher_clusters, adaptation.kmeans_iters, camera centring)
     on random batches of batch.target_size target embeddings, against their identities."""
     size = min(config.batch.target_size, len(pids))
     rng = np.random.default_rng(seed)
@@ -157,7 +157,7 @@ def teacher_clusters(config, teacher_features: np.ndarray, pids: np.ndarray, cam
             x = ops.camera_centred(x, jnp.asarray(camids[rows]), keep_singletons=True, normalise_after=True)
         x = ops.l2_normalise(x)
         _, assign = clustering.kmeans(jax.random.PRNGKey(seed * 1000 + k), x,
-                                      min(config.adaptation.kmeans_clusters, size), config.adaptation.kmeans_iters)
+                                      min(terms.teacher_clusters(config), size), config.adaptation.kmeans_iters)
         scores.append(cluster_agreement(np.asarray(assign), pids[rows]))
     return {key: float(np.mean([s[key] for s in scores])) for key in ("nmi", "purity")}
 

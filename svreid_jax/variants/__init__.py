@@ -46,13 +46,14 @@ class Variant:
 
 
 VARIANTS = Registry("variant", "config.variant", {
-    "paper": Variant(paper.make_train_step, uses_target=terms.uses_target,
+    "paper": Variant(paper.make_train_step, uses_target=paper.reads_target,
                      description="the method as the paper describes it"),
     "reference": Variant(reference.make_train_step, init_state=reference.init_state,
                          description="what the authors' PyTorch code does", check_config=reference.check_config),
     "plus": Variant(plus.make_train_step, init_state=plus.init_state, sized_by_target=True,
                     epoch_start=plus.epoch_start, check_config=plus.check_config,
-                    description="beyond the paper: target pseudo-identities, cluster memory, MMT, target BN"),
+                    uses_target=paper.reads_target,
+                    description="beyond the paper: target pseudo-identities, camera-aware proxies, MMT"),
 })
 register, unregister, get = VARIANTS.register, VARIANTS.unregister, VARIANTS.get
 

@@ -20,6 +20,11 @@ from svreid_jax.state import TrainState, ema_decay, ema_update
 from svreid_jax.variants import common, terms as terms_lib
 
 
+def reads_target(config) -> bool:
+    """Whether the step forwards the target clips: a term reads them, or target BN needs their statistics."""
+    return terms_lib.uses_target(config) or bool(config.adaptation.target_bn)
+
+
 def make_train_step(model, config, axis_name: str | None = None, *, after_update=None):
     """Build the pure train step. axis_name: None for one device or jit (the batch is the global batch);
     the pmap axis (parallel.PMAP_AXIS) when each call sees one device's share; gradients are averaged over it.
@@ -31,10 +36,10 @@ def make_train_step(model, config, axis_name: str | None = None, *, after_update
     common.check_config(config)
     active = terms_lib.active(config)
     needs = terms_lib.inputs_needed(active)
-    uses_target = bool(needs & {terms_lib.TARGET, terms_lib.TEACHER})
+    uses_target = reads_target(config)
     uses_teacher = terms_lib.TEACHER in needs
     camera_centred = uses_teacher and config.adaptation.camera_centred
-    target_bn = uses_target and config.plus.target_bn
+    target_bn = config.adaptation.target_bn
     ramped = any(t.ramped for t in active) and config.adaptation.consistency_rampup_steps > 0
     model = parallel.parallel_model(model, config, axis_name)
     gather = functools.partial(parallel.gather_batch, axis_name=axis_name)
@@ -77,6 +82,8 @@ def make_train_step(model, config, axis_name: str | None = None, *, after_update
                                         kmeans_key=k_kmeans, extra=state.variant_state,
                                         target_index=batch["target"].get("index"))
             values, aux = terms_lib.compute(active, ctx)
+            if target_bn:
+                ctx.target  # noqa: B018 -- the forward that carries the target statistics, if no term ran it
             total = terms_lib.weighted_sum(values, terms_lib.weights(active, config, ramp))
             kept = {k: v for k, v in ctx.keep.items() if not k.startswith("_")}
             return total, (total, values, aux, carried["batch_stats"], kept)

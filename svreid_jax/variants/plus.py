@@ -30,6 +30,7 @@ from svreid_jax import clustering, kreciprocal, losses, ops
 from svreid_jax.variants import common, paper
 
 CLUSTERINGS = ("dbscan", "kmeans")  # config.plus.clustering
+SOFT_TARGETS = ("identity", "proxy")  # config.plus.soft_targets
 
 
 def check_config(config) -> None:
@@ -60,9 +61,17 @@ def check_config(config) -> None:
                          f"config.plus.clustering='dbscan', not {p.clustering!r}")
     if p.max_clusters < 1:
         raise ValueError(f"config.plus.max_clusters={p.max_clusters}: the memory needs at least one slot")
-    if p.clustering == "kmeans" and not 1 <= p.kmeans_clusters <= p.max_clusters:
-        raise ValueError(f"config.plus.kmeans_clusters={p.kmeans_clusters} must lie in 1..plus.max_clusters="
+    if p.clustering == "kmeans" and not 0 <= p.kmeans_clusters <= p.max_clusters:
+        raise ValueError(f"config.plus.kmeans_clusters={p.kmeans_clusters} must lie in 0 (the rule)..plus.max_clusters="
                          f"{p.max_clusters}")
+    if not 0 <= p.eps < 1 or not 0 < p.eps_quantile <= 1:
+        raise ValueError(f"config.plus.eps={p.eps} must lie in [0, 1) (0: the rule) and config.plus.eps_quantile="
+                         f"{p.eps_quantile} in (0, 1]")
+    if p.k1 < 0 or p.k2 < 0 or p.min_samples < 1:
+        raise ValueError(f"config.plus.k1={p.k1}, k2={p.k2} must be ≥ 0 (0: the rule) and min_samples="
+                         f"{p.min_samples} ≥ 1")
+    if p.soft_targets not in SOFT_TARGETS:
+        raise ValueError(f"config.plus.soft_targets={p.soft_targets!r}; expected one of {SOFT_TARGETS}")
 
 
 def init_state(config, model, params, rng, steps_per_epoch: int, num_target_train: int) -> dict[str, jax.Array]:
@@ -78,10 +87,65 @@ def init_state(config, model, params, rng, steps_per_epoch: int, num_target_trai
     return state
 
 
-def cluster_features(config, features: np.ndarray, camids: np.ndarray, epoch: int) -> np.ndarray:
-    """Pseudo-identities int32 [N] (−1 = outlier) of target features [N, D]; deterministic in
-    (features, config.seed, epoch)."""
+def clustering_settings(config, camids: np.ndarray) -> dict[str, int]:
+    """The DBSCAN neighbourhood {'k1', 'k2', 'min_samples'} from the label-free rule (a positive
+    plus.k1 / plus.k2 overrides it), the same for every dataset; camids int [N] of the target train set.
+
+    k1 = 2 × the target's cameras: a person is filmed once or twice by each camera (MARS: about 13 tracklets
+    per identity over 6 cameras; iLIDS-VID and PRID2011: one per camera), so a k-reciprocal neighbourhood
+    of that size can hold one person's tracklets. k2 = max(1, round(k1 / 5)), the ratio of the published
+    pair (k1 30, k2 6). min_samples = plus.min_samples (2 by default: two tracklets per identity is all a
+    re-ID target guarantees). k1 is capped at N − 1.
+    """
     p = config.plus
+    cameras = len(np.unique(np.asarray(camids)))
+    n = len(camids)
+    k1 = int(p.k1) if p.k1 > 0 else 2 * cameras
+    k1 = max(1, min(k1, n - 1))
+    k2 = int(p.k2) if p.k2 > 0 else max(1, round(k1 / 5))
+    return {"k1": k1, "k2": min(k2, k1), "min_samples": int(p.min_samples)}
+
+
+def neighbour_eps(graph: clustering.RadiusGraph, min_samples: int, quantile: float) -> float:
+    """The label-free DBSCAN radius: the `quantile` (numpy's 'lower' method, an observed value) of every
+    point's distance to its (min_samples − 1)-th nearest other point, the k-distance rule of the DBSCAN
+    paper. A point whose neighbourhood is empty is at the graph's ceiling (Jaccard distance 1). With
+    min_samples 2 the points within eps of another are exactly the clustered ones, so the quantile is
+    the share of points that get a pseudo-identity. Capped below the ceiling (a radius of 1 would join
+    every pair); 0 when no point has a neighbour below it.
+
+    graph: the pairs within `graph.radius` ≥ every k-distance wanted (jaccard_graph(radius=1) lists all).
+    """
+    k = max(min_samples - 1, 1)
+    n = graph.num_points
+    first = np.concatenate([graph.first, graph.second])
+    dist = np.concatenate([graph.distance, graph.distance]).astype(np.float64)
+    order = np.lexsort((dist, first))  # by point, then by distance
+    first, dist = first[order], dist[order]
+    start = np.searchsorted(first, np.arange(n))
+    count = np.bincount(first, minlength=n)
+    kth = np.full(n, float(graph.ceiling))
+    has = count >= k
+    kth[has] = dist[start[has] + k - 1]
+    below = kth[kth < graph.ceiling]
+    if below.size == 0:
+        return 0.0
+    return float(min(np.quantile(kth, quantile, method="lower"), below.max()))
+
+
+def restrict(graph: clustering.RadiusGraph, radius: float) -> clustering.RadiusGraph:
+    """The same graph with only the pairs within `radius` (≤ graph.radius)."""
+    near = graph.distance <= radius
+    return clustering.RadiusGraph(graph.num_points, graph.first[near], graph.second[near], graph.distance[near],
+                                  float(radius), graph.ceiling)
+
+
+def cluster_features(config, features: np.ndarray, camids: np.ndarray, epoch: int,
+                     report: dict | None = None) -> np.ndarray:
+    """Pseudo-identities int32 [N] (−1 = outlier) of target features [N, D]; deterministic in
+    (features, config.seed, epoch). `report`, when given, receives the settings used (k1, k2, eps, …)."""
+    p = config.plus
+    report = {} if report is None else report
     if p.camera_normalise:
         # In the demo each camera paints its own scene; without this the clusters form around cameras
         # rather than people. Normalised before (equal weight per tracklet in its camera's mean) and after.
@@ -89,17 +153,36 @@ def cluster_features(config, features: np.ndarray, camids: np.ndarray, epoch: in
     else:
         f = ops.l2_normalise(np.asarray(features, np.float32))
     if p.clustering == "kmeans":
+        clusters = int(p.kmeans_clusters)
+        if clusters <= 0:  # the rule: as many as DBSCAN finds on the same features
+            found = _dbscan(config, f, camids, report)
+            clusters = max(1, min(len(np.unique(found[found >= 0])), p.max_clusters, f.shape[0]))
+        report["kmeans_clusters"] = clusters
         # Seeded with distinct random points, not k-means++: its seeding costs O(N·K²·D) here (too slow
         # at MARS size with K = 500 on a CPU host), and whole-set clusters need no per-batch care.
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
         points = jnp.asarray(f)
-        start = points[jax.random.permutation(key, points.shape[0])[: p.kmeans_clusters]]
+        start = points[jax.random.permutation(key, points.shape[0])[:clusters]]
         centroids = clustering.lloyd_iterations(points, start, p.kmeans_iters)
         return np.asarray(jnp.argmin(clustering.squared_distances(points, centroids), axis=1), np.int32)
-    jaccard = kreciprocal.jaccard_graph(f, k1=p.k1, k2=p.k2, radius=p.eps + max(p.reliable_delta, 0.0))
+    return _dbscan(config, f, camids, report)
+
+
+def _dbscan(config, f: np.ndarray, camids: np.ndarray, report: dict) -> np.ndarray:
+    p = config.plus
+    settings = clustering_settings(config, camids)
+    delta = max(p.reliable_delta, 0.0)
+    if p.eps > 0:
+        eps = float(p.eps)
+        graph = kreciprocal.jaccard_graph(f, k1=settings["k1"], k2=settings["k2"], radius=eps + delta)
+    else:
+        everything = kreciprocal.jaccard_graph(f, k1=settings["k1"], k2=settings["k2"], radius=1.0)
+        eps = neighbour_eps(everything, settings["min_samples"], p.eps_quantile)
+        graph = restrict(everything, min(eps + delta, 1.0))
+    report.update(settings, eps=eps)
     if p.reliable_delta > 0:
-        return clustering.reliable_dbscan(jaccard, p.eps, p.min_samples, p.reliable_delta, p.reliable_min_iou)
-    return clustering.dbscan(jaccard, p.eps, p.min_samples)
+        return clustering.reliable_dbscan(graph, eps, settings["min_samples"], p.reliable_delta, p.reliable_min_iou)
+    return clustering.dbscan(graph, eps, settings["min_samples"])
 
 
 def fill_memory(features: np.ndarray, labels: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,7 +257,8 @@ def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np
     if epoch < p.start_epoch:
         return state, {}
     features = extract({"params": state.ema_params, "batch_stats": state.ema_batch_stats})
-    raw = cluster_features(config, features, np.asarray(camids), epoch)
+    settings: dict = {}
+    raw = cluster_features(config, features, np.asarray(camids), epoch, report=settings)
     found = len(np.unique(raw[raw >= 0]))
     if p.camera_proxies:
         memory_state = fill_proxy_memory(features, raw, camids, p.max_clusters)
@@ -185,7 +269,8 @@ def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np
         memory_state = {"labels": labels, "memory": memory, "valid": valid}
         clusters = int(valid.sum())
         stats = {"clusters": float(clusters)}
-    stats.update(outliers=float(np.mean(memory_state["labels"] < 0)), dropped_clusters=float(found - clusters))
+    stats.update(outliers=float(np.mean(memory_state["labels"] < 0)), dropped_clusters=float(found - clusters),
+                 **{key: float(value) for key, value in settings.items()})
     return state.replace(variant_state=memory_state), stats
 
 

@@ -150,9 +150,17 @@ def _teacher_consistency(ctx: TermContext):
     groups = ctx.gather(ctx.target_camid) if a.camera_centred else None
     values = losses.teacher_consistency(
         ctx.kmeans_key, ctx.gather(ctx.target["bn_embedding"]), ctx.gather(ctx.teacher["bn_embedding"]),
-        num_clusters=a.kmeans_clusters, num_iters=a.kmeans_iters, temperature=a.consistency_temperature,
+        num_clusters=teacher_clusters(ctx.config), num_iters=a.kmeans_iters, temperature=a.consistency_temperature,
         groups=groups)
     return values, {}
+
+
+def teacher_clusters(config) -> int:
+    """The teacher's k-means clusters per target batch: adaptation.kmeans_clusters, or with 0 the label-free
+    rule batch.target_size // 4 (at least 2), the ratio of the authors' code (16 clusters on 64 stacked
+    embeddings): a random batch holds few clips of any one person, so clusters are groups of lookalikes."""
+    chosen = int(config.adaptation.kmeans_clusters)
+    return chosen if chosen > 0 else max(2, int(config.batch.target_size) // 4)
 
 
 def _memory_batch(ctx: TermContext) -> tuple[jax.Array, jax.Array]:
@@ -177,8 +185,12 @@ def _cluster_contrast(ctx: TermContext):
 
 def _cluster_soft(ctx: TermContext):
     features, _ = _memory_batch(ctx)
+    p = ctx.config.plus
+    # With camera-aware proxies a softmax over every proxy would reward the clip's own-camera proxy and
+    # pull against the inter-camera term; summed per pseudo-identity it does not (docs/METHOD.md §1.4).
+    groups = ctx.extra["slot_cluster"] if p.camera_proxies and p.soft_targets == "identity" else None
     loss = losses.memory_soft_cross_entropy(features, ctx.gather(ctx.teacher["bn_embedding"]),
-                                            ctx.extra["memory"], ctx.extra["valid"], ctx.config.plus.temperature)
+                                            ctx.extra["memory"], ctx.extra["valid"], p.temperature, slot_groups=groups)
     return {"cluster_soft": loss}, {}
 
 

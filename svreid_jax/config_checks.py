@@ -84,6 +84,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "loss.cluster_soft": 0.0,
     "loss.intra_camera": 0.0,
     "loss.inter_camera": 0.0,
+    "adaptation.target_bn": False,
 }
 ADDED_GROUPS = ("plus.*",)
 

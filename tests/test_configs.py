@@ -124,7 +124,8 @@ def test_demo_names_belong_to_one_kind_of_table():
 
 def test_demo_tables_name_existing_fields():
     base = default.get_config()
-    tables = [*demo.VARIANTS.values(), *demo.SIZES.values(), *demo.DATA_PRESETS.values(), *demo.PLUS_ABLATIONS.values()]
+    tables = [*demo.VARIANTS.values(), *demo.ADDITIONS.values(), *demo.SIZES.values(), *demo.DATA_PRESETS.values(),
+              *demo.PLUS_ABLATIONS.values()]
     for table in tables:
         for field in table:
             section, *rest = field.split(".")
@@ -135,7 +136,7 @@ def test_demo_tables_name_existing_fields():
 
 @pytest.mark.parametrize("arg, message", [
     ("plus,fast", "unknown demo variant 'fast'; expected paper, source_only, oracle, frame, frame_clip, reference, "
-                  "plus, micro, hard or after plus one of no_camera_normalise, "),
+                  "plus, cam, tbn, pairs, micro, hard or after plus one of no_camera_normalise, "),
     ("micro,standalone", "demo variant 'standalone' changes an ingredient of plus; combine it after plus, "
                          "e.g. 'plus,standalone'"),
 ])
@@ -143,3 +144,65 @@ def test_demo_errors_are_one_line(arg, message):
     with pytest.raises(ValueError) as err:
         demo.get_config(arg)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+# Our additions to the paper, each with the value that switches it off (docs/METHOD.md §9, §4.11, §1.4).
+OURS_OFF = {
+    "adaptation.target_bn": False, "loss.camera_alignment": 0.0, "data.target_views": 1,
+    "adaptation.camera_centred": False, "loss.cluster_contrast": 0.0, "loss.cluster_soft": 0.0,
+    "loss.intra_camera": 0.0, "loss.inter_camera": 0.0, "eval.camera_normalise": False, "eval.rerank": False,
+}
+REAL_TARGETS = ("mars", "ilidsvid", "prid", "lsvid", "ccvid")
+
+
+def _field(config, dotted):
+    node = config
+    for name in dotted.split("."):
+        node = node[name]
+    return node
+
+
+@pytest.mark.parametrize("source", ["demo:paper", "demo:paper,hard", *(f"{t}:" for t in REAL_TARGETS)])
+def test_paper_runs_the_paper_as_published_with_none_of_our_additions(source):
+    module, _, arg = source.partition(":")
+    config = importlib.import_module(f"configs.{module}").get_config(arg or None)
+    assert config.variant == "paper"
+    on = {field: _field(config, field) for field, off in OURS_OFF.items() if _field(config, field) != off}
+    assert on == {}, f"configs/{module}.py:{arg or 'paper'} has our additions on: {on}"
+
+
+def test_each_addition_is_its_own_modifier_and_plus_has_them_all():
+    assert demo.get_config("source_only,tbn").adaptation.target_bn is True
+    cam = demo.get_config("source_only,cam,tbn")
+    assert (cam.loss.camera_alignment, cam.adaptation.target_bn, cam.loss.frame_domain, cam.loss.consistency_ce) == (
+        1.0, True, 0.0, 0.0)
+    full = demo.get_config("paper,cam,pairs,tbn")
+    assert (full.data.target_views, full.adaptation.camera_centred) == (2, True)
+    for source in ("demo:plus", "demo:plus,hard", *(f"{t}:plus" for t in REAL_TARGETS)):
+        module, _, arg = source.partition(":")
+        plus = importlib.import_module(f"configs.{module}").get_config(arg)
+        assert (plus.loss.camera_alignment, plus.adaptation.target_bn, plus.data.target_views,
+                plus.adaptation.camera_centred) == (1.0, True, 2, True), source
+
+
+# The clustering settings every preset must leave to the label-free rules (configs/default.py): the
+# teacher's per-batch k-means count, plus's k1, k2, eps (0 = from the rule), min_samples and k-means count.
+RULE = {"adaptation.kmeans_clusters": 0, "plus.k1": 0, "plus.k2": 0, "plus.eps": 0.0, "plus.eps_quantile": 0.8,
+        "plus.min_samples": 2, "plus.kmeans_clusters": 0}
+
+
+def _every_preset():
+    for name in (*demo.VARIANTS, *(f"plus,{m}" for m in demo.PLUS_ABLATIONS)):
+        for data in ("", ",hard"):
+            yield f"demo:{name}{data}"
+    for target in REAL_TARGETS:
+        for variant in ("paper", "reference", "plus"):
+            yield f"{target}:{variant}"
+
+
+@pytest.mark.parametrize("source", list(_every_preset()))
+def test_every_preset_takes_its_clustering_settings_from_the_label_free_rule(source):
+    module, _, arg = source.partition(":")
+    config = importlib.import_module(f"configs.{module}").get_config(arg)
+    differs = {field: _field(config, field) for field, value in RULE.items() if _field(config, field) != value}
+    assert differs == {}, f"configs/{module}.py:{arg} sets clustering settings by hand: {differs}"

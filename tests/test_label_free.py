@@ -43,9 +43,10 @@ def _trained_variables(config, workdir):
 
 
 # Two short trainings per variant (about 30 s for paper, a minute for plus with its per-epoch
-# clustering): the slow stage runs them.
+# clustering): the slow stage runs them. Every adaptive step: the paper's, the paper's with all our
+# additions (camera term, clip pairs and camera-centred teacher clusters, target BN), and plus's.
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["paper", "plus"])
+@pytest.mark.parametrize("variant", ["paper", "paper,cam,pairs,tbn", "plus"])
 def test_permuting_target_identities_on_disk_changes_no_trained_parameter(tmp_path, variant):
     config = demo.get_config(f"{variant},micro")
     paths = demo_data.ensure(str(tmp_path / "data"), **config.data.demo_options.to_dict())

@@ -201,9 +201,13 @@ def test_plus_configs():
     paper = mars.get_config("paper")
     assert (c.variant, c.plus.camera_proxies, c.loss.inter_camera > 0, c.plus.clustering) == ("plus", True, True,
                                                                                               "dbscan")
-    # Built on the paper: its target terms as the paper config has them, the clustering from half-way.
-    for name in ("frame_domain", "clip_domain", "consistency_ce", "consistency_dist", "camera_alignment"):
+    # Built on the paper: its target terms as the paper config has them, the clustering from half-way,
+    # and our camera term with target BN, clip pairs and camera-centred teacher clusters.
+    for name in ("frame_domain", "clip_domain", "consistency_ce", "consistency_dist"):
         assert c.loss[name] == paper.loss[name], name
+    assert (c.loss.camera_alignment, c.adaptation.target_bn, c.data.target_views, c.adaptation.camera_centred) == (
+        1.0, True, 2, True)
+    assert (paper.loss.camera_alignment, paper.adaptation.target_bn) == (0.0, False)
     assert c.plus.start_epoch == c.train.num_epochs // 2 == 75
     c.train.num_epochs = 30  # what --config.train.num_epochs=30 does: the start follows
     assert c.plus.start_epoch == 15
@@ -222,12 +226,14 @@ def test_reliability_switch_reclusters_at_eps_plus_minus_delta():
     rng = np.random.default_rng(0)
     feats = np.repeat(rng.normal(size=(6, 16)), 4, axis=0) + 0.3 * rng.normal(size=(24, 16))
     cams = np.tile(np.arange(4), 6)
-    plain = plus.cluster_features(c, feats, cams, epoch=0)
+    used = {}
+    plain = plus.cluster_features(c, feats, cams, epoch=0, report=used)
+    assert (used["k1"], used["k2"], used["min_samples"]) == (8, 2, 2)  # the rule: 2 × 4 cameras, round(8 / 5)
     c.plus.reliable_delta, c.plus.reliable_min_iou = 0.05, 0.5
     f = _plus_centred(feats, cams)
-    jaccard = np.asarray(kreciprocal.jaccard_distances(np.maximum(1.0 - f @ f.T, 0.0), k1=c.plus.k1, k2=c.plus.k2))
+    jaccard = np.asarray(kreciprocal.jaccard_distances(np.maximum(1.0 - f @ f.T, 0.0), k1=8, k2=2))
     kept = plus.cluster_features(c, feats, cams, epoch=0)
-    np.testing.assert_array_equal(kept, clustering.reliable_dbscan(jaccard, c.plus.eps, c.plus.min_samples, 0.05, 0.5))
+    np.testing.assert_array_equal(kept, clustering.reliable_dbscan(jaccard, used["eps"], 2, 0.05, 0.5))
     assert np.all((kept == plain) | (kept == -1))  # it only ever turns labels into outliers
     variants.check_config(c)
     c.plus.clustering = "kmeans"
@@ -300,3 +306,88 @@ def test_camera_proxy_config_checks():
     c.loss.inter_camera = 0.5
     with pytest.raises(ValueError, match=r"set config.plus.camera_proxies=True"):
         variants.check_config(c)
+
+
+def test_soft_term_over_camera_proxies_sums_each_pseudo_identity_as_numpy_does():
+    # 3 pseudo-identities over 6 proxies (identity 1 has three cameras), one empty slot.
+    rng = np.random.default_rng(5)
+    f, t = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+    memory = _unit(rng.normal(size=(7, 6)))
+    memory[6] = 0.0
+    valid = np.array([1, 1, 1, 1, 1, 1, 0], bool)
+    slot_cluster = np.array([0, 1, 1, 2, 1, 2, -1], np.int32)
+    tau = 0.05
+    p_s, p_t = (_softmax(_unit(x) @ memory[:6].T / tau) for x in (f, t))
+    per_identity = lambda p: np.stack([p[:, slot_cluster[:6] == g].sum(-1) for g in range(3)], -1)  # noqa: E731
+    want = np.mean(-np.sum(per_identity(p_t) * np.log(per_identity(p_s)), -1))
+    args = (jnp.asarray(f, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(memory, jnp.float32), valid, tau)
+    got = losses.memory_soft_cross_entropy(*args, slot_groups=jnp.asarray(slot_cluster))
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    # Per proxy it is another number: the own-camera proxy is its own class there.
+    per_proxy = np.mean(-np.sum(p_t * np.log(p_s), -1))
+    np.testing.assert_allclose(float(losses.memory_soft_cross_entropy(*args)), per_proxy, rtol=1e-5)
+    assert abs(per_proxy - want) > 0.1
+    # One slot per group gives the per-slot loss, and the gradient is finite with far-away groups.
+    singles = np.where(valid, np.arange(7), -1).astype(np.int32)
+    np.testing.assert_allclose(float(losses.memory_soft_cross_entropy(*args, slot_groups=jnp.asarray(singles))),
+                               per_proxy, rtol=1e-5)
+    grad = jax.grad(lambda x: losses.memory_soft_cross_entropy(x, *args[1:], slot_groups=jnp.asarray(slot_cluster)))(
+        args[0])
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_soft_targets_switch_reaches_the_term():
+    config = demo.get_config("plus")
+    assert config.plus.soft_targets == "identity"
+    assert demo.get_config("plus,soft_per_proxy").plus.soft_targets == "proxy"
+    config.plus.soft_targets = "camera"
+    with pytest.raises(ValueError, match=r"config.plus.soft_targets='camera'; expected one of \('identity', 'proxy'\)"):
+        variants.check_config(config)
+
+
+def test_clustering_settings_follow_the_cameras():
+    config = demo.get_config("plus")
+    settings = lambda cams: plus.clustering_settings(config, np.asarray(cams))  # noqa: E731
+    assert settings(np.tile(np.arange(6), 40)) == {"k1": 12, "k2": 2, "min_samples": 2}  # MARS-like: 6 cameras
+    assert settings(np.tile(np.arange(2), 150)) == {"k1": 4, "k2": 1, "min_samples": 2}  # iLIDS-VID / PRID: 2
+    assert settings(np.tile(np.arange(15), 40)) == {"k1": 30, "k2": 6, "min_samples": 2}  # LS-VID: 15
+    assert settings(np.arange(5) % 3)["k1"] == 4  # capped at N − 1
+    config.plus.k1, config.plus.k2 = 7, 3  # explicit settings win
+    assert settings(np.tile(np.arange(6), 4)) == {"k1": 7, "k2": 3, "min_samples": 2}
+
+
+@pytest.mark.parametrize("min_samples", [2, 3])
+def test_rule_eps_is_the_quantile_of_the_k_distances_of_a_dense_oracle(min_samples):
+    rng = np.random.default_rng(min_samples)
+    centres = rng.normal(size=(12, 16))
+    feats = _unit(np.repeat(centres, 5, axis=0) + 0.5 * rng.normal(size=(60, 16))).astype(np.float32)
+    dense = np.asarray(kreciprocal.jaccard_distances(np.maximum(1.0 - feats @ feats.T, 0.0), k1=8, k2=2), np.float64)
+    np.fill_diagonal(dense, np.inf)
+    kth = np.sort(dense, axis=1)[:, min_samples - 2]  # the (min_samples − 1)-th nearest other point
+    graph = kreciprocal.jaccard_graph(feats, k1=8, k2=2, radius=1.0)
+    for q in (0.5, 0.8):
+        eps = plus.neighbour_eps(graph, min_samples, q)
+        assert eps == pytest.approx(min(np.quantile(kth, q, method="lower"), kth[kth < 1].max()))
+        if min_samples == 2:  # exactly the points within eps of another one are clustered
+            labels = clustering.dbscan(plus.restrict(graph, eps), eps, 2)
+            np.testing.assert_array_equal(labels >= 0, kth <= eps)
+            assert np.mean(labels >= 0) >= q
+
+
+def test_rule_eps_stays_below_one_when_most_points_are_isolated():
+    graph = clustering.RadiusGraph(5, np.array([0]), np.array([1]), np.array([0.3], np.float32), 1.0)
+    assert plus.neighbour_eps(graph, 2, 0.8) == pytest.approx(0.3)  # not 1, which would join every pair
+    empty = clustering.RadiusGraph(4, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 1.0)
+    assert plus.neighbour_eps(empty, 2, 0.8) == 0.0
+
+
+def test_kmeans_rule_takes_as_many_clusters_as_dbscan_finds():
+    config = demo.get_config("plus,kmeans")
+    rng = np.random.default_rng(0)
+    feats = np.repeat(rng.normal(size=(6, 16)), 4, axis=0) + 0.2 * rng.normal(size=(24, 16))
+    cams = np.tile(np.arange(4), 6)
+    dbscan_config = demo.get_config("plus")
+    found = plus.cluster_features(dbscan_config, feats, cams, epoch=0)
+    report = {}
+    labels = plus.cluster_features(config, feats, cams, epoch=0, report=report)
+    assert report["kmeans_clusters"] == len(np.unique(found[found >= 0])) and labels.min() >= 0

@@ -1,4 +1,4 @@
-"""`plus.target_bn` (docs/METHOD.md, "Target-domain BN"): with it, the student's BN running statistics,
+"""`adaptation.target_bn` (docs/METHOD.md, "Target-domain BN"): with it, the student's BN running statistics,
 which evaluation uses, follow its target forward only; without it, the source forward updates them first
 and the target forward next. Checked on the stem's BatchNorm against the moments of its input computed
 in numpy (the stem convolution written out), and on every BatchNorm by changing the source batch alone.
@@ -16,13 +16,14 @@ from svreid_jax.state import create_train_state
 B, T, H, W = 8, 2, 32, 16
 
 
-def _config(target_bn):
-    # `frame`: source losses and the frame discriminator, the cheapest step with a target forward.
-    c = demo.get_config("frame")
+def _config(target_bn, variant="frame"):
+    # `frame`: source losses and the frame discriminator, the cheapest step with a target term.
+    # `source_only`: no target term; target BN alone makes the step forward the target clips.
+    c = demo.get_config(variant)
     c.data.height, c.data.width, c.data.seq_len = H, W, T
     c.model.width = 8
     c.augment.erasing_probability = 0.0  # the BN input is then the normalised clip's convolution, exactly
-    c.plus.target_bn = target_bn
+    c.adaptation.target_bn = target_bn
     return c
 
 
@@ -59,8 +60,10 @@ def _stem_moments(params, video):
     return out.mean(axis=(0, 1, 2)), out.var(axis=(0, 1, 2))
 
 
-def _step(model, target_bn):
-    return jax.jit(variants.make_train_step(model, _config(target_bn)))
+def _step(model, target_bn, variant="frame"):
+    config = _config(target_bn, variant)
+    assert variants.uses_target(config) == (target_bn or variant == "frame")
+    return jax.jit(variants.make_train_step(model, config))
 
 
 def _stem_stats(state):
@@ -72,9 +75,10 @@ def _same_everywhere(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_with_target_bn_the_running_statistics_follow_the_target_forward_only(setup):
+@pytest.mark.parametrize("variant", ["source_only", pytest.param("frame", marks=pytest.mark.slow)])
+def test_with_target_bn_the_running_statistics_follow_the_target_forward_only(setup, variant):
     model, state, source, other_source, target = setup
-    step = _step(model, True)
+    step = _step(model, True, variant)
     after, _ = step(state, _batch(source, target))
     m = resnet.BN_MOMENTUM
     old_mean, old_var = _stem_stats(state)
@@ -92,7 +96,7 @@ def test_with_target_bn_the_running_statistics_follow_the_target_forward_only(se
     assert not _same_everywhere(after.params, again.params)  # while the source did change the update
 
 
-@pytest.mark.slow  # a second compilation of the step; the default stage checks the default (on)
+@pytest.mark.slow  # another compilation of the step; the default stage checks target BN on without a target term
 def test_without_target_bn_the_source_forward_updates_them_first(setup):
     model, state, source, other_source, target = setup
     step = _step(model, False)

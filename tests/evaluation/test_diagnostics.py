@@ -54,7 +54,7 @@ def test_whole_set_clusters_on_camera_shifted_identities():
     pids, cams = np.repeat(np.arange(3), 4), np.tile(np.arange(4), 3)
     feats = eye[pids] + 2.0 * eye[3 + cams]
     config = demo.get_config("plus")
-    config.plus.k1, config.plus.k2 = 4, 1  # DBSCAN (the plus default) on Jaccard distances
+    config.plus.k1, config.plus.k2, config.plus.eps = 4, 1, 0.6  # DBSCAN (the plus default) on Jaccard distances
     report = diagnostics.whole_set_clusters(config, feats, pids, cams)
     assert report == {"nmi": pytest.approx(1.0), "purity": 1.0, "outliers": 0.0, "clusters": 3, "identities": 3}
     config.plus.camera_normalise = False

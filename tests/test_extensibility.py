@@ -175,7 +175,7 @@ def test_registries_refuse_duplicates_and_unknown_names(registered):
 
 
 def test_a_registered_term_comes_after_the_methods_terms(registered):
-    config = demo.get_config("paper,micro")
+    config = demo.get_config("paper,cam,micro")
     config.loss.toy_norm = 0.01
     assert [t.name for t in terms.active(config)] == [
         "ce", "triplet", "frame_domain", "clip_domain", "teacher_consistency", "camera_alignment", "toy_norm"]

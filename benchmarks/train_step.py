@@ -59,6 +59,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from configs import mars  # noqa: E402
 from svreid_jax import parallel, variants  # noqa: E402
+from svreid_jax.variants import terms  # noqa: E402
 from svreid_jax.state import create_train_state  # noqa: E402
 from svreid_jax.builders import create_model, init_variables  # noqa: E402
 import flops as flop_count  # noqa: E402  (benchmarks/flops.py)
@@ -190,8 +191,8 @@ def make_config(args):
     c.model.remat = args.remat
     c.data.height, c.data.width, c.data.seq_len = args.height, args.width, args.frames
     c.batch.target_size = args.batch
-    # k-means on the target batch: the paper's 8 clusters, or fewer when the batch is smaller.
-    c.adaptation.kmeans_clusters = min(c.adaptation.kmeans_clusters, args.batch * jax.device_count())
+    # k-means on the target batch: the label-free rule's count (8 for 32 clips), never more than the batch.
+    c.adaptation.kmeans_clusters = min(terms.teacher_clusters(c), args.batch * jax.device_count())
     return c
 
 

@@ -279,6 +279,7 @@ def part_step(opts: dict, dry: bool) -> dict:
     import train_step
     from configs import mars
     from svreid_jax import parallel
+    from svreid_jax.variants import terms
 
     args = _step_args(opts, dry)
     size = sizes(dry)
@@ -289,8 +290,10 @@ def part_step(opts: dict, dry: bool) -> dict:
     devices = jax.device_count() if jax_side else int(opts.get("devices", 1))
     global_batch = args.batch * devices
     host_batch = train_step.make_batch(global_batch, args.frames, args.height, args.width)
-    paper = mars.get_config().adaptation
-    kmeans_clusters = min(paper.kmeans_clusters, global_batch)  # as train_step.make_config sets it
+    paper_config = mars.get_config()
+    paper_config.batch.target_size = args.batch
+    paper = paper_config.adaptation
+    kmeans_clusters = min(terms.teacher_clusters(paper_config), global_batch)  # as train_step.make_config sets it
     factories = []
     if jax_side:
         factories.append(("JAX", lambda: train_step.JaxRunner(args, host_batch)))

@@ -4,9 +4,13 @@ From the authors' code (docs/METHOD.md §6.1): ResNet-50 at 256×128, clips of 4
 clips + 32 target clips per step, Adam 3e-4 with L2 5e-4, ×0.1 at epochs 40/80/120, 150 epochs,
 evaluation every 5 epochs, GRL I_max = 20000. Target-specific protocol choices are below.
 
-Three variants, each an override table (configs/overrides.py): `paper` (default), `reference`
+Three variants, each an override table (configs/overrides.py): `paper` (default; the paper as
+published, none of our label-free additions, docs/METHOD.md §1.2, §9), `reference`
 (`configs/<target>.py:reference`, the authors' code; see REFERENCE and docs/REPRODUCIBILITY.md) and
-`plus` (`configs/<target>.py:plus`, beyond the paper; see PLUS and docs/METHOD.md "plus").
+`plus` (`configs/<target>.py:plus`, ours, beyond the paper; `configs/demo.py:plus` uses the same table;
+see PLUS and docs/METHOD.md §1.4). Our additions are config fields here (e.g.
+--config.loss.camera_alignment=1 --config.adaptation.target_bn=True); configs/demo.py has them as
+modifiers. Every clustering setting comes from the label-free rules of configs/default.py.
 """
 import ml_collections
 

@@ -1,10 +1,14 @@
 """Method variants as a registry: `config.variant` → how to build its train step and its extra state.
 
-  paper      the method as the paper describes it (variants/paper.py)
+  paper      the method as the paper describes it (variants/paper.py); the same step runs our label-free
+             additions when the config switches them on (camera term, adaptation.target_bn, clip pairs;
+             docs/METHOD.md §9)
   reference  what the authors' PyTorch code does (variants/reference.py, docs/REPRODUCIBILITY.md)
-  plus       beyond the paper: per-epoch clustering of the target into a cluster memory (variants/plus.py)
+  plus       ours, beyond the paper: the paper step with our additions, and per-epoch clustering of the
+             target into a memory of camera-aware proxies with the teacher's soft assignment
+             (variants/plus.py, docs/METHOD.md §1.4)
 
-Both are built from the shared pieces in variants/common.py and the loss-term table in
+All are built from the shared pieces in variants/common.py and the loss-term table in
 variants/terms.py. Adding a variant: one file with `make_train_step(model, config, axis_name)` (and,
 if it keeps state beyond TrainState, `init_state(config, model, params, rng, steps_per_epoch)`), and
 one entry in VARIANTS below, or `register(...)` from your own code.
@@ -53,7 +57,8 @@ VARIANTS = Registry("variant", "config.variant", {
     "plus": Variant(plus.make_train_step, init_state=plus.init_state, sized_by_target=True,
                     epoch_start=plus.epoch_start, check_config=plus.check_config,
                     uses_target=paper.reads_target,
-                    description="beyond the paper: target pseudo-identities, camera-aware proxies, MMT"),
+                    description="ours, beyond the paper: the paper's terms with our camera term, target BN and "
+                                "clip pairs, then target pseudo-identities, camera-aware proxies, MMT"),
 })
 register, unregister, get = VARIANTS.register, VARIANTS.unregister, VARIANTS.get
 

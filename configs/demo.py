@@ -12,7 +12,8 @@ Variants (--config=configs/demo.py:<variant>), each an override table applied in
   plus         ours, beyond the paper (configs/targets.py:PLUS): our camera term and target BN, the paper's
                terms, and from epoch 20 on per-epoch DBSCAN pseudo-identities of the target (label-free
                settings) in a memory of camera-aware proxies with the teacher's soft assignment
-Our additions, each a modifier that combines with any variant ("source_only,cam,tbn", "paper,cam,pairs,tbn"):
+Our additions, each a modifier that combines with any variant but reference ("source_only,cam,tbn",
+"paper,cam,pairs,tbn"):
   cam          our camera-alignment term (loss.camera_alignment=1, docs/METHOD.md §4.11)
   tbn          target BN statistics (adaptation.target_bn)
   pairs        two clips per target tracklet and camera-centred per-batch clusters for the paper's teacher
@@ -173,6 +174,9 @@ DATA_PRESETS = {
 
 
 def _table(c: ml_collections.ConfigDict, name: str) -> overrides.Table:
+    if name in ADDITIONS and c.variant == "reference":
+        raise ValueError(f"demo modifier {name!r} is read by the paper and plus steps, not by reference's; "
+                         "combine it with paper, source_only, frame, frame_clip or plus")
     for tables in (VARIANTS, ADDITIONS, SIZES, DATA_PRESETS):
         if name in tables:
             return tables[name]

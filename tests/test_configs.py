@@ -139,6 +139,8 @@ def test_demo_tables_name_existing_fields():
                   "plus, cam, tbn, pairs, micro, hard or after plus one of no_camera_normalise, "),
     ("micro,standalone", "demo variant 'standalone' changes an ingredient of plus; combine it after plus, "
                          "e.g. 'plus,standalone'"),
+    ("reference,cam", "demo modifier 'cam' is read by the paper and plus steps, not by reference's; combine it "
+                      "with paper, source_only, frame, frame_clip or plus"),
 ])
 def test_demo_errors_are_one_line(arg, message):
     with pytest.raises(ValueError) as err:

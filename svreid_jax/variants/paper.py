@@ -31,8 +31,9 @@ def make_train_step(model, config, axis_name: str | None = None, *, after_update
 
     after_update(extra, kept) -> extra: how a variant built on this step (variants/plus.py) moves its own
     state (TrainState.variant_state) after the update, from what the terms kept (TermContext.keep, whole
-    batch, identical on every device). With `plus.target_bn` the student's BN running statistics come
-    from its target forward only (the source forward still normalises with its batch statistics)."""
+    batch, identical on every device). With `adaptation.target_bn` the student's BN running statistics come
+    from its target forward only (the source forward still normalises with its batch statistics); the
+    target clips are then forwarded even when no term reads them (source only + target BN)."""
     common.check_config(config)
     active = terms_lib.active(config)
     needs = terms_lib.inputs_needed(active)

@@ -5,6 +5,7 @@
   python benchmarks/adaptation.py --eval-option camera_normalise=True --eval-rows   # + its own rows
   python benchmarks/adaptation.py --variants=plus+no_soft,plus+kmeans --presets=demo   # ablation rows
   python benchmarks/adaptation.py --dry-run             # the commands, nothing run
+  python benchmarks/adaptation.py --table-only --above=source_only+cam+tbn   # the table of what has finished
 
 Every run is `python -m svreid_jax.main --config=configs/demo.py:<variant>[,hard] --config.seed=<s>
 --workdir=<root>/<preset>/<variant>/s<seed>`, one at a time, all presets sharing the demo data under
@@ -68,15 +69,19 @@ def separated(variant: tuple[float, float], source_only: tuple[float, float]) ->
     return variant[0] - variant[1] > source_only[0] + source_only[1]
 
 
-def table(rows: Mapping[tuple[str, str], Mapping[int, Mapping[str, float]]], seeds: Sequence[int]) -> str:
+def table(rows: Mapping[tuple[str, str], Mapping[int, Mapping[str, float]]], seeds: Sequence[int],
+          above: Sequence[str] = ()) -> str:
     """The markdown table.
 
     rows: {(preset, row label): {seed: {'rank1': fraction, 'mAP': fraction}}}, where a row label is a
     variant name, or '<variant> + <eval tag>' for a re-evaluated row. Gap closed and the separation test
-    compare each row with source only and oracle of the same preset and the same evaluation tag.
+    compare each row with source only and oracle of the same preset and the same evaluation tag; each
+    variant in `above` adds a column testing separation from that variant's row as well. A row missing
+    some of `seeds` names the seed of each value.
     """
-    lines = ["| preset | variant | R-1 | mAP | R-1 / mAP per seed | R-1 gap closed | mean−std > source only mean+std |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| preset | variant | R-1 | mAP | R-1 / mAP per seed | R-1 gap closed | mean−std > source only mean+std |"
+             + "".join(f" mean−std > {other} mean+std |" for other in above),
+             "|---|---|---|---|---|---|---|" + "---|" * len(above)]
 
     def stats(preset, label, metric):
         runs = rows.get((preset, label), {})
@@ -86,17 +91,24 @@ def table(rows: Mapping[tuple[str, str], Mapping[int, Mapping[str, float]]], see
         variant, _, tag = label.partition(" + ")
         suffix = f" + {tag}" if tag else ""
         r1, m = stats(preset, label, "rank1"), stats(preset, label, "mAP")
-        per_seed = ", ".join(f"{100 * runs[s]['rank1']:.1f} / {100 * runs[s]['mAP']:.1f}" for s in seeds if s in runs)
+        partial = any(s not in runs for s in seeds)
+        per_seed = ", ".join(f"{100 * runs[s]['rank1']:.1f} / {100 * runs[s]['mAP']:.1f}" + (f" (s{s})" if partial else "")
+                             for s in seeds if s in runs)
         base, upper = stats(preset, BASELINE + suffix, "rank1"), stats(preset, UPPER + suffix, "rank1")
-        closed, above = "–", "–"
-        if variant not in (BASELINE, UPPER) and not math.isnan(base[0]):
-            if not math.isnan(upper[0]):
-                g = gap_closed(r1[0], base[0], upper[0])
-                closed = "–" if math.isnan(g) else f"{100 * g:.0f}%"
-            seeds_in = lambda name: sum(s in rows.get((preset, name), {}) for s in seeds)  # noqa: E731
-            if min(seeds_in(label), seeds_in(BASELINE + suffix)) >= 2:  # one seed has no spread to compare
-                above = "yes" if separated(r1, base) else "no"
-        lines.append(f"| {preset} | {label} | {_pm(r1)} | {_pm(m)} | {per_seed} | {closed} | {above} |")
+        closed = "–"
+        seeds_in = lambda name: sum(s in rows.get((preset, name), {}) for s in seeds)  # noqa: E731
+
+        def verdict(other):
+            # One seed has no spread to compare; a row is not compared with itself or with the two ends.
+            if variant in (BASELINE, UPPER) or other == variant or min(seeds_in(label), seeds_in(other + suffix)) < 2:
+                return "–"
+            return "yes" if separated(r1, stats(preset, other + suffix, "rank1")) else "no"
+
+        if variant not in (BASELINE, UPPER) and not math.isnan(base[0]) and not math.isnan(upper[0]):
+            g = gap_closed(r1[0], base[0], upper[0])
+            closed = "–" if math.isnan(g) else f"{100 * g:.0f}%"
+        verdicts = "".join(f" {verdict(other)} |" for other in above)
+        lines.append(f"| {preset} | {label} | {_pm(r1)} | {_pm(m)} | {per_seed} | {closed} | {verdict(BASELINE)} |{verdicts}")
     return "\n".join(lines)
 
 
@@ -207,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-rows", action="store_true",
                         help="train without the eval options and add rows re-evaluating each checkpoint with them")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
+    parser.add_argument("--table-only", action="store_true",
+                        help="print the table of the runs already finished by these commands; train nothing")
+    parser.add_argument("--above", default="", help="comma-separated variants: a column each testing whether a "
+                        "row's mean − std lies above that variant's mean + std (as the one for source only)")
     args = parser.parse_args(argv)
     args.presets = [p for p in args.presets.split(",") if p]
     unknown = [p for p in args.presets if p not in PRESETS]
@@ -234,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained: dict[str, bool] = {}  # workdir → whether its training finished
     for i, run in enumerate(runs, start=1):
         what = f"[{i}/{len(runs)}] {run['preset']} {run['label']} seed {run['seed']}"
+        if args.table_only and _done(run) is None:
+            print(f"{what}: not run (--table-only)", flush=True)
+            continue
         if run["kind"] == "eval" and not trained.get(run["workdir"], False):
             # Re-evaluating the checkpoint of an unfinished or refused training would give a row of a
             # half-trained model (an older eval file in the workdir, too).
@@ -258,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if metrics is not None:
             rows[(run["preset"], run["label"])][run["seed"]] = metrics
             print(f"{what}: R-1 {100 * metrics['rank1']:.1f} mAP {100 * metrics['mAP']:.1f}", flush=True)
-    text = table(rows, args.seeds)
+    text = table({key: runs for key, runs in rows.items() if runs}, args.seeds,
+                 above=[v for v in args.above.split(",") if v])
     print(text, flush=True)
     os.makedirs(args.root, exist_ok=True)
     with open(os.path.join(args.root, "adaptation.md"), "w", encoding="utf-8") as f:

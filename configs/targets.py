@@ -97,7 +97,7 @@ PLUS = {
     "variant": "plus",
     # Camera-aware proxies (CAP's weights: intra 1, inter 0.5, 50 hard negatives) rather than one slot per
     # cluster: on the paper's features the plain cluster contrast brought the camera back into the
-    # embedding (BENCHMARKS.md, "plus on the paper recipe"). MARS: ~600 clusters × up to 6 cameras.
+    # embedding (BENCHMARKS.md appendix, "The demo's paper with our additions"). MARS: ~600 clusters × up to 6 cameras.
     "plus.camera_proxies": True,
     "plus.max_clusters": 4096,
     "loss.intra_camera": 1.0,

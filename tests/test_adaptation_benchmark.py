@@ -53,10 +53,48 @@ def test_table_by_hand():
 def test_table_missing_oracle_and_seeds():
     rows = {("hard", "source_only"): {0: _r(10, 5), 1: _r(10, 5)}, ("hard", "paper"): {0: _r(12, 6), 2: _r(14, 8)}}
     lines = bench.table(rows, [0, 1, 2]).splitlines()
-    assert lines[3] == "| hard | paper | 13.0 ± 1.4 | 7.0 ± 1.4 | 12.0 / 6.0, 14.0 / 8.0 | – | yes |"
+    assert lines[3] == "| hard | paper | 13.0 ± 1.4 | 7.0 ± 1.4 | 12.0 / 6.0 (s0), 14.0 / 8.0 (s2) | – | yes |"
     # One seed of source only: no spread, so no separation verdict.
     del rows[("hard", "source_only")][1]
     assert bench.table(rows, [0, 1, 2]).splitlines()[3].endswith("| – | – |")
+
+
+def test_columns_for_other_rows_to_clear():
+    rows = {
+        ("demo", "source_only"): {0: _r(30, 20), 1: _r(34, 24), 2: _r(38, 28)},  # 34 ± 4
+        ("demo", "cam"): {0: _r(50, 30), 1: _r(52, 31), 2: _r(54, 32)},  # 52 ± 2
+        ("demo", "plus"): {0: _r(58, 30), 1: _r(60, 31), 2: _r(62, 32)},  # 60 ± 2: 58 > 54
+        ("demo", "paper"): {0: _r(52, 30), 1: _r(53, 31), 2: _r(54, 32)},  # 53 ± 1: 52 < 54
+        ("demo", "oracle"): {0: _r(54, 40), 1: _r(54, 40), 2: _r(54, 40)},
+    }
+    lines = bench.table(rows, [0, 1, 2], above=["cam"]).splitlines()
+    assert lines[0].endswith("| mean−std > source only mean+std | mean−std > cam mean+std |")
+    assert lines[1] == "|---|---|---|---|---|---|---|---|"
+    assert lines[3].endswith("| 90% | yes | – |")  # cam itself
+    assert lines[4].endswith("| 130% | yes | yes |") and lines[5].endswith("| 95% | yes | no |")
+    assert lines[6].endswith("| – | – | – |")  # oracle
+
+
+def test_table_only_trains_nothing_and_reads_what_finished(tmp_path, capsys):
+    import json
+
+    argv = ["--presets=demo", "--variants=source_only,paper", "--seeds=0,1", f"--root={tmp_path}"]
+    plan_args = type("Args", (), dict(presets=["demo"], variants=["source_only", "paper"], seeds=[0, 1],
+                                      root=str(tmp_path), eval_option=[], eval_rows=False))
+    for run in bench.plan(plan_args):
+        if (run["variant"], run["seed"]) == ("paper", 1):
+            continue  # one run not finished
+        os.makedirs(run["workdir"])
+        r1 = {"source_only": 0.3, "paper": 0.5}[run["variant"]] + 0.02 * run["seed"]
+        with open(run["result"], "w") as f:
+            json.dump({"rank1": r1, "mAP": 0.2}, f)
+        with open(os.path.join(run["workdir"], bench.RECORD), "w") as f:
+            json.dump({"train": run["command"][1:]}, f)
+    assert bench.main(argv + ["--table-only"]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4] demo paper seed 1: not run (--table-only)" in out
+    assert "| demo | paper | 50.0 ± 0.0 | 20.0 ± 0.0 | 50.0 / 20.0 (s0) | – | – |" in out
+    assert not os.path.exists(os.path.join(tmp_path, "demo", "paper", "s1"))  # nothing trained
 
 
 def test_dry_run_commands(tmp_path, capsys):

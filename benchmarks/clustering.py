@@ -67,7 +67,8 @@ def child(args) -> None:
     config.plus.clustering = args.method
     baseline = _peak_mb()
     t0 = time.perf_counter()
-    labels = plus.cluster_features(config, x, cams, epoch=0)
+    used: dict = {}  # the settings the label-free rule chose (k1, k2, min_samples, eps, k-means count)
+    labels = plus.cluster_features(config, x, cams, epoch=0, report=used)
     first = time.perf_counter() - t0
     times = []
     for _ in range(args.repeats):
@@ -89,8 +90,8 @@ def child(args) -> None:
         "warm": statistics.median(times) if times else None, "fill": fill, "baseline_mb": baseline,
         "peak_mb": peak, "clusters": int(labels.max()) + 1, "slots": slots,
         "outliers": float(np.mean(kept < 0)), "backend": jax.default_backend(), "jax": jax.__version__,
-        "settings": f"k1 {p.k1}, k2 {p.k2}, eps {p.eps}, min_samples {p.min_samples}" if args.method == "dbscan"
-        else f"{p.kmeans_clusters} clusters, {p.kmeans_iters} Lloyd iterations"}))
+        "settings": f"k1 {used['k1']}, k2 {used['k2']}, eps {used['eps']:.3f}, min_samples {used['min_samples']}"
+        if args.method == "dbscan" else f"{used['kmeans_clusters']} clusters, {p.kmeans_iters} Lloyd iterations"}))
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ def _batch(seed=0):
                        "camid": np.arange(B, dtype=np.int32) % 3}}
 
 
-@pytest.mark.slow  # about 30 s: the default stage keeps its 15-minute budget
+@pytest.mark.slow  # about 30 s; the default stage keeps its 15-minute budget
 def test_backbone_gets_minus_beta_times_the_domain_loss_gradient():
     """d L_domain / d θ_backbone with the GRL at β equals −β × the gradient without reversal (β = −1 is
     the identity's backward); the discriminator's own gradient is untouched by the GRL."""
@@ -125,6 +125,7 @@ def test_total_is_the_weighted_sum_with_the_consistency_ramp():
     assert ramp < 0.3 and all(abs(float(metrics[k])) > 1e-3 for k in weights)
 
 
+@pytest.mark.slow  # about 20 s: compiles the step; the default stage keeps its 15-minute budget
 @pytest.mark.parametrize("teacher_augment", [False, True])
 def test_teacher_augment_decides_what_the_teacher_sees(teacher_augment):
     config = _config()

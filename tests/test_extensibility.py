@@ -117,6 +117,7 @@ def _train_rows(workdir):
     return [json.loads(line) for line in open(workdir / "metrics.jsonl") if "train/loss" in line]
 
 
+@pytest.mark.slow  # about 20 s: a micro run; the default stage keeps its 15-minute budget
 def test_toy_backbone_term_and_protocol_train_and_evaluate(tmp_path, registered):
     config = _micro_config(tmp_path)
     workdir = tmp_path / "run"
@@ -140,6 +141,7 @@ def test_toy_backbone_term_and_protocol_train_and_evaluate(tmp_path, registered)
     assert "toy_norm" not in [t.name for t in terms.active(config)]
 
 
+@pytest.mark.slow  # about 10 s: a micro run; the default stage keeps its 15-minute budget
 def test_toy_variant_trains_and_evaluates(tmp_path, registered):
     config = _micro_config(tmp_path)
     config.variant = "ce_only"

@@ -121,7 +121,7 @@ def _copy_run(straight, tmp_path):
 # --- preemption: kill -9, then SIGTERM, then resume ------------------------------------------------
 
 
-@pytest.mark.slow  # about 45 s: the default stage keeps its 15-minute budget
+@pytest.mark.slow  # about 45 s; the default stage keeps its 15-minute budget
 def test_kill_then_sigterm_then_resume_is_bitwise_and_logs_each_step_once(straight, data_root, tmp_path):
     workdir = tmp_path / "run"
     # kill -9 once step 12 is logged and checkpoint 10 is complete: rows after 10 were logged after it.
@@ -167,6 +167,7 @@ def _truncate_largest(step_dir):
         f.truncate(os.path.getsize(largest) // 2)
 
 
+@pytest.mark.slow  # about 40 s: two runs; the default stage keeps its 15-minute budget
 def test_truncated_newest_checkpoint_falls_back_in_eval_and_training(straight, data_root, tmp_path, caplog):
     workdir = _copy_run(straight, tmp_path)
     _truncate_largest(workdir / "checkpoints" / str(LAST))
@@ -229,6 +230,7 @@ def test_checkpoint_cause_keeps_the_reason_and_drops_tensorstores_spec():
     assert cause(OSError(28, "No space left on device")) == "OSError: [Errno 28] No space left on device"
 
 
+@pytest.mark.slow  # about 20 s: a run; the default stage keeps its 15-minute budget
 def test_failing_checkpoint_write_names_the_cause_and_keeps_the_previous_step(straight, data_root, tmp_path):
     workdir = _copy_run(straight, tmp_path)
 
@@ -311,6 +313,7 @@ def _scripted_steps(monkeypatch, outcome, interrupt_at=lambda call: False):
     monkeypatch.setattr(parallel, "jit_train_step", scripted)
 
 
+@pytest.mark.slow  # about 30 s: a run; the default stage keeps its 15-minute budget
 def test_nonfinite_updates_stop_the_run_with_the_last_good_state(data_root, tmp_path, monkeypatch):
     """From the 3rd step on every update is non-finite: the step keeps its input state and advances
     the counter and RNG (common.guard_and_report's contract); after max_consecutive_nonfinite=2 the
@@ -338,7 +341,7 @@ def test_nonfinite_updates_stop_the_run_with_the_last_good_state(data_root, tmp_
     _assert_same(good["params"], saved["params"])  # the parameters after step 2, the last good update
 
 
-@pytest.mark.slow  # about 45 s: the default stage keeps its 15-minute budget
+@pytest.mark.slow  # about 45 s; the default stage keeps its 15-minute budget
 def test_model_selection_keeps_the_best_step_across_a_resume(data_root, tmp_path, monkeypatch):
     """Selection scores are scripted: step 2 → 0.6, step 4 → 0.6 (a tie during training keeps the
     earlier), then the run is interrupted; the resumed run's last state scores 0.5, so the reported
@@ -408,6 +411,7 @@ def test_best_checkpoint_ties_and_reopening(tmp_path):
 # --- config changes on resume ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # shares a micro run (about 40 s to make); the default stage keeps its 15-minute budget
 def test_resume_with_a_changed_model_or_learning_rate_is_refused(straight, data_root):
     config = _config(data_root, **{"model.width": 16, "optimizer.learning_rate": 2e-3})
     with pytest.raises(ConfigError) as err:
@@ -421,6 +425,7 @@ def test_resume_with_a_changed_model_or_learning_rate_is_refused(straight, data_
         ("model.width", 8, 16), ("optimizer.learning_rate", 1e-3, 2e-3)]
 
 
+@pytest.mark.slow  # shares a micro run (about 40 s to make); the default stage keeps its 15-minute budget
 def test_resume_with_changes_that_cannot_matter_passes_and_reevaluates_once(straight, data_root, tmp_path):
     workdir = _copy_run(straight, tmp_path)
     # The run is complete: the rerun only evaluates again, and its rows replace the earlier ones.

@@ -98,6 +98,7 @@ def test_rewritten_results_keep_the_earlier_ones(tmp_path):
     assert json.load(open(tmp_path / "eval_results.json")) == {"rank1": 0.8}
 
 
+@pytest.mark.slow  # about 12 s: a rerun; the default stage keeps its 15-minute budget
 def test_a_finished_run_rerun_with_other_eval_settings_keeps_its_results(run_copy):
     before = {name: (run_copy / name).read_bytes() for name in ("results.json", "results.md")}
     assert "include_query/rank1" in json.loads(before["results.json"])
@@ -190,6 +191,7 @@ def _holder(workdir):
     return proc
 
 
+@pytest.mark.slow  # about 12 s: a command-line run; the default stage keeps its 15-minute budget
 def test_a_second_process_on_the_workdir_is_refused(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()

@@ -195,6 +195,7 @@ def test_torch_device_kmeans_finds_planted_clusters_and_survives_identical_point
     assert torch.equal(cent, torch.ones(3, 4)) and assign.min() >= 0 and assign.max() < 3
 
 
+@pytest.mark.slow  # about 8 s of child processes; the default stage keeps its 15-minute budget
 def test_budget_skips_a_part_that_cannot_fit_and_kills_one_that_overruns_its_cap(tmp_path):
     # 9 s budget, 5 s kept for the report: env (cap 100 s) is skipped without starting; smoke (cap 1 s, really
     # the micro demo: tens of seconds) starts and is killed with its child at its cap.
@@ -211,6 +212,7 @@ def test_budget_skips_a_part_that_cannot_fit_and_kills_one_that_overruns_its_cap
     assert lingering.stdout.strip() == ""  # the main.py the part had started went with it
 
 
+@pytest.mark.slow  # about 8 s of child processes; the default stage keeps its 15-minute budget
 def test_the_plan_is_printed_in_order_with_every_cap(tmp_path):
     # A 1 s budget: every part is skipped, but the plan and each part's verdict are printed first.
     # --no-torch: the default stage has no torch, and the preflight would stop the run before the plan.

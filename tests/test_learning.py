@@ -7,6 +7,7 @@ under pixel noise, so the colours carry no identity and the layout has to be lea
 """
 import jax
 import numpy as np
+import pytest
 
 from configs import demo
 from svreid_jax import variants
@@ -38,6 +39,7 @@ def _rank1(embed, state, query, query_ids, gallery, gallery_ids):
     return float(np.mean(gallery_ids[nearest] == query_ids))
 
 
+@pytest.mark.slow  # about 25 s of training; the default stage keeps its 15-minute budget
 def test_a_few_hundred_steps_raise_rank1_far_above_chance():
     rng = np.random.default_rng(0)
     codes = rng.permutation(256)[:K]  # K distinct 8-cell layouts

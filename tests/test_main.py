@@ -20,6 +20,7 @@ def _run_main(workdir, *extra):
     return child_processes.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # about 90 s: a whole micro run through main; the default stage keeps its 15-minute budget
 def test_main_trains_evaluates_and_writes_everything(tmp_path):
     workdir = tmp_path / "run"
     done = _run_main(workdir, "--config.train.select_holdout_ids=2", "--config.train.eval_every_epochs=1")

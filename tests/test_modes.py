@@ -159,6 +159,7 @@ def _with_split_ids(fn, split_ids):
     return wrapped
 
 
+@pytest.mark.slow  # about 15 s: clusters the target; the default stage keeps its 15-minute budget
 def test_diagnose_mode_writes_the_report(workdir):
     done = _run(workdir, "--mode=diagnose")
     report = json.load(open(workdir / "diagnostics" / "diagnostics.json", encoding="utf-8"))

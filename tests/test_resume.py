@@ -34,7 +34,8 @@ class _Interrupted(KeyboardInterrupt):
 @pytest.mark.parametrize("variant, interrupt_call, saved_step", [
     # Calls of the step: steps 0 and 1, the divergence guard's probe before the checkpoint at step 2,
     # steps 2 and 3 (the 5th call).
-    ("paper", 5, 3),
+    # About 45 s (two runs): slow, so that the default stage keeps its 15-minute budget.
+    pytest.param("paper", 5, 3, marks=pytest.mark.slow),
     # plus clusters the target before epochs 1 and 2: interrupted in the first step of epoch 1 (the 4th
     # call, after the probe), the run resumes at the epoch boundary and must recompute the same
     # pseudo-labels and memory.

@@ -55,6 +55,7 @@ def compiled():
     return config, mesh, parallel.replicate(state, mesh), parallel.jit_train_step(counted, mesh, donate=False), traces
 
 
+@pytest.mark.slow  # about 40 s: compiles the paper step; the default stage keeps its 15-minute budget
 def test_train_step_moves_params_and_teacher_follows_ema_and_compiles_once(compiled):
     config, mesh, state, step, traces = compiled
     # A few steps with changing data, so the EMA decay is past its warm-up value of 0.
@@ -76,6 +77,7 @@ def test_train_step_moves_params_and_teacher_follows_ema_and_compiles_once(compi
     assert float(metrics["skipped"]) == 0.0
 
 
+@pytest.mark.slow  # shares the compiled paper step (about 40 s); the default stage keeps its 15-minute budget
 def test_nonfinite_update_is_skipped(compiled):
     _, mesh, state, step, _ = compiled
     poisoned = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
@@ -92,6 +94,7 @@ def test_nonfinite_update_is_skipped(compiled):
         np.testing.assert_array_equal(np.asarray(kept), np.asarray(old))
 
 
+@pytest.mark.slow  # about 15 s: another compile of the step; the default stage keeps its 15-minute budget
 def test_source_only_skips_target_terms():
     config = _config(frame_domain=0.0, clip_domain=0.0, consistency_ce=0.0, consistency_dist=0.0, camera_alignment=0.0)
     model, state = _setup(config)

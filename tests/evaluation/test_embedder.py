@@ -105,6 +105,7 @@ def test_import_is_cheap_and_embedder_is_exported():
         svreid_jax.Nothing  # noqa: B018
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_config_comes_back_from_the_checkpoint(embedder):
     expected = demo.get_config("paper,micro")
     expected.train.num_epochs = 1  # as the run was trained
@@ -114,6 +115,7 @@ def test_config_comes_back_from_the_checkpoint(embedder):
     assert embedder.batch_size == expected.eval.batch_size and embedder.source["step"] == 2
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_features_equal_extract_mode_on_the_plain_layout(workdir, plain_root, embedder):
     done = _main(workdir, "--mode=extract", f"--data={plain_root}")
     assert "features.npy" in done.stdout
@@ -132,6 +134,7 @@ def test_features_equal_extract_mode_on_the_plain_layout(workdir, plain_root, em
     np.testing.assert_allclose(mine, feats, rtol=0, atol=TOL)
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_both_layouts_read_the_same_tracklets(plain_root, labelled_root, target_tracklets, embedder):
     labelled = extract.read_folder(str(labelled_root))
     assert labelled.labelled == (True,) * 7
@@ -149,6 +152,7 @@ def test_both_layouts_read_the_same_tracklets(plain_root, labelled_root, target_
                                   embedder([list(b.frames) for _, b in pairs]))
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_clips_and_frame_paths_agree(target_tracklets, embedder):
     # restricted_begin cuts one clip per tracklet: its embedding is the tracklet's feature.
     clips = np.concatenate([b["video"][b["tracklet"] >= 0] for b in pipeline.eval_clips(
@@ -161,6 +165,7 @@ def test_clips_and_frame_paths_agree(target_tracklets, embedder):
     assert embedder(clips[:0]).shape == (0, embedder.embedding_dim) == embedder([]).shape
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_the_teacher_is_what_evaluation_uses(workdir, target_tracklets):
     teacher = Embedder.from_workdir(str(workdir), use_teacher=True)
     config = demo.get_config("paper,micro")
@@ -171,6 +176,7 @@ def test_the_teacher_is_what_evaluation_uses(workdir, target_tracklets):
     np.testing.assert_allclose(teacher(target_tracklets), expected, rtol=0, atol=TOL)
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_export_round_trip_at_two_batch_sizes(export_dir, embedder, target_tracklets):
     assert sorted(os.listdir(export_dir)) == sorted(embedder_lib.EXPORT_FILES)
     meta = json.load(open(export_dir / "config.json", encoding="utf-8"))
@@ -187,6 +193,7 @@ def test_export_round_trip_at_two_batch_sizes(export_dir, embedder, target_track
     np.testing.assert_allclose(loaded(target_tracklets), embedder(target_tracklets), rtol=0, atol=TOL)
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_export_reads_only_its_folder(export_dir, tmp_path, embedder):
     # Moved away from the workdir and its configs, under another name: it still loads.
     moved = tmp_path / "elsewhere"
@@ -195,6 +202,7 @@ def test_export_reads_only_its_folder(export_dir, tmp_path, embedder):
     np.testing.assert_allclose(Embedder.from_export(str(moved))(clips), embedder(clips), rtol=0, atol=TOL)
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_flip_average_is_inside_the_export(workdir, tmp_path):
     config = demo.get_config("paper,micro")
     config.eval.flip_average = True
@@ -206,6 +214,7 @@ def test_flip_average_is_inside_the_export(workdir, tmp_path):
     np.testing.assert_allclose(Embedder.from_export(str(tmp_path / "flip"))(clips), flipped(clips), rtol=0, atol=TOL)
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_extract_writes_are_all_or_nothing(workdir, labelled_root, plain_root, embedder, monkeypatch):
     config = demo.get_config("paper,micro")
     out = workdir / "extract_atomic"
@@ -245,6 +254,7 @@ def test_replaced_directory_keeps_the_old_folder_when_the_swap_fails(tmp_path, m
     assert (target / "a").read_text() == "old" and os.listdir(tmp_path) == ["out"]
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_refusals_are_one_line(workdir, export_dir, tmp_path, embedder):
     empty = tmp_path / "untrained"
     empty.mkdir()
@@ -294,6 +304,7 @@ def test_refusals_are_one_line(workdir, export_dir, tmp_path, embedder):
         embedder([["a.jpg"], "b.jpg"])
 
 
+@pytest.mark.slow  # shares a trained micro run (about 50 s to make); the default stage keeps its 15-minute budget
 def test_cli_export_errors_are_one_line(workdir, tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()

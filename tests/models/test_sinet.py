@@ -180,6 +180,7 @@ def sinet_model():
     return model, params, batch_stats, video
 
 
+@pytest.mark.slow  # shares the compiled SINet model (about 25 s); the default stage keeps its 15-minute budget
 def test_sinet_reidnet_eval(sinet_model):
     model, params, batch_stats, video = sinet_model
     assert set(params) == {"backbone", "bnneck", "classifier", "projection", "frame_discriminator",
@@ -198,6 +199,7 @@ def test_sinet_reidnet_eval(sinet_model):
     np.testing.assert_allclose(out["projection"], frames_bn @ proj["kernel"] + proj["bias"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # shares the compiled SINet model (about 25 s); the default stage keeps its 15-minute budget
 def test_sinet_reidnet_train_updates_plugin_stats(sinet_model):
     model, params, batch_stats, video = sinet_model
     out, new_vars = jax.jit(lambda v, x: model.apply(v, x, train=True, grl_beta=0.5,
@@ -222,6 +224,7 @@ def test_sinet_reidnet_train_updates_plugin_stats(sinet_model):
                                frames_bn @ proj["kernel"] + proj["bias"], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow  # shares the compiled SINet model (about 25 s); the default stage keeps its 15-minute budget
 def test_sinet_reidnet_rejects_other_clip_lengths(sinet_model):
     model, params, batch_stats, _ = sinet_model
     with pytest.raises(ValueError):

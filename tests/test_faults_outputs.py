@@ -352,6 +352,7 @@ def test_an_empty_target_train_split_is_one_line(micro_run, tmp_path):
     assert builders.saved_steps(str(tmp_path / "run" / "checkpoints")) == []
 
 
+@pytest.mark.slow  # about 10 s: a restore and two command-line runs; the default stage keeps its 15-minute budget
 def test_a_safetensors_init_from_in_the_evaluation_modes(micro_run, tmp_path, monkeypatch):
     # ImageNet-style weights (no classifier, no BN-neck) only started training: the workdir's checkpoint is
     # evaluated, the file read with safetensors, never handed to torch.load (here torch cannot be imported).

@@ -236,6 +236,7 @@ def test_selection_holds_out_only_identities_seen_in_two_cameras(caplog):
         "in two cameras to hold out; the last state is reported"]
 
 
+@pytest.mark.slow  # about 10 s: a run; the default stage keeps its 15-minute budget
 def test_training_with_selection_off_reports_the_last_state_and_says_so(data_root, tmp_path, monkeypatch):
     real = builders.load_datasets
 

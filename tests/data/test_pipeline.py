@@ -132,6 +132,7 @@ def test_empty_split_is_reported():
         pipeline.source_stream((), num_identities=2, num_instances=4, spec=SPEC, seed=0)
 
 
+@pytest.mark.slow  # about 11 s: worker processes; the default stage keeps its 15-minute budget
 def test_worker_processes_give_the_same_batches_and_resume(tracklets):
     kw = dict(num_identities=2, num_instances=4, spec=SPEC, seed=3, num_threads=1)
     threads, _ = pipeline.source_stream(tracklets, **kw)

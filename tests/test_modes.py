@@ -185,7 +185,9 @@ def test_splits_mode_trains_ten_models_and_aggregates(workdir, tmp_path):
     run = tmp_path / "splits"
     args = ["--mode=splits", "--config.data.demo=False", f"--config.data.source.root={workdir / 'data' / 'source'}",
             "--config.data.target.name=ilidsvid", f"--config.data.target.root={tmp_path / 'ilids'}",
-            "--config.data.target.protocol=standard", "--config.train.num_epochs=1"]
+            "--config.data.target.protocol=standard", "--config.train.num_epochs=1",
+            # Each split's target holds 4 training tracklets: a target batch of 4 clips, one per tracklet.
+            "--config.batch.target_size=4"]
     # The ten runs compile the same programs: XLA's persistent cache makes splits 1–9 cheap.
     cache = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

@@ -54,12 +54,6 @@ def test_permuting_target_identities_on_disk_changes_no_trained_parameter(tmp_pa
     _permute_mars_pids(str(paths.target_root), str(permuted), seed=3)
     # Model selection on held-out source identities is part of the run (it must not read target labels either).
     config.train.select_holdout_ids = 2
-    if variant == "plus":
-        # The divergence guard judges each loss against the median of the accepted ones; in a micro run that
-        # median holds a few steps of the paper's terms, and plus's memory terms, which start at epoch 1,
-        # trip it and stop the run. This test is about labels, so the guard is off here
-        # (tests/test_faults_training.py tests it).
-        config.train.divergence_factor = 0.0
     config.train.eval_every_epochs = 1
     config.data.demo = False
     config.data.source.root = str(paths.source_root)

@@ -391,3 +391,38 @@ def test_kmeans_rule_takes_as_many_clusters_as_dbscan_finds():
     report = {}
     labels = plus.cluster_features(config, feats, cams, epoch=0, report=report)
     assert report["kmeans_clusters"] == len(np.unique(found[found >= 0])) and labels.min() >= 0
+
+
+def test_the_divergence_guard_forgets_the_paper_losses_at_the_first_clustering_epoch_only():
+    from svreid_jax.variants import divergence
+
+    config = demo.get_config("plus")
+    config.plus.max_clusters = 64
+    state = create_train_state(config, None, {"w": jnp.ones(2)}, {}, jax.random.PRNGKey(0), 10)
+    guard = state.guard
+    for loss in (2.0, 3.0):  # two accepted steps of the paper's terms: median 2.5
+        _, guard, _ = divergence.judge(guard, jnp.float32(loss), jnp.float32(1.0), jnp.bool_(True), factor=10.0,
+                                       min_history=1)
+    state = state.replace(guard=guard)
+    # Eight well-separated pseudo-identities of five clips, each seen by two cameras.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 16))
+    features = np.repeat(centres, 5, axis=0) + 0.05 * rng.normal(size=(40, 16))
+    features = (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32)
+    camids = np.tile(np.arange(2), 20).astype(np.int32)
+    start = config.plus.start_epoch
+
+    def guard_after(epoch):
+        new_state, _ = plus.epoch_start(config, state, lambda variables: features, camids, epoch)
+        return new_state.guard
+
+    assert int(guard_after(start - 1)["count"]) == 2
+    assert int(guard_after(start + 1)["count"]) == 2  # a resumed run passes later boundaries: nothing forgotten
+    forgotten = guard_after(start)
+    assert int(forgotten["count"]) == 0
+    np.testing.assert_array_equal(forgotten["loss"], np.zeros_like(guard["loss"]))
+    # The memory terms raise the loss well past 10 × 2.5: before forgetting that is an explosion, after it
+    # the first loss of the new definition starts the new median.
+    judged = {name: divergence.judge(g, jnp.float32(40.0), jnp.float32(1.0), jnp.bool_(True), factor=10.0,
+                                     min_history=1)[0] for name, g in (("before", guard), ("after", forgotten))}
+    assert bool(judged["before"]) and not bool(judged["after"])

@@ -122,6 +122,18 @@ def detach(state: TrainState) -> TrainState:
     return state.replace(guard={k: state.guard[k] for k in MEMORY})
 
 
+def forget_history(state: TrainState) -> TrainState:
+    """`state` with the guard's memory of accepted losses and gradient norms emptied (counters and the
+    run-time part kept). For a loss that changes definition mid-run (plus's first clustering epoch adds
+    its memory terms): judged against the median of the old definition, the new loss would read as an
+    explosion. The next `train.divergence_min_history` accepted steps start the new median unjudged by
+    the relative rule; the non-finite rule judges them as always."""
+    if state.guard is None:
+        return state
+    emptied = {k: jnp.zeros_like(state.guard[k]) for k in MEMORY}
+    return state.replace(guard={**state.guard, **emptied})
+
+
 def counters(state: TrainState) -> dict[str, int]:
     """The guard's counters on the host: 'skipped_total' (non-finite steps), 'diverged_total' (exploded
     steps), and the streaks of each since the last accepted update (0 for a state without them)."""

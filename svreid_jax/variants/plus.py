@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from svreid_jax import clustering, kreciprocal, losses, ops
-from svreid_jax.variants import common, paper
+from svreid_jax.variants import common, divergence, paper
 
 CLUSTERINGS = ("dbscan", "kmeans")  # config.plus.clustering
 SOFT_TARGETS = ("identity", "proxy")  # config.plus.soft_targets
@@ -250,12 +250,17 @@ def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np
     and stats to log ({'clusters', 'outliers' (fraction)}).
 
     extract(variables) -> float32 [N_target_train, D]: eval-mode features (the loop's evaluation pipeline);
-    the teacher's variables are used. Before plus.start_epoch the memory stays empty. The state is
-    taken and returned as the loop holds it replicated; the new arrays are plain host values.
+    the teacher's variables are used. Before plus.start_epoch the memory stays empty; at it the divergence
+    guard's history is emptied (divergence.forget_history). The state is taken and returned as the loop
+    holds it replicated; the new arrays are plain host values.
     """
     p = config.plus
     if epoch < p.start_epoch:
         return state, {}
+    if epoch == p.start_epoch:
+        # The memory terms join the loss from here: the guard learns the new loss's scale afresh. Only at
+        # this epoch, so a run resumed at any epoch boundary does what the uninterrupted one did.
+        state = divergence.forget_history(state)
     features = extract({"params": state.ema_params, "batch_stats": state.ema_batch_stats})
     settings: dict = {}
     raw = cluster_features(config, features, np.asarray(camids), epoch, report=settings)

@@ -10,7 +10,7 @@ from svreid_jax import clustering, kreciprocal, losses, ops, variants
 from svreid_jax.evaluation import rerank
 from svreid_jax.models import reid
 from svreid_jax.state import create_train_state
-from svreid_jax.variants import plus
+from svreid_jax.variants import divergence, plus
 
 
 def _dbscan_brute_force(d, eps, min_samples):
@@ -394,8 +394,6 @@ def test_kmeans_rule_takes_as_many_clusters_as_dbscan_finds():
 
 
 def test_the_divergence_guard_forgets_the_paper_losses_at_the_first_clustering_epoch_only():
-    from svreid_jax.variants import divergence
-
     config = demo.get_config("plus")
     config.plus.max_clusters = 64
     state = create_train_state(config, None, {"w": jnp.ones(2)}, {}, jax.random.PRNGKey(0), 10)

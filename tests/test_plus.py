@@ -287,6 +287,29 @@ def test_camera_proxy_memory_and_terms_match_numpy():
     wide = float(losses.inter_camera_contrast(*args, out["slot_cluster"], tau, 6))
     assert np.isfinite(wide) and wide > float(losses.inter_camera_contrast(*args, out["slot_cluster"], tau, k))
 
+    # plus.inter_camera_positives='other_cameras': the clip's own proxy is neither positive nor negative;
+    # a clip of a one-camera pseudo-identity (label 0: id 1, camera 2 only) has no positive and counts nowhere.
+    other = []
+    for i in range(7):
+        pos = [j for j in range(6) if valid[j] and out["slot_cluster"][j] == out["slot_cluster"][labels[i]]
+               and j != labels[i]]
+        if labels[i] < 0 or not pos:
+            continue
+        neg = sorted((j for j in range(6) if valid[j] and out["slot_cluster"][j] != out["slot_cluster"][labels[i]]),
+                     key=lambda j: -s[i, j])[:k]
+        denom = np.log(np.exp(s[i, pos]).sum() + np.exp(s[i, neg]).sum())
+        other.append(-np.mean([s[i, p] - denom for p in pos]))
+    assert len(other) == 5  # items 0 (one camera) and 5 (outlier) left out
+    got = losses.inter_camera_contrast(*args, out["slot_cluster"], tau, k, slot_camera=out["slot_camera"])
+    np.testing.assert_allclose(float(got), np.mean(other), rtol=1e-5)
+    grad = jax.grad(lambda x: losses.inter_camera_contrast(x, *args[1:], out["slot_cluster"], tau, k,
+                                                           slot_camera=out["slot_camera"]))(args[0])
+    assert np.isfinite(np.asarray(grad)).all() and not np.asarray(grad)[0].any()
+    # Nothing but one-camera pseudo-identities: 0, not NaN.
+    lonely = losses.inter_camera_contrast(*args[:1], np.array([0, -1, 0, -1, 0, -1, 0], np.int32), *args[2:],
+                                          out["slot_cluster"], tau, k, slot_camera=out["slot_camera"])
+    assert float(lonely) == 0.0
+
 
 def test_camera_proxy_config_checks():
     c = demo.get_config("plus")
@@ -334,6 +357,17 @@ def test_soft_term_over_camera_proxies_sums_each_pseudo_identity_as_numpy_does()
     grad = jax.grad(lambda x: losses.memory_soft_cross_entropy(x, *args[1:], slot_groups=jnp.asarray(slot_cluster)))(
         args[0])
     assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_inter_camera_positives_switch_reaches_the_term():
+    assert demo.get_config("plus").plus.inter_camera_positives == "other_cameras"
+    assert mars.get_config("plus").plus.inter_camera_positives == "other_cameras"
+    assert demo.get_config("plus,own_camera_positive").plus.inter_camera_positives == "all"
+    config = demo.get_config("plus")
+    config.plus.inter_camera_positives = "own"
+    with pytest.raises(ValueError, match=r"config.plus.inter_camera_positives='own'; expected one of "
+                                         r"\('all', 'other_cameras'\)"):
+        variants.check_config(config)
 
 
 def test_soft_targets_switch_reaches_the_term():

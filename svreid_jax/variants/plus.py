@@ -31,6 +31,7 @@ from svreid_jax.variants import common, divergence, paper
 
 CLUSTERINGS = ("dbscan", "kmeans")  # config.plus.clustering
 SOFT_TARGETS = ("identity", "proxy")  # config.plus.soft_targets
+INTER_CAMERA_POSITIVES = ("all", "other_cameras")  # config.plus.inter_camera_positives
 
 
 def check_config(config) -> None:
@@ -70,6 +71,9 @@ def check_config(config) -> None:
     if p.k1 < 0 or p.k2 < 0 or p.min_samples < 1:
         raise ValueError(f"config.plus.k1={p.k1}, k2={p.k2} must be ≥ 0 (0: the rule) and min_samples="
                          f"{p.min_samples} ≥ 1")
+    if p.inter_camera_positives not in INTER_CAMERA_POSITIVES:
+        raise ValueError(f"config.plus.inter_camera_positives={p.inter_camera_positives!r}; expected one of "
+                         f"{INTER_CAMERA_POSITIVES}")
     if p.soft_targets not in SOFT_TARGETS:
         raise ValueError(f"config.plus.soft_targets={p.soft_targets!r}; expected one of {SOFT_TARGETS}")
 

@@ -178,7 +178,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.plus.temperature = 0.05  # τ of the softmax over the memory
     c.plus.camera_normalise = True  # ops.camera_centred on the target training set's features before the epoch's clustering
     c.plus.camera_proxies = False  # memory slots per (pseudo-identity, camera) instead of per pseudo-identity (CAP); read by loss.intra_camera / inter_camera
-    c.plus.inter_camera_positives = "all"  # inter_camera's positives: 'all' proxies of the clip's pseudo-identity (CAP) or 'other_cameras' (its own-camera proxy left out, which keeps a one-camera pseudo-identity from pulling its clips towards that camera)
+    c.plus.inter_camera_positives = "all"  # inter_camera's positives: 'all' proxies of the clip's pseudo-identity (CAP) or 'other_cameras' (its own-camera proxy counts nowhere, so a one-camera pseudo-identity cannot pull its clips towards that camera)
     c.plus.hard_negatives = 50  # inter_camera: the most similar proxies of other pseudo-identities each clip is contrasted with
     c.plus.soft_targets = "identity"  # loss.cluster_soft with camera proxies: 'identity' (teacher and student probabilities summed over each pseudo-identity's proxies) or 'proxy' (a softmax over every proxy, which rewards the clip's own-camera proxy)
 

@@ -19,7 +19,7 @@ Our additions, each a modifier that combines with any variant but reference ("so
   pairs        two clips per target tracklet and camera-centred per-batch clusters for the paper's teacher
                (data.target_views=2, adaptation.camera_centred; docs/METHOD.md §9)
 Plus's ingredients, each switched off, swapped or added by a modifier after plus ("plus,no_soft"):
-  no_camera_normalise, no_soft, own_camera_positive, soft_per_proxy, no_contrast, no_target_bn, kmeans, no_camera_alignment,
+  no_camera_normalise, no_soft, other_camera_positives, soft_per_proxy, no_contrast, no_target_bn, kmeans, no_camera_alignment,
   no_domain_alignment, no_consistency, no_paper_terms, early_start, no_camera_proxies, standalone,
   with_reliability
 Sizes and data:
@@ -121,7 +121,8 @@ PLUS_ABLATIONS = {
     "no_soft": {"loss.cluster_soft": 0.0},  # the teacher's soft assignment over the memory (MMT)
     "no_contrast": {"loss.intra_camera": 0.0, "loss.inter_camera": 0.0},  # the proxy contrasts (the soft term remains)
     "no_target_bn": {"adaptation.target_bn": False},  # target-domain BN statistics
-    "own_camera_positive": {"plus.inter_camera_positives": "all"},  # CAP's inter-camera positives: the own-camera proxy too
+    # The inter-camera term's positives: the person's proxies in the other cameras only, not CAP's own-camera one too.
+    "other_camera_positives": {"plus.inter_camera_positives": "other_cameras"},
     "soft_per_proxy": {"plus.soft_targets": "proxy"},  # the soft term's softmax over every proxy, not per pseudo-identity
     "kmeans": {"plus.clustering": "kmeans"},  # k-means for DBSCAN on Jaccard distances
     "no_camera_alignment": {"loss.camera_alignment": 0.0},  # the paper recipe's camera term (METHOD.md §4.11)

@@ -87,9 +87,8 @@ REFERENCE = {
 # real data: the paper's terms (source CE + triplet, both domain discriminators, the mean teacher's
 # consistency), our camera term with target BN (docs/METHOD.md §4.11, §9), and from half-way on
 # per-epoch pseudo-identities of the whole target set (camera-normalised DBSCAN with the label-free
-# settings of configs/default.py), a memory of camera-aware proxies contrasted within cameras and with
-# the person's proxies in the other cameras, and the teacher's soft assignment per pseudo-identity
-# (docs/METHOD.md §1.4).
+# settings of configs/default.py), a memory of camera-aware proxies contrasted within and across cameras,
+# and the teacher's soft assignment per pseudo-identity (docs/METHOD.md §1.4).
 #
 # It clusters aligned features rather than starting from scratch: run alone from an unaligned model,
 # the clustering locked in camera-bound clusters no purer than a source-only model's (BENCHMARKS.md,
@@ -104,8 +103,6 @@ PLUS = {
     "loss.intra_camera": 1.0,
     "loss.inter_camera": 0.5,
     "loss.cluster_soft": 0.5,
-    # The inter-camera term pulls a clip towards its person's proxies in the other cameras only.
-    "plus.inter_camera_positives": "other_cameras",
     # The alignment first. A live reference, so a --config.train.num_epochs override moves it along.
     "plus.start_epoch": lambda c: c.train.get_ref("num_epochs") // 2,
     "data.target_sampling": "random",

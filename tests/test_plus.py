@@ -360,9 +360,9 @@ def test_soft_term_over_camera_proxies_sums_each_pseudo_identity_as_numpy_does()
 
 
 def test_inter_camera_positives_switch_reaches_the_term():
-    assert demo.get_config("plus").plus.inter_camera_positives == "other_cameras"
-    assert mars.get_config("plus").plus.inter_camera_positives == "other_cameras"
-    assert demo.get_config("plus,own_camera_positive").plus.inter_camera_positives == "all"
+    assert demo.get_config("plus").plus.inter_camera_positives == "all"
+    assert mars.get_config("plus").plus.inter_camera_positives == "all"
+    assert demo.get_config("plus,other_camera_positives").plus.inter_camera_positives == "other_cameras"
     config = demo.get_config("plus")
     config.plus.inter_camera_positives = "own"
     with pytest.raises(ValueError, match=r"config.plus.inter_camera_positives='own'; expected one of "

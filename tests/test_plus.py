@@ -10,7 +10,7 @@ from svreid_jax import clustering, kreciprocal, losses, ops, variants
 from svreid_jax.evaluation import rerank
 from svreid_jax.models import reid
 from svreid_jax.state import create_train_state
-from svreid_jax.variants import divergence, plus
+from svreid_jax.variants import divergence, plus, terms
 
 
 def _dbscan_brute_force(d, eps, min_samples):
@@ -368,6 +368,26 @@ def test_inter_camera_positives_switch_reaches_the_term():
     with pytest.raises(ValueError, match=r"config.plus.inter_camera_positives='own'; expected one of "
                                          r"\('all', 'other_cameras'\)"):
         variants.check_config(config)
+    # The step's term: the other-camera form only with the modifier (two pseudo-identities: slots 0, 1 of
+    # one in cameras 0 and 1, slot 2 of another in camera 0 alone).
+    rng = np.random.default_rng(6)
+    memory = jnp.asarray(_unit(rng.normal(size=(4, 8))), jnp.float32).at[3].set(0.0)
+    extra = {"memory": memory, "valid": jnp.asarray([1, 1, 1, 0], bool),
+             "labels": jnp.asarray([0, 1, 2, 0], jnp.int32), "slot_cluster": jnp.asarray([0, 0, 1, -1], jnp.int32),
+             "slot_camera": jnp.asarray([0, 1, 0, -1], jnp.int32)}
+    features = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+    args = (features, extra["labels"], memory, extra["valid"], extra["slot_cluster"])
+    for name, slot_camera in (("plus", None), ("plus,other_camera_positives", extra["slot_camera"])):
+        config = demo.get_config(name)
+        config.plus.hard_negatives = 2
+        ctx = terms.TermContext(config, source={}, labels=jnp.zeros(4, jnp.int32), extra=extra,
+                                target_index=jnp.arange(4, dtype=jnp.int32),
+                                target_forward=lambda: {"bn_embedding": features})
+        want = losses.inter_camera_contrast(*args, config.plus.temperature, config.plus.hard_negatives,
+                                            slot_camera=slot_camera)
+        assert float(terms.TERMS.get("inter_camera").fn(ctx)[0]["inter_camera"]) == float(want)
+    assert float(losses.inter_camera_contrast(*args, 0.05, 3)) != float(
+        losses.inter_camera_contrast(*args, 0.05, 3, slot_camera=extra["slot_camera"]))
 
 
 def test_soft_targets_switch_reaches_the_term():

@@ -304,7 +304,7 @@ def intra_camera_contrast(features: jax.Array, labels: jax.Array, memory: jax.Ar
 
 def inter_camera_contrast(features: jax.Array, labels: jax.Array, memory: jax.Array, valid: jax.Array,
                           slot_cluster: jax.Array, temperature: float = 0.05, hard_negatives: int = 50,
-                          slot_camera: jax.Array | None = None) -> jax.Array:
+                          other_cameras_only: bool = False) -> jax.Array:
     """Camera-aware proxies, across cameras (CAP): every proxy of the clip's pseudo-identity, in whichever
     camera, is a positive against the `hard_negatives` most similar proxies of other pseudo-identities:
 
@@ -313,9 +313,9 @@ def inter_camera_contrast(features: jax.Array, labels: jax.Array, memory: jax.Ar
     averaged over the items with a pseudo-label (0 when none has one). It pulls a clip towards how its
     person looks in the other cameras, which is what removes the camera from the embedding.
 
-    With slot_camera (int32 [M], each slot's camera) the clip's own-camera proxy is left out, as positive
-    and as negative: P_i holds only the proxies of its pseudo-identity in other cameras, and a clip whose
-    pseudo-identity one camera saw alone has none and counts nowhere. Otherwise a proxy that lies near the
+    With other_cameras_only the clip's own proxy (its slot y_i: its pseudo-identity in its own camera) is
+    left out, as positive and as negative: P_i holds only the proxies of its pseudo-identity in other
+    cameras, and a clip whose pseudo-identity one camera saw alone has none and counts nowhere. Otherwise a proxy that lies near the
     clip because both share a camera is pulled on like the others, and a pseudo-identity of one camera
     pulls its clips towards that camera (docs/METHOD.md §1.4).
     features [B, D]; labels int32 [B] (a proxy slot, −1: outlier); memory [M, D]; valid bool [M];
@@ -325,7 +325,7 @@ def inter_camera_contrast(features: jax.Array, labels: jax.Array, memory: jax.Ar
     own = jnp.maximum(labels, 0)
     cluster = slot_cluster[own]
     positive = (slot_cluster[None, :] == cluster[:, None]) & valid[None, :]
-    if slot_camera is not None:
+    if other_cameras_only:
         own_camera_proxy = jnp.arange(memory.shape[0])[None, :] == own[:, None]
         logits = jnp.where(own_camera_proxy, _MASKED, logits)
         positive = positive & ~own_camera_proxy

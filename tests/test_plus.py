@@ -300,14 +300,14 @@ def test_camera_proxy_memory_and_terms_match_numpy():
         denom = np.log(np.exp(s[i, pos]).sum() + np.exp(s[i, neg]).sum())
         other.append(-np.mean([s[i, p] - denom for p in pos]))
     assert len(other) == 5  # items 0 (one camera) and 5 (outlier) left out
-    got = losses.inter_camera_contrast(*args, out["slot_cluster"], tau, k, slot_camera=out["slot_camera"])
+    got = losses.inter_camera_contrast(*args, out["slot_cluster"], tau, k, other_cameras_only=True)
     np.testing.assert_allclose(float(got), np.mean(other), rtol=1e-5)
     grad = jax.grad(lambda x: losses.inter_camera_contrast(x, *args[1:], out["slot_cluster"], tau, k,
-                                                           slot_camera=out["slot_camera"]))(args[0])
+                                                           other_cameras_only=True))(args[0])
     assert np.isfinite(np.asarray(grad)).all() and not np.asarray(grad)[0].any()
     # Nothing but one-camera pseudo-identities: 0, not NaN.
     lonely = losses.inter_camera_contrast(*args[:1], np.array([0, -1, 0, -1, 0, -1, 0], np.int32), *args[2:],
-                                          out["slot_cluster"], tau, k, slot_camera=out["slot_camera"])
+                                          out["slot_cluster"], tau, k, other_cameras_only=True)
     assert float(lonely) == 0.0
 
 
@@ -377,17 +377,17 @@ def test_inter_camera_positives_switch_reaches_the_term():
              "slot_camera": jnp.asarray([0, 1, 0, -1], jnp.int32)}
     features = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
     args = (features, extra["labels"], memory, extra["valid"], extra["slot_cluster"])
-    for name, slot_camera in (("plus", None), ("plus,other_camera_positives", extra["slot_camera"])):
+    for name, other_cameras_only in (("plus", False), ("plus,other_camera_positives", True)):
         config = demo.get_config(name)
         config.plus.hard_negatives = 2
         ctx = terms.TermContext(config, source={}, labels=jnp.zeros(4, jnp.int32), extra=extra,
                                 target_index=jnp.arange(4, dtype=jnp.int32),
                                 target_forward=lambda: {"bn_embedding": features})
         want = losses.inter_camera_contrast(*args, config.plus.temperature, config.plus.hard_negatives,
-                                            slot_camera=slot_camera)
+                                            other_cameras_only=other_cameras_only)
         assert float(terms.TERMS.get("inter_camera").fn(ctx)[0]["inter_camera"]) == float(want)
     assert float(losses.inter_camera_contrast(*args, 0.05, 3)) != float(
-        losses.inter_camera_contrast(*args, 0.05, 3, slot_camera=extra["slot_camera"]))
+        losses.inter_camera_contrast(*args, 0.05, 3, other_cameras_only=True))
 
 
 def test_soft_targets_switch_reaches_the_term():

@@ -204,10 +204,9 @@ def _intra_camera(ctx: TermContext):
 def _inter_camera(ctx: TermContext):
     features, labels = _memory_batch(ctx)
     p = ctx.config.plus
-    other_cameras = p.inter_camera_positives == "other_cameras"
     loss = losses.inter_camera_contrast(features, labels, ctx.extra["memory"], ctx.extra["valid"],
                                         ctx.extra["slot_cluster"], p.temperature, p.hard_negatives,
-                                        slot_camera=ctx.extra["slot_camera"] if other_cameras else None)
+                                        other_cameras_only=p.inter_camera_positives == "other_cameras")
     return {"inter_camera": loss}, {"pseudo_labelled": jnp.mean(labels >= 0)}
 
 

@@ -315,9 +315,9 @@ def inter_camera_contrast(features: jax.Array, labels: jax.Array, memory: jax.Ar
 
     With other_cameras_only the clip's own proxy (its slot y_i: its pseudo-identity in its own camera) is
     left out, as positive and as negative: P_i holds only the proxies of its pseudo-identity in other
-    cameras, and a clip whose pseudo-identity one camera saw alone has none and counts nowhere. Otherwise a proxy that lies near the
-    clip because both share a camera is pulled on like the others, and a pseudo-identity of one camera
-    pulls its clips towards that camera (docs/METHOD.md §1.4).
+    cameras, and a clip whose pseudo-identity one camera saw alone has none and counts nowhere. Otherwise
+    a proxy that lies near the clip because both share a camera is pulled on like the others, and a
+    pseudo-identity of one camera pulls its clips towards that camera (docs/METHOD.md §1.4).
     features [B, D]; labels int32 [B] (a proxy slot, −1: outlier); memory [M, D]; valid bool [M];
     slot_cluster int32 [M] (the pseudo-identity of each slot). hard_negatives ≤ M.
     """

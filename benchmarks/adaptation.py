@@ -6,6 +6,7 @@
   python benchmarks/adaptation.py --variants=plus+no_soft,plus+kmeans --presets=demo   # ablation rows
   python benchmarks/adaptation.py --dry-run             # the commands, nothing run
   python benchmarks/adaptation.py --table-only --above=source_only+cam+tbn   # the table of what has finished
+  python benchmarks/adaptation.py --variants=source_only+cam+tbn,plus --paired plus:source_only+cam+tbn   # query by query
 
 Every run is `python -m svreid_jax.main --config=configs/demo.py:<variant>[,hard] --config.seed=<s>
 --workdir=<root>/<preset>/<variant>/s<seed>`, one at a time, all presets sharing the demo data under
@@ -19,6 +20,17 @@ Evaluation-time options (`--eval-option NAME=VALUE`, repeatable) go to every var
 --eval-rows training runs without them and each finished checkpoint is evaluated again with them
 (`--mode=eval`, kept as eval_<tag>.json), giving rows of their own: a gain from a test-time step is
 then read apart from the gain of adaptation.
+
+Paired rows (`--paired A:B`, repeatable; both in --variants): row A against row B on the same seeds and the
+same test queries, from each run's per-query outcomes (per_query.json, written by training; the
+re-evaluated rows' eval_<tag>_per_query.json). R-1 over 100 queries moves by whole queries and its
+spread over 3 seeds is several points, so two rows' mean ± std often overlap where the query-by-query
+comparison still tells them apart, or shows that it cannot. The paired table gives the R-1 difference
+per seed and its mean, a 95% interval from a two-level bootstrap (seeds drawn with replacement, then
+queries, the same queries for every drawn seed: both the training seed's and the test set's variation are
+in it), and how many (seed, query) pairs only A or only B ranks first. Runs made before the per-query
+files existed have none: re-evaluate them (`--eval-option camera_normalise=False --eval-rows` gives rows
+equal to the trained ones, with the files).
 
 The table: R-1 and mAP in percent, mean ± sample std (ddof=1) over the seeds, the per-seed values,
 the share of the gap closed on R-1, (variant − source only) / (oracle − source only) of the means,
@@ -37,10 +49,13 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = {"demo": "", "hard": ",hard"}  # preset → what it adds to the config argument
 BASELINE, UPPER = "source_only", "oracle"
 RECORD = "benchmark_command.json"  # in each run's workdir: the command its results.json came from
+PER_QUERY = "per_query.json"  # in each run's workdir: training's per-query outcomes (protocols.per_query)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +131,60 @@ def _pm(stat: tuple[float, float]) -> str:
     return "–" if math.isnan(stat[0]) else f"{stat[0]:.1f} ± {stat[1]:.1f}"
 
 
+def paired(a: Mapping[int, Mapping], b: Mapping[int, Mapping], *, resamples: int = 10000,
+           rng_seed: int = 0) -> dict:
+    """Row A's R-1 against row B's on the seeds both have, query by query.
+
+    a, b: {seed: per-query outcomes} (svreid_jax.evaluation.protocols.per_query: 'query' keys and
+    'first_match_rank', −1 for a query with no good match). Returns {'seeds': [...], 'per_seed': [ΔR-1 in
+    points, A − B, per seed], 'delta': their mean, 'interval': (2.5th, 97.5th percentile) of the mean
+    ΔR-1 over `resamples` two-level bootstrap draws (the seeds drawn with replacement, then the queries
+    with replacement, the same queries in every drawn seed; numpy's default_rng(rng_seed)), 'a_only' /
+    'b_only': the (seed, query) pairs only A / only B ranks first}. ValueError, naming the seed, when the
+    two rows or two seeds were tested on different queries, or when no seed is shared.
+    """
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError(f"no seed in common (A has {sorted(a)}, B has {sorted(b)})")
+    queries = list(a[seeds[0]]["query"])
+    hits = []
+    for s in seeds:
+        for name, row in (("A", a), ("B", b)):
+            if list(row[s]["query"]) != queries:
+                raise ValueError(f"seed {s}: row {name} was tested on other queries than row A seed {seeds[0]}; "
+                                 "pairing needs the same test set")
+        rank_a, rank_b = (np.asarray(row[s]["first_match_rank"]) for row in (a, b))
+        if not np.array_equal(rank_a >= 0, rank_b >= 0):
+            raise ValueError(f"seed {s}: the two rows disagree on which queries have a good match; "
+                             "pairing needs the same test labels")
+        hits.append((rank_a == 0, rank_b == 0, rank_a >= 0))
+    matched = hits[0][2]
+    if not matched.any():
+        raise ValueError("no query has a good match")
+    diff = np.stack([ha[matched].astype(np.float64) - hb[matched] for ha, hb, _ in hits])  # [S, Q]
+    per_seed = 100 * diff.mean(axis=1)
+    rng = np.random.default_rng(rng_seed)
+    num_seeds, num_queries = diff.shape
+    seed_counts = rng.multinomial(num_seeds, np.full(num_seeds, 1 / num_seeds), size=resamples)  # [R, S]
+    query_counts = rng.multinomial(num_queries, np.full(num_queries, 1 / num_queries), size=resamples)  # [R, Q]
+    draws = 100 * np.einsum("rs,sq,rq->r", seed_counts, diff, query_counts) / (num_seeds * num_queries)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {"seeds": seeds, "per_seed": [float(v) for v in per_seed], "delta": float(per_seed.mean()),
+            "interval": (float(low), float(high)), "a_only": int((diff > 0).sum()), "b_only": int((diff < 0).sum())}
+
+
+def paired_table(results: Sequence[tuple[str, str, str, dict]]) -> str:
+    """The markdown table of `paired` results: (preset, row A, row B, result) each."""
+    lines = ["| preset | A − B | seeds | ΔR-1 per seed | ΔR-1 | 95% interval (seeds and queries resampled) "
+             "| pairs only A / only B ranks first |", "|---|---|---|---|---|---|---|"]
+    for preset, first, second, r in results:
+        per_seed = ", ".join(f"{v:+.1f}" for v in r["per_seed"])
+        lines.append(f"| {preset} | {first} − {second} | {', '.join(map(str, r['seeds']))} | {per_seed} | "
+                     f"{r['delta']:+.1f} | {r['interval'][0]:+.1f} … {r['interval'][1]:+.1f} | "
+                     f"{r['a_only']} / {r['b_only']} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # Runs
 
@@ -142,7 +211,8 @@ def known_variants(variants: Sequence[str]) -> list[str]:
 
 
 def plan(args) -> list[dict]:
-    """One entry per run: {'preset', 'variant', 'seed', 'workdir', 'command', 'kind': 'train'|'eval', 'result'}."""
+    """One entry per run: {'preset', 'variant', 'seed', 'workdir', 'command', 'kind': 'train'|'eval', 'result',
+    'per_query' (where its per-query outcomes are), 'label'}."""
     root = os.path.abspath(args.root)
     options = [f"--config.eval.{o}" for o in args.eval_option]
     runs = []
@@ -156,13 +226,16 @@ def plan(args) -> list[dict]:
                 train_options = [] if args.eval_rows else options
                 runs.append(dict(preset=preset, variant=variant, seed=seed, workdir=workdir, kind="train",
                                  command=base + train_options, result=os.path.join(workdir, "results.json"),
+                                 per_query=os.path.join(workdir, PER_QUERY),
                                  label=variant if args.eval_rows or not options else f"{variant} + {eval_tag(args.eval_option)}"))
                 if args.eval_rows and options:
                     tag = eval_tag(args.eval_option)
                     safe = "".join(ch if ch.isalnum() else "_" for ch in tag)
                     runs.append(dict(preset=preset, variant=variant, seed=seed, workdir=workdir, kind="eval",
                                      command=base + ["--mode=eval"] + options,
-                                     result=os.path.join(workdir, f"eval_{safe}.json"), label=f"{variant} + {tag}"))
+                                     result=os.path.join(workdir, f"eval_{safe}.json"),
+                                     per_query=os.path.join(workdir, f"eval_{safe}_per_query.json"),
+                                     label=f"{variant} + {tag}"))
     return runs
 
 
@@ -191,6 +264,9 @@ def _execute(run: dict) -> dict | None:
         return None
     if run["kind"] == "eval":
         os.replace(os.path.join(run["workdir"], "eval_results.json"), run["result"])
+        written = os.path.join(run["workdir"], "eval_per_query.json")
+        if os.path.exists(written):
+            os.replace(written, run["per_query"])
     path = os.path.join(run["workdir"], RECORD)
     try:
         with open(path, encoding="utf-8") as f:
@@ -201,6 +277,35 @@ def _execute(run: dict) -> dict | None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
     return _done(run)
+
+
+def _paired_rows(pairs, args, outcomes) -> list[tuple[str, str, str, dict]]:
+    """`paired` for each pair, preset and evaluation (as trained, and re-evaluated with --eval-rows)."""
+    suffixes = [""] + ([f" + {eval_tag(args.eval_option)}"] if args.eval_rows and args.eval_option else [])
+    out = []
+    for preset in args.presets:
+        for suffix in suffixes:
+            for first, second in pairs:
+                files = [outcomes.get((preset, name + suffix), {}) for name in (first, second)]
+                loaded, missing = [], []
+                for row in files:
+                    loaded.append({})
+                    for seed, path in row.items():
+                        try:
+                            with open(path, encoding="utf-8") as f:
+                                loaded[-1][seed] = json.load(f)
+                        except (OSError, ValueError):
+                            missing.append(path)
+                what = f"{preset} {first}{suffix} − {second}{suffix}"
+                if missing:
+                    print(f"paired {what}: no per-query outcomes in {missing[0]} (a run from before they were "
+                          "written: re-evaluate it with --eval-rows)", flush=True)
+                    continue
+                try:
+                    out.append((preset, first + suffix, second + suffix, paired(*loaded)))
+                except ValueError as err:
+                    print(f"paired {what}: {err}", flush=True)
+    return out
 
 
 def _clock(seconds: float) -> str:
@@ -221,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
     parser.add_argument("--table-only", action="store_true",
                         help="print the table of the runs already finished by these commands; train nothing")
+    parser.add_argument("--paired", action="append", default=[], metavar="A:B",
+                        help="compare row A with row B query by query on the same seeds (repeatable; both in --variants)")
     parser.add_argument("--above", default="", help="comma-separated variants: a column each testing whether a "
                         "row's mean − std lies above that variant's mean + std (as the one for source only)")
     args = parser.parse_args(argv)
@@ -233,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for option in args.eval_option:
         if "=" not in option:
             parser.error(f"--eval-option {option!r}: expected NAME=VALUE")
+    pairs = [tuple(p.split(":")) for p in args.paired]
+    for pair, text in zip(pairs, args.paired):
+        if len(pair) != 2 or any(v not in args.variants for v in pair):
+            parser.error(f"--paired {text!r}: expected A:B with both A and B among --variants ({','.join(args.variants)})")
 
     runs = plan(args)
     if args.dry_run:
@@ -241,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     rows: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    outcomes: dict[tuple[str, str], dict[int, str]] = {}  # (preset, label) → {seed: its per-query file}
     for run in runs:  # rows in plan order: preset, then variant, then its re-evaluated row
         rows.setdefault((run["preset"], run["label"]), {})
     to_run = [r for r in runs if _done(r) is None]
@@ -276,9 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             trained[run["workdir"]] = metrics is not None
         if metrics is not None:
             rows[(run["preset"], run["label"])][run["seed"]] = metrics
+            outcomes.setdefault((run["preset"], run["label"]), {})[run["seed"]] = run["per_query"]
             print(f"{what}: R-1 {100 * metrics['rank1']:.1f} mAP {100 * metrics['mAP']:.1f}", flush=True)
     text = table({key: runs for key, runs in rows.items() if runs}, args.seeds,
                  above=[v for v in args.above.split(",") if v])
+    if pairs:
+        text += "\n\n" + paired_table(_paired_rows(pairs, args, outcomes))
     print(text, flush=True)
     os.makedirs(args.root, exist_ok=True)
     with open(os.path.join(args.root, "adaptation.md"), "w", encoding="utf-8") as f:

@@ -70,7 +70,8 @@ def summarise_interval(fetched: list[dict]) -> dict[str, float]:
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Train as configured, evaluate on the target test split at the end, return the final metrics.
 
-    Writes under workdir: metrics.jsonl, tensorboard/, checkpoints/, parameters.txt, results.json, results.md.
+    Writes under workdir: metrics.jsonl, tensorboard/, checkpoints/, parameters.txt, results.json, results.md,
+    per_query.json.
     Resumes automatically from the newest intact checkpoint in workdir, if its stored config agrees.
     Config problems raise config_checks.ConfigError before any data is read. SIGTERM/SIGINT, too many
     non-finite or diverged updates raise TrainingStopped after checkpointing the last good state
@@ -154,6 +155,10 @@ class _Run:
     def evaluate(self, state, splits: DatasetSplits, **kwargs) -> dict[str, float]:
         """`splits` evaluated with the state's student (or teacher, eval.use_teacher)."""
         return self.evaluator(self.evaluator.variables(state), splits, **kwargs)
+
+    def rank(self, state, splits: DatasetSplits, **kwargs) -> tuple[dict[str, float], dict | None]:
+        """`evaluate` with the primary protocol's per-query outcomes (Evaluator.rank)."""
+        return self.evaluator.rank(self.evaluator.variables(state), splits, **kwargs)
 
     def save(self, step: int, state, **meta) -> None:
         """Start saving `state` (as get_state gives it; the guard's run-time part stays out, its counters
@@ -444,7 +449,8 @@ def _raise_stopped(run: _Run, err: BaseException, saved: int | None, step: int, 
 def _finish(run: _Run, placed_state, start_step: int, judged, stop: signals.StopOnSignals) -> dict[str, float]:
     """The last update judged, the last checkpoint (written before anything else, and waited for: a
     signal during the final evaluation finds it on disk), model selection's pick, the final evaluation
-    on the target test split (every protocol with eval.protocols), results.json / results.md and the
+    on the target test split (every protocol with eval.protocols), results.json / results.md (and
+    per_query.json, each query's outcome under the primary protocol: protocols.per_query) and the
     printed table. A final state that follows rejected updates raises TrainingStopped (exit 3) after
     writing its results, marked."""
     config = run.config
@@ -458,7 +464,7 @@ def _finish(run: _Run, placed_state, start_step: int, judged, stop: signals.Stop
         state = divergence.detach(state)
         if run.best is not None:
             state = _select(run, state)
-        final = run.evaluate(state, run.target, all_protocols=config.eval.protocols)
+        final, outcomes = run.rank(state, run.target, all_protocols=config.eval.protocols)
     except BaseException:
         # Interrupted (a signal's grace ran out) or failed: the saves in flight still complete, and the
         # original error is what surfaces (a failed save's is said once).
@@ -472,6 +478,8 @@ def _finish(run: _Run, placed_state, start_step: int, judged, stop: signals.Stop
     results, mark = _final_results(run, final, counts)
     if run.is_main:
         protocols.write_results(run.workdir, "results", results, table + (f"\n**{mark}**\n" if mark else ""))
+        if outcomes is not None:
+            protocols.write_per_query(run.workdir, "per_query", outcomes)
     run.writer.close()
     print(table, flush=True)
     print(f"target rank-1 {100 * final['rank1']:.1f}%, mAP {100 * final['mAP']:.1f}% "

@@ -153,3 +153,81 @@ def test_a_finished_run_is_reused_only_for_its_own_command(tmp_path):
     Args.eval_option = ["camera_normalise=True"]
     (changed,) = bench.plan(Args)
     assert bench._done(changed) is None
+
+
+def _outcomes(ranks, queries=None):
+    """Per-query outcomes as protocols.per_query writes them (APs are not read by the pairing)."""
+    queries = queries or [f"{i}/1/f{i}.jpg" for i in range(len(ranks))]
+    return {"format": "svreid_jax.per_query", "protocol": "exclude_query", "query": queries,
+            "first_match_rank": list(ranks), "average_precision": [None if r < 0 else 1.0 / (r + 1) for r in ranks]}
+
+
+def test_paired_by_hand():
+    # Four queries with a match and one without. Seed 0: A ranks q0, q1 first, B q0, q2 (level);
+    # seed 1: A ranks q0, q3 first, B none (+50 points).
+    a = {0: _outcomes([0, 0, 3, 2, -1]), 1: _outcomes([0, 1, 1, 0, -1])}
+    b = {0: _outcomes([0, 5, 0, 1, -1]), 1: _outcomes([2, 2, 2, 2, -1]), 2: _outcomes([0, 0, 0, 0, -1])}
+    r = bench.paired(a, b)
+    assert r["seeds"] == [0, 1]  # seed 2 is B's alone
+    assert r["per_seed"] == [0.0, 50.0] and r["delta"] == 25.0
+    assert (r["a_only"], r["b_only"]) == (3, 1)
+    assert -100 <= r["interval"][0] <= 25.0 <= r["interval"][1] <= 100
+    assert bench.paired(a, b) == r  # seeded: the same interval every time
+    # Where every pair differs alike, every draw is the same.
+    assert bench.paired({0: _outcomes([0] * 4)}, {0: _outcomes([1] * 4)})["interval"] == (100.0, 100.0)
+
+
+def test_paired_interval_matches_the_normal_approximation():
+    # One seed, 400 queries, A alone ranks 100 of them first: ΔR-1 = 25 points, and the query bootstrap's
+    # spread is the sd of the per-query differences over √400: √(0.25 · 0.75) / 20 = 2.165 points.
+    a = {0: _outcomes([0] * 100 + [1] * 300)}
+    b = {0: _outcomes([1] * 400)}
+    r = bench.paired(a, b)
+    half = 1.96 * 100 * math.sqrt(0.25 * 0.75) / 20
+    assert r["delta"] == 25.0
+    assert r["interval"][0] == pytest.approx(25.0 - half, abs=0.5)
+    assert r["interval"][1] == pytest.approx(25.0 + half, abs=0.5)
+
+
+def test_paired_refuses_different_test_sets():
+    a = {0: _outcomes([0, 1]), 1: _outcomes([0, 1])}
+    b = {0: _outcomes([0, 1]), 1: _outcomes([0, 1], queries=["0/1/f0.jpg", "9/2/x.jpg"])}
+    with pytest.raises(ValueError, match="seed 1: row B was tested on other queries"):
+        bench.paired(a, b)
+    with pytest.raises(ValueError, match="seed 0: the two rows disagree on which queries have a good match"):
+        bench.paired({0: _outcomes([0, 1])}, {0: _outcomes([0, -1])})
+    with pytest.raises(ValueError, match=r"no seed in common \(A has \[0\], B has \[1\]\)"):
+        bench.paired({0: _outcomes([0])}, {1: _outcomes([0])})
+
+
+def test_paired_table_from_the_runs_files(tmp_path, capsys):
+    import json
+
+    argv = ["--presets=hard", "--variants=source_only,plus", "--seeds=0,1", f"--root={tmp_path}", "--table-only"]
+    plan_args = type("Args", (), dict(presets=["hard"], variants=["source_only", "plus"], seeds=[0, 1],
+                                      root=str(tmp_path), eval_option=[], eval_rows=False))
+    ranks = {("source_only", 0): [1, 1, 0, 1], ("source_only", 1): [1, 0, 1, 1],
+             ("plus", 0): [0, 0, 0, 1], ("plus", 1): [0, 0, 1, 1]}
+    for run in bench.plan(plan_args):
+        os.makedirs(run["workdir"])
+        r = ranks[(run["variant"], run["seed"])]
+        with open(run["result"], "w") as f:
+            json.dump({"rank1": sum(x == 0 for x in r) / 4, "mAP": 0.2}, f)
+        with open(os.path.join(run["workdir"], bench.RECORD), "w") as f:
+            json.dump({"train": run["command"][1:]}, f)
+        if run["variant"] == "plus" or run["seed"] == 0:
+            with open(run["per_query"], "w") as f:
+                json.dump(_outcomes(r), f)
+    assert bench.main(argv + ["--paired", "plus:source_only"]) == 0
+    out = capsys.readouterr().out
+    # source_only seed 1 has no per-query file: said, and no paired row
+    assert "paired hard plus − source_only: no per-query outcomes in" in out and "re-evaluate it with --eval-rows" in out
+    with open(os.path.join(tmp_path, "hard", "source_only", "s1", bench.PER_QUERY), "w") as f:
+        json.dump(_outcomes(ranks[("source_only", 1)]), f)
+    assert bench.main(argv + ["--paired", "plus:source_only"]) == 0
+    out = capsys.readouterr().out
+    assert "| hard | plus − source_only | 0, 1 | +50.0, +25.0 | +37.5 |" in out and "| 3 / 0 |" in out
+    assert "plus − source_only" in open(os.path.join(tmp_path, "adaptation.md")).read()
+    with pytest.raises(SystemExit):
+        bench.main(argv + ["--paired", "plus:oracle"])
+    assert "--paired 'plus:oracle': expected A:B with both A and B among --variants" in capsys.readouterr().err

@@ -112,7 +112,7 @@ _DRIVER = textwrap.dedent("""
     variants.register("slow_hook", variants.Variant(paper.make_train_step, uses_target=terms.uses_target,
                                                     epoch_start=slow_hook))
     if os.environ.get("SLOW_FINAL"):
-        real_save, real_call = checkpointing.Checkpointer.save, evaluate.Evaluator.__call__
+        real_save, real_rank = checkpointing.Checkpointer.save, evaluate.Evaluator.rank
 
         def slow_save(self, step, *args, **kwargs):
             if step == int(os.environ["SLOW_FINAL"]):
@@ -122,9 +122,9 @@ _DRIVER = textwrap.dedent("""
 
         def slow_evaluation(self, *args, **kwargs):
             time.sleep(4)
-            return real_call(self, *args, **kwargs)
+            return real_rank(self, *args, **kwargs)
 
-        checkpointing.Checkpointer.save, evaluate.Evaluator.__call__ = slow_save, slow_evaluation
+        checkpointing.Checkpointer.save, evaluate.Evaluator.rank = slow_save, slow_evaluation
     sys.argv = ["svreid_jax.main"] + sys.argv[1:]
     runpy.run_module("svreid_jax.main", run_name="__main__")
 """)

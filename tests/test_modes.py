@@ -63,6 +63,20 @@ def test_eval_mode_writes_every_mars_convention(workdir):
     final = json.load(open(workdir / "results.json"))
     for key in ("rank1", "rank5", "mAP", "include_query/mAP"):
         assert report["metrics"][key] == pytest.approx(final[key], abs=1e-9), key
+    # Each query's outcome under the primary protocol, written by training and by --mode=eval alike,
+    # gives back the run's R-1 and mAP.
+    trained = json.load(open(workdir / "per_query.json", encoding="utf-8"))
+    assert json.load(open(workdir / "eval_per_query.json", encoding="utf-8")) == trained
+    assert trained["format"] == protocols.PER_QUERY_FORMAT and trained["protocol"] == "exclude_query"
+    query = datasets.load("mars", str(workdir / "data" / "target")).query
+    assert trained["query"] == [protocols.query_key(t) for t in query]
+    ranks, ap = np.array(trained["first_match_rank"]), trained["average_precision"]
+    assert len(ranks) == len(ap) == len(query)
+    matched = ranks >= 0
+    assert matched.sum() == final["num_valid_queries"]
+    assert np.mean(ranks[matched] == 0) == pytest.approx(final["rank1"], abs=1e-12)
+    assert [a is None for a in ap] == list(~matched)
+    assert np.mean([a for a in ap if a is not None]) == pytest.approx(final["mAP"], abs=1e-9)
 
 
 def test_visualize_mode_writes_pngs(workdir):

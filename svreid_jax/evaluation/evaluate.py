@@ -13,7 +13,7 @@ from absl import logging
 from svreid_jax import builders, parallel
 from svreid_jax.data import datasets, pack, pipeline
 from svreid_jax.data.records import DatasetSplits, Tracklet
-from svreid_jax.evaluation import evaluators, features, protocols
+from svreid_jax.evaluation import evaluators, features, protocols, ranking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +67,12 @@ class Evaluator:
                                 num_threads=self.num_threads, flip_average=self.flip_average, progress=progress)
 
     def __call__(self, variables, splits: DatasetSplits, *, all_protocols: bool = False) -> dict[str, float]:
-        """Query/gallery evaluation: {'rank1','rank5','rank10','rank20','mAP','num_valid_queries', 'extract_sec', ...}.
+        """The metrics of `rank` without the per-query outcomes."""
+        return self.rank(variables, splits, all_protocols=all_protocols)[0]
+
+    def rank(self, variables, splits: DatasetSplits, *, all_protocols: bool = False) -> tuple[dict[str, float], dict | None]:
+        """Query/gallery evaluation: ({'rank1','rank5','rank10','rank20','mAP','num_valid_queries', 'extract_sec', ...},
+        the primary protocol's per-query outcomes (protocols.per_query), or None for a protocol that gives none).
 
         With camera_normalise every feature first loses its camera's mean over the query and gallery
         features (protocols.camera_normalised), and the metrics carry 'camera_normalised': 1.0 so that
@@ -89,12 +94,15 @@ class Evaluator:
         inputs = evaluators.ProtocolInputs(q_feats, g_feats, splits.query, splits.gallery, distance=self.distance,
                                            max_rank=self.max_rank, all_protocols=all_protocols,
                                            options=self.protocol_options)
-        metrics = protocols.flatten(self.protocol(inputs))
+        results = self.protocol(inputs)
+        metrics = protocols.flatten(results)
         metrics["extract_sec"] = extract_sec
         metrics.update({f"zero_norm_{name}": float(count) for name, count in zero_norm.items()})
         if self.camera_normalise:
             metrics["camera_normalised"] = 1.0
-        return metrics
+        name, primary = next(iter(results.items()))
+        outcomes = protocols.per_query(primary, splits.query, name) if isinstance(primary, ranking.RankingResult) else None
+        return metrics, outcomes
 
 
 def evaluate(config, model, variables, splits: DatasetSplits, mesh, *, all_protocols: bool = False) -> dict[str, float]:
@@ -122,7 +130,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     split under their mean ± std, labelled transductive: the checkpoint adapted to one split's training
     persons, many of whom are test persons of the other splits (the standard protocol, one model per
     split, is --mode=splits). Returns the flat metrics (for the splits: the means, 'std/<metric>' and
-    'split_<i>/<metric>').
+    'split_<i>/<metric>'). Without the splits, eval_per_query.json gets each query's outcome under the
+    primary protocol (protocols.per_query).
     """
     parallel.log_devices()
     mesh = parallel.data_mesh()
@@ -130,7 +139,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     evaluator = Evaluator.from_config(config, model, mesh)
     distance = evaluator.distance
     name = config.data.target.name
-    primary = None
+    primary, outcomes = None, None
     if config.eval.one_checkpoint_all_splits:
         if "split_id" not in datasets.options(name):
             raise ValueError(f"eval.one_checkpoint_all_splits tests one checkpoint on the 10 train/test splits of a "
@@ -153,7 +162,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
         primary = f"one checkpoint on {len(result.split_ids)} splits, transductive: mean ± std"
     else:
         target = builders.load_target(config, workdir)
-        metrics = evaluator(variables, target, all_protocols=config.eval.protocols)
+        metrics, outcomes = evaluator.rank(variables, target, all_protocols=config.eval.protocols)
     title = f"{config.data.source.name} → {name}"
     table = results_table(metrics, title, primary)
     rows, std = protocols.unflatten(metrics, primary)
@@ -169,6 +178,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
         report["std"] = std
     if jax.process_index() == 0:
         protocols.write_results(workdir, "eval_results", report, f"{table}\n\n{settings}\n")
+        if outcomes is not None:
+            protocols.write_per_query(workdir, "eval_per_query", outcomes)
     print(table, flush=True)
     print(settings, flush=True)
     return metrics

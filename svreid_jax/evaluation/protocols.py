@@ -110,6 +110,39 @@ def summarize(result: ranking.RankingResult) -> dict[str, float]:
     return result.summary(RANKS)
 
 
+PER_QUERY_FORMAT = "svreid_jax.per_query"
+
+
+def query_key(t: Tracklet) -> str:
+    """'<pid>/<camid>/<first frame's file name>': names a query the same way under any data root, so that
+    two runs' per-query outcomes can be paired query by query."""
+    return f"{t.pid}/{t.camid}/{os.path.basename(t.frames[0])}"
+
+
+def per_query(result: ranking.RankingResult, query: Sequence[Tracklet], protocol: str) -> dict:
+    """Each query's outcome under one protocol, in query order: {'format', 'protocol', 'query': [query_key …],
+    'first_match_rank': [int, 0-based, −1 = no good match], 'average_precision': [float, None = no good
+    match]}. R-1 is the share of rank 0 among the queries with a match, mAP the mean of their APs.
+
+    Why: R-1 over a test set of a few hundred queries moves by whole queries; two runs on the same
+    queries are compared far more finely query by query (benchmarks/adaptation.py --paired) than by
+    their means."""
+    if len(query) != len(result.first_match_rank):
+        raise ValueError(f"{len(result.first_match_rank)} ranked queries for {len(query)} query tracklets")
+    ap = [None if math.isnan(v) else float(v) for v in np.asarray(result.average_precision, np.float64)]
+    return {"format": PER_QUERY_FORMAT, "protocol": protocol, "query": [query_key(t) for t in query],
+            "first_match_rank": [int(r) for r in result.first_match_rank], "average_precision": ap}
+
+
+def write_per_query(directory: str, name: str, outcomes: Mapping) -> str:
+    """<directory>/<name>.json (atomic; OutputError naming the file when the write fails). It always
+    describes the latest evaluation of that name: unlike `write_results` it keeps no earlier copy."""
+    path = os.path.join(directory, f"{name}.json")
+    with writing(path):
+        atomic.write_text(path, json.dumps(outcomes) + "\n")
+    return path
+
+
 def labels(tracklets: Sequence[Tracklet]) -> tuple[np.ndarray, np.ndarray]:
     """(pids int64 [N], camids int64 [N])."""
     return (np.array([t.pid for t in tracklets], np.int64).reshape(-1),

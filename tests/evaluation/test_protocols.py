@@ -313,3 +313,16 @@ def test_evaluate_splits_camera_normalise_per_split():
         return protocols.evaluate_splits(lambda s: split, lambda ts: np.stack([feats[t.frames] for t in ts]),
                                          distance=EUCLID, max_rank=3, split_ids=[0], camera_normalise=on)
     assert run(False).mean["rank1"] == 0.0 and run(True).mean["rank1"] == 1.0
+
+
+def test_per_query_outcomes_by_hand():
+    # q0 (pid 1) finds its match first, q1 (pid 2) second; q2 (pid 3) has none in the gallery.
+    query = [_t("q0", 1, 0), _t("q1", 2, 0), _t("q2", 3, 0)]
+    gallery = [_t("g0", 1, 1), _t("g1", 4, 1), _t("g2", 2, 1)]
+    distmat = np.array([[0.1, 0.5, 0.9], [0.3, 0.2, 0.4], [0.5, 0.6, 0.7]], np.float32)
+    result = protocols.rank(distmat, query, gallery)
+    out = protocols.per_query(result, query, "target")
+    assert out == {"format": protocols.PER_QUERY_FORMAT, "protocol": "target", "query": ["1/0/q0.jpg", "2/0/q1.jpg", "3/0/q2.jpg"],
+                   "first_match_rank": [0, 2, -1], "average_precision": [1.0, pytest.approx(1 / 3), None]}
+    with pytest.raises(ValueError, match="3 ranked queries for 2 query tracklets"):
+        protocols.per_query(result, query[:2], "target")

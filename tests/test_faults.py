@@ -368,7 +368,9 @@ def test_model_selection_keeps_the_best_step_across_a_resume(data_root, tmp_path
         scripted_evaluate.step = int(new.step)
         return new, metrics
 
-    monkeypatch.setattr(evaluation.Evaluator, "__call__", scripted_evaluate)
+    # Every evaluation, selection's and the final one's, goes through Evaluator.rank.
+    monkeypatch.setattr(evaluation.Evaluator, "rank", lambda evaluator, variables, splits, *, all_protocols=False: (
+        scripted_evaluate(evaluator, variables, splits, all_protocols=all_protocols), None))
     monkeypatch.setattr(builders, "prepare_data", prepare)
     _scripted_steps(monkeypatch, outcome, interrupt_at=lambda call: call == outcome.interrupt_at)
     config = _config(data_root, **{"train.num_epochs": 3, "train.checkpoint_every_epochs": 1,

@@ -30,11 +30,14 @@ def _reserved_port():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect, open: with the current pinned set the two-process run's parameters differ from the "
-    "single-process run's (BN biases by up to 7% after 3 steps); with augment.erasing_probability=0 they "
-    "agree, so random erasing draws per item differently across processes. The code before the loop "
-    "refactor (d0f0ffe) fails the same way here; strict, so a fix makes this test fail until the mark goes"))
+# Not strict: the defect shows on one CPU and not on another. On the Intel Xeon (AVX-512) KVM guest the
+# test fails; on an AMD EPYC guest, with the same pinned set, the runs agree and it passes. A strict mark
+# would turn CI red on whichever CPU its machine happens to have.
+@pytest.mark.xfail(strict=False, reason=(
+    "known defect, open: on some CPUs (an Intel Xeon with AVX-512) the two-process run's parameters differ "
+    "from the single-process run's (BN biases by up to 7% after 3 steps); with augment.erasing_probability=0 "
+    "they agree there, so random erasing is the suspect. The code before the loop refactor (d0f0ffe) fails "
+    "the same way there. On an AMD EPYC the runs agree (XPASS)"))
 def test_two_processes_match_single_process(tmp_path):
     config = demo.get_config("source_only,micro")
     demo_data.ensure(str(tmp_path / "data"), **config.data.demo_options.to_dict())

@@ -256,6 +256,9 @@ def _done(run: dict) -> dict | None:
 
 def _execute(run: dict) -> dict | None:
     os.makedirs(run["workdir"], exist_ok=True)
+    written = os.path.join(run["workdir"], "eval_per_query.json")
+    if run["kind"] == "eval" and os.path.exists(written):
+        os.remove(written)  # an earlier evaluation's: only this one's may become this row's
     log = os.path.join(run["workdir"], f"benchmark_{run['kind']}.log")
     with open(log, "w", encoding="utf-8") as f:
         rc = subprocess.call(run["command"], cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
@@ -264,7 +267,6 @@ def _execute(run: dict) -> dict | None:
         return None
     if run["kind"] == "eval":
         os.replace(os.path.join(run["workdir"], "eval_results.json"), run["result"])
-        written = os.path.join(run["workdir"], "eval_per_query.json")
         if os.path.exists(written):
             os.replace(written, run["per_query"])
     path = os.path.join(run["workdir"], RECORD)

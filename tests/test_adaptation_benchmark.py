@@ -231,3 +231,18 @@ def test_paired_table_from_the_runs_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(argv + ["--paired", "plus:oracle"])
     assert "--paired 'plus:oracle': expected A:B with both A and B among --variants" in capsys.readouterr().err
+
+
+def test_an_evaluation_row_gets_its_own_per_query_file_only(tmp_path):
+    workdir = tmp_path / "s0"
+    workdir.mkdir()
+    (workdir / "eval_per_query.json").write_text("an earlier evaluation's")
+    results = f"import json; json.dump({{'metrics': {{'rank1': 0.5, 'mAP': 0.4}}}}, open({str(workdir / 'eval_results.json')!r}, 'w'))"
+    run = dict(kind="eval", workdir=str(workdir), command=[sys.executable, "-c", results],
+               result=str(workdir / "eval_tag.json"), per_query=str(workdir / "eval_tag_per_query.json"))
+    assert bench._execute(run) == {"rank1": 0.5, "mAP": 0.4}
+    assert not os.path.exists(run["per_query"]) and not os.path.exists(workdir / "eval_per_query.json")
+    both = results + f"; open({str(workdir / 'eval_per_query.json')!r}, 'w').write('this one')"
+    run["command"] = [sys.executable, "-c", both]
+    assert bench._execute(run)["rank1"] == 0.5
+    assert open(run["per_query"]).read() == "this one"

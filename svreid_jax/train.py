@@ -303,10 +303,14 @@ def _start_epoch(run: _Run, epoch_hook, placed_state, epoch: int):
     """The variant's per-epoch state (plus: the target's pseudo-identities and cluster memory),
     computed from the replicated state and placed again like any state."""
     camids = np.asarray([t.camid for t in run.target.train], np.int32)
+    # Target identity labels reach training only where a diagnostic's config asks (plus.true_identities).
+    labels = ({"identities": np.asarray([t.pid for t in run.target.train], np.int64)}
+              if variants.reads_target_labels(run.config) else {})
     state = run.par.get_state(placed_state)
     counts = divergence.counters(state)
     new_state, stats = epoch_hook(run.config, divergence.detach(state),
-                                  lambda variables: run.evaluator.features(variables, run.target.train), camids, epoch)
+                                  lambda variables: run.evaluator.features(variables, run.target.train), camids, epoch,
+                                  **labels)
     if stats:
         run.writer.write_scalars(epoch * run.steps_per_epoch, stats, prefix="cluster/")
         logging.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))

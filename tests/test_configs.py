@@ -6,6 +6,7 @@ import re
 import pytest
 
 from configs import default, demo
+from svreid_jax import variants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -208,3 +209,10 @@ def test_every_preset_takes_its_clustering_settings_from_the_label_free_rule(sou
     config = importlib.import_module(f"configs.{module}").get_config(arg)
     differs = {field: _field(config, field) for field, value in RULE.items() if _field(config, field) != value}
     assert differs == {}, f"configs/{module}.py:{arg} sets clustering settings by hand: {differs}"
+
+
+@pytest.mark.parametrize("source", list(_every_preset()))
+def test_no_preset_but_the_labelled_diagnostic_hands_target_labels_to_training(source):
+    module, _, arg = source.partition(":")
+    config = importlib.import_module(f"configs.{module}").get_config(arg)
+    assert variants.reads_target_labels(config) == ("true_identities" in arg), source

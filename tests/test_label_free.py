@@ -1,5 +1,6 @@
 """No target identity label reaches training or model selection: permuting the target's identity
 labels on disk leaves the trained parameters bitwise unchanged."""
+import json
 import os
 
 import jax
@@ -73,3 +74,18 @@ def test_permuting_target_identities_on_disk_changes_no_trained_parameter(tmp_pa
         assert len(leaves_a) == len(leaves_b) > 0
         for x, y in zip(leaves_a, leaves_b):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# The one way target labels reach training, and only where a diagnostic asks: the loop hands them to plus's
+# epoch hook, whose memory then holds the true identities (every training tracklet labelled).
+@pytest.mark.slow
+def test_true_identities_diagnostic_gets_the_target_labels_through_the_loop(tmp_path):
+    config = demo.get_config("plus,true_identities,micro")
+    config.data.demo_root = str(tmp_path / "data")
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    identities = {t.pid for t in builders.load_target(config, "").train}
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        clustered = [row for row in map(json.loads, f) if "cluster/clusters" in row]
+    assert clustered and len(identities) > 1
+    for row in clustered:
+        assert (row["cluster/clusters"], row["cluster/outliers"]) == (len(identities), 0.0)

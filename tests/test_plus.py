@@ -478,3 +478,34 @@ def test_the_divergence_guard_forgets_the_paper_losses_at_the_first_clustering_e
     judged = {name: divergence.judge(g, jnp.float32(40.0), jnp.float32(1.0), jnp.bool_(True), factor=10.0,
                                      min_history=1)[0] for name, g in (("before", guard), ("after", forgotten))}
     assert bool(judged["before"]) and not bool(judged["after"])
+
+
+def test_true_identities_diagnostic_puts_the_labels_in_place_of_the_clustering():
+    config = demo.get_config("plus,true_identities")
+    config.plus.max_clusters = 64
+    state = create_train_state(config, None, {"w": jnp.ones(2)}, {}, jax.random.PRNGKey(0), 10)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(7, 16)).astype(np.float32)  # no structure: DBSCAN would find nothing like the labels
+    camids = np.array([0, 1, 0, 1, 2, 0, 1], np.int32)
+    identities = np.array([40, 40, 7, 7, 7, -1, 40])  # the last but one is junk
+    new_state, stats = plus.epoch_start(config, state, lambda variables: features, camids, config.plus.start_epoch,
+                                        identities=identities)
+    v = new_state.variant_state
+    # Proxies ordered by (identity renumbered 0.., camera): 7 → 0 (cameras 0, 1, 2), 40 → 1 (cameras 0, 1).
+    np.testing.assert_array_equal(v["labels"], [3, 4, 0, 1, 2, -1, 4])
+    np.testing.assert_array_equal(v["slot_cluster"][:6], [0, 0, 0, 1, 1, -1])
+    np.testing.assert_array_equal(v["slot_camera"][:6], [0, 1, 2, 0, 1, -1])
+    assert (stats["clusters"], stats["proxies"], stats["outliers"]) == (2.0, 5.0, pytest.approx(1 / 7))
+    with pytest.raises(ValueError, match=r"^config.plus.true_identities=True needs the target training labels "
+                                         r"\(identities=\), one per tracklet: got None for 7$"):
+        plus.epoch_start(config, state, lambda variables: features, camids, config.plus.start_epoch)
+
+
+def test_only_the_diagnostic_asks_the_loop_for_target_labels():
+    assert variants.reads_target_labels(demo.get_config("plus,true_identities"))
+    for source in ("plus", "plus,hard", "paper", "source_only,cam,tbn", "paper,cam,pairs,tbn"):
+        assert not variants.reads_target_labels(demo.get_config(source)), source
+    assert not variants.reads_target_labels(mars.get_config("plus"))
+    config = demo.get_config("plus,true_identities,with_reliability")
+    with pytest.raises(ValueError, match=r"^config.plus.true_identities=True takes the true identities as they are"):
+        variants.check_config(config)

@@ -38,7 +38,9 @@ class Variant:
     epoch_start(config, state, extract, camids, epoch) -> (state, stats): called by the loop before every
       epoch's first step (also when a run resumes there); extract(variables) -> float32 [N_target_train, D]
       eval-mode features of target.train, camids int [N_target_train] their cameras; stats are logged.
-      It must be deterministic in (state, config, epoch) so a resumed run recomputes the same state."""
+      It must be deterministic in (state, config, epoch) so a resumed run recomputes the same state.
+    reads_target_labels(config) -> whether epoch_start also gets identities= (int [N_target_train], the target
+      training split's identity labels): only a diagnostic asks, never an adaptive setting."""
 
     make_train_step: Callable[..., Callable]
     init_state: Callable[..., Any] | None = None
@@ -47,6 +49,7 @@ class Variant:
     check_config: Callable[[Any], None] = common.check_config
     sized_by_target: bool = False
     epoch_start: Callable[..., tuple[Any, dict]] | None = None
+    reads_target_labels: Callable[[Any], bool] = lambda config: False
 
 
 VARIANTS = Registry("variant", "config.variant", {
@@ -56,6 +59,7 @@ VARIANTS = Registry("variant", "config.variant", {
                          description="what the authors' PyTorch code does", check_config=reference.check_config),
     "plus": Variant(plus.make_train_step, init_state=plus.init_state, sized_by_target=True,
                     epoch_start=plus.epoch_start, check_config=plus.check_config,
+                    reads_target_labels=plus.reads_target_labels,
                     uses_target=paper.reads_target,
                     description="ours, beyond the paper: the paper's terms with our camera term, target BN and "
                                 "clip pairs, then target pseudo-identities, camera-aware proxies, MMT"),
@@ -86,6 +90,11 @@ def init_state(config, model, params, rng, steps_per_epoch: int, num_target_trai
 def epoch_start(config):
     """The variant's per-epoch hook (see Variant), or None."""
     return get(config.variant).epoch_start
+
+
+def reads_target_labels(config) -> bool:
+    """Whether the variant's epoch hook is to get the target training labels (a diagnostic's config only)."""
+    return bool(get(config.variant).reads_target_labels(config))
 
 
 def uses_target(config) -> bool:

@@ -60,6 +60,9 @@ def check_config(config) -> None:
     if p.reliable_delta > 0 and p.clustering != "dbscan":
         raise ValueError(f"config.plus.reliable_delta={p.reliable_delta} re-runs DBSCAN at eps ± delta; it needs "
                          f"config.plus.clustering='dbscan', not {p.clustering!r}")
+    if p.true_identities and p.reliable_delta > 0:
+        raise ValueError(f"config.plus.true_identities=True takes the true identities as they are; "
+                         f"config.plus.reliable_delta={p.reliable_delta} would filter a clustering that does not run")
     if p.max_clusters < 1:
         raise ValueError(f"config.plus.max_clusters={p.max_clusters}: the memory needs at least one slot")
     if p.clustering == "kmeans" and not 0 <= p.kmeans_clusters <= p.max_clusters:
@@ -248,15 +251,21 @@ def fill_proxy_memory(features: np.ndarray, labels: np.ndarray, camids: np.ndarr
             "slot_cluster": slot_cluster, "slot_camera": slot_camera}
 
 
+def reads_target_labels(config) -> bool:
+    """plus.true_identities, the diagnostic that needs the target training labels."""
+    return bool(config.plus.true_identities)
+
+
 def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np.ndarray,
-                epoch: int) -> tuple[Any, dict[str, float]]:
+                epoch: int, identities: np.ndarray | None = None) -> tuple[Any, dict[str, float]]:
     """Re-cluster the target training set before `epoch` (0-based): state with a new TrainState.variant_state,
     and stats to log ({'clusters', 'outliers' (fraction)}).
 
     extract(variables) -> float32 [N_target_train, D]: eval-mode features (the loop's evaluation pipeline);
     the teacher's variables are used. Before plus.start_epoch the memory stays empty; at it the divergence
     guard's history is emptied (divergence.forget_history). The state is taken and returned as the loop
-    holds it replicated; the new arrays are plain host values.
+    holds it replicated; the new arrays are plain host values. identities int [N_target_train]: the true
+    labels, given (and read) only with the diagnostic plus.true_identities, where they replace the clustering.
     """
     p = config.plus
     if epoch < p.start_epoch:
@@ -267,7 +276,16 @@ def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np
         state = divergence.forget_history(state)
     features = extract({"params": state.ema_params, "batch_stats": state.ema_batch_stats})
     settings: dict = {}
-    raw = cluster_features(config, features, np.asarray(camids), epoch, report=settings)
+    if p.true_identities:
+        if identities is None or len(identities) != len(features):
+            raise ValueError("config.plus.true_identities=True needs the target training labels (identities=), one per "
+                             f"tracklet: got {None if identities is None else len(identities)} for {len(features)}")
+        identities = np.asarray(identities)
+        raw = np.full(identities.shape, -1, np.int32)  # a negative label (junk) is an outlier, as in the protocols
+        known = identities >= 0
+        raw[known] = np.unique(identities[known], return_inverse=True)[1].reshape(-1)
+    else:
+        raw = cluster_features(config, features, np.asarray(camids), epoch, report=settings)
     found = len(np.unique(raw[raw >= 0]))
     if p.camera_proxies:
         memory_state = fill_proxy_memory(features, raw, camids, p.max_clusters)

@@ -309,7 +309,8 @@ def _start_epoch(run: _Run, epoch_hook, placed_state, epoch: int):
     state = run.par.get_state(placed_state)
     counts = divergence.counters(state)
     new_state, stats = epoch_hook(run.config, divergence.detach(state),
-                                  lambda variables: run.evaluator.features(variables, run.target.train), camids, epoch,
+                                  lambda variables, temporal=None: run.evaluator.features(
+                                      variables, run.target.train, temporal=temporal), camids, epoch,
                                   **labels)
     if stats:
         run.writer.write_scalars(epoch * run.steps_per_epoch, stats, prefix="cluster/")

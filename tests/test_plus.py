@@ -509,3 +509,23 @@ def test_only_the_diagnostic_asks_the_loop_for_target_labels():
     config = demo.get_config("plus,true_identities,with_reliability")
     with pytest.raises(ValueError, match=r"^config.plus.true_identities=True takes the true identities as they are"):
         variants.check_config(config)
+
+
+@pytest.mark.parametrize("modifier,asked", [("", {}), (",dense_clusters", {"temporal": "dense"})])
+def test_plus_asks_the_loop_for_its_clustering_clips(modifier, asked):
+    config = demo.get_config(f"plus{modifier}")
+    config.plus.max_clusters = 64
+    state = create_train_state(config, None, {"w": jnp.ones(2)}, {}, jax.random.PRNGKey(0), 10)
+    rng = np.random.default_rng(0)
+    features = np.repeat(rng.normal(size=(4, 16)), 3, axis=0).astype(np.float32)
+    calls = []
+
+    def extract(variables, **kwargs):
+        calls.append(kwargs)
+        return features
+
+    plus.epoch_start(config, state, extract, np.tile(np.arange(3), 4).astype(np.int32), config.plus.start_epoch)
+    assert calls == [asked]
+    config.plus.cluster_temporal = "restricted_random"
+    with pytest.raises(ValueError, match=r"^config.plus.cluster_temporal='restricted_random'; expected '' \(the "):
+        variants.check_config(config)

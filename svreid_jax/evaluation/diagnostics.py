@@ -191,8 +191,8 @@ def run_diagnostics(config, workdir: str, *, points: int = 400) -> dict:
     src = _subset(source.train, points, rng)
     tgt = _subset(target.train, points, rng)
 
-    def embed(variables, tracklets):
-        return features.tracklet_features(config, student_model, variables, tracklets, mesh)
+    def embed(variables, tracklets, temporal=None):
+        return features.tracklet_features(config, student_model, variables, tracklets, mesh, temporal=temporal)
 
     src_feats, tgt_feats = embed(student, src), embed(student, tgt)
     domain = linear_probe(np.concatenate([src_feats, tgt_feats]),
@@ -202,7 +202,9 @@ def run_diagnostics(config, workdir: str, *, points: int = 400) -> dict:
               else {"accuracy": float("nan"), "chance": 1.0})
     tgt_teacher = embed(teacher, tgt)
     clusters = teacher_clusters(config, tgt_teacher, np.array([t.pid for t in tgt]), tgt_cams, seed=config.seed)
-    whole = whole_set_clusters(config, embed(teacher, tuple(target.train)), np.array([t.pid for t in target.train]),
+    # plus's clips for plus's clustering (plus.cluster_temporal; the evaluation's when empty).
+    whole = whole_set_clusters(config, embed(teacher, tuple(target.train), config.plus.cluster_temporal or None),
+                               np.array([t.pid for t in target.train]),
                                np.array([t.camid for t in target.train]))
 
     query, gallery = tuple(target.query), tuple(target.gallery)

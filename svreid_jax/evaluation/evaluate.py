@@ -60,10 +60,11 @@ class Evaluator:
             return {"params": state.ema_params, "batch_stats": state.ema_batch_stats}
         return {"params": state.params, "batch_stats": state.batch_stats}
 
-    def features(self, variables, tracklets: Sequence[Tracklet], progress=None) -> np.ndarray:
-        """float32 [N, D] features of `tracklets` (features.extract with this setup's clips)."""
+    def features(self, variables, tracklets: Sequence[Tracklet], progress=None, temporal: str | None = None) -> np.ndarray:
+        """float32 [N, D] features of `tracklets` (features.extract with this setup's clips; `temporal`, when
+        given, cuts them another way: data.sampling.EVAL_TEMPORAL_METHODS)."""
         return features.extract(features.make_embed_step(self.model), variables, tracklets, spec=self.spec,
-                                batch_size=self.batch_size, method=self.temporal, mesh=self.mesh,
+                                batch_size=self.batch_size, method=temporal or self.temporal, mesh=self.mesh,
                                 num_threads=self.num_threads, flip_average=self.flip_average, progress=progress)
 
     def __call__(self, variables, splits: DatasetSplits, *, all_protocols: bool = False) -> dict[str, float]:

@@ -123,13 +123,13 @@ def eval_sizing(config, mesh: Mesh) -> tuple[int, int]:
 
 
 def tracklet_features(config, model, variables, tracklets: Sequence[Tracklet], mesh=None,
-                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                      progress: Callable[[int, int], None] | None = None, temporal: str | None = None) -> np.ndarray:
     """float32 [N, D] features of `tracklets` with the config's evaluation clips (eval.temporal, seq_len,
-    flip_average; data.height/width), sized by `eval_sizing`."""
+    flip_average; data.height/width), sized by `eval_sizing`; `temporal`, when given, replaces eval.temporal."""
     mesh = parallel.data_mesh() if mesh is None else mesh
     batch_size, num_threads = eval_sizing(config, mesh)
     return extract(make_embed_step(model), variables, tracklets, spec=builders.clip_spec(config, train=False),
-                   batch_size=batch_size, method=config.eval.temporal, mesh=mesh,
+                   batch_size=batch_size, method=temporal or config.eval.temporal, mesh=mesh,
                    num_threads=num_threads, flip_average=config.eval.flip_average, progress=progress)
 
 

@@ -36,8 +36,9 @@ class Variant:
     check_config(config) -> None, or ValueError naming the field that cannot work (before any data is read).
     sized_by_target: init_state also gets num_target_train= (the number of target training tracklets).
     epoch_start(config, state, extract, camids, epoch) -> (state, stats): called by the loop before every
-      epoch's first step (also when a run resumes there); extract(variables) -> float32 [N_target_train, D]
-      eval-mode features of target.train, camids int [N_target_train] their cameras; stats are logged.
+      epoch's first step (also when a run resumes there); extract(variables, temporal=None) -> float32
+      [N_target_train, D] eval-mode features of target.train (with the evaluation's clips, or cut as `temporal`
+      says: data.sampling.EVAL_TEMPORAL_METHODS), camids int [N_target_train] their cameras; stats are logged.
       It must be deterministic in (state, config, epoch) so a resumed run recomputes the same state.
     reads_target_labels(config) -> whether epoch_start also gets identities= (int [N_target_train], the target
       training split's identity labels): only a diagnostic asks, never an adaptive setting."""

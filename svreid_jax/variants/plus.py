@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from svreid_jax import clustering, kreciprocal, losses, ops
+from svreid_jax.data import sampling
 from svreid_jax.variants import common, divergence, paper
 
 CLUSTERINGS = ("dbscan", "kmeans")  # config.plus.clustering
@@ -60,6 +61,9 @@ def check_config(config) -> None:
     if p.reliable_delta > 0 and p.clustering != "dbscan":
         raise ValueError(f"config.plus.reliable_delta={p.reliable_delta} re-runs DBSCAN at eps ± delta; it needs "
                          f"config.plus.clustering='dbscan', not {p.clustering!r}")
+    if p.cluster_temporal and p.cluster_temporal not in sampling.EVAL_TEMPORAL_METHODS:
+        raise ValueError(f"config.plus.cluster_temporal={p.cluster_temporal!r}; expected '' (the evaluation's clips) "
+                         f"or one of {sampling.EVAL_TEMPORAL_METHODS}")
     if p.true_identities and p.reliable_delta > 0:
         raise ValueError(f"config.plus.true_identities=True takes the true identities as they are; "
                          f"config.plus.reliable_delta={p.reliable_delta} would filter a clustering that does not run")
@@ -261,8 +265,8 @@ def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np
     """Re-cluster the target training set before `epoch` (0-based): state with a new TrainState.variant_state,
     and stats to log ({'clusters', 'outliers' (fraction)}).
 
-    extract(variables) -> float32 [N_target_train, D]: eval-mode features (the loop's evaluation pipeline);
-    the teacher's variables are used. Before plus.start_epoch the memory stays empty; at it the divergence
+    extract(variables, temporal=None) -> float32 [N_target_train, D]: eval-mode features (the loop's evaluation
+    pipeline; plus.cluster_temporal, when set, is passed as `temporal`); the teacher's variables are used. Before plus.start_epoch the memory stays empty; at it the divergence
     guard's history is emptied (divergence.forget_history). The state is taken and returned as the loop
     holds it replicated; the new arrays are plain host values. identities int [N_target_train]: the true
     labels, given (and read) only with the diagnostic plus.true_identities, where they replace the clustering.
@@ -274,7 +278,9 @@ def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np
         # The memory terms join the loss from here: the guard learns the new loss's scale afresh. Only at
         # this epoch, so a run resumed at any epoch boundary does what the uninterrupted one did.
         state = divergence.forget_history(state)
-    features = extract({"params": state.ema_params, "batch_stats": state.ema_batch_stats})
+    # Only a set plus.cluster_temporal is passed on, so an extract that knows one way to cut clips still serves.
+    clips = {"temporal": p.cluster_temporal} if p.cluster_temporal else {}
+    features = extract({"params": state.ema_params, "batch_stats": state.ema_batch_stats}, **clips)
     settings: dict = {}
     if p.true_identities:
         if identities is None or len(identities) != len(features):

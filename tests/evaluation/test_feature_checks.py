@@ -120,3 +120,16 @@ def test_evaluator_refuses_all_zero_queries_and_counts_a_zero_gallery_feature(sp
     got = evaluator({"cut": jnp.float32(_cut(5)), "fill": jnp.float32(0.0)}, swapped)  # tracklet 0 only
     assert got["zero_norm_gallery"] == 1.0 and "zero_norm_query" not in got
     assert got["num_valid_queries"] == 2.0 and np.isfinite(got["mAP"])
+
+
+def test_evaluator_features_cut_clips_as_asked(splits):
+    # Three frames, two per clip: the evaluation's clip starts at frame 0; dense takes clips at frames 0 and 2
+    # (the second loop-padded), whose mean first pixel is frame 1's (normalisation is affine).
+    evaluator = _evaluator()
+    variables = {"cut": jnp.float32(-10.0), "fill": jnp.float32(0.0)}
+    tracklets = splits.query + splits.gallery
+    firsts = [10 * i + 1 for i in range(len(tracklets))]
+    own = evaluator.features(variables, tracklets)
+    dense = evaluator.features(variables, tracklets, temporal="dense")
+    np.testing.assert_allclose(own[:, 0], [_cut(p) for p in firsts], atol=1e-6)
+    np.testing.assert_allclose(dense[:, 0], [_cut(p + 1) for p in firsts], atol=1e-6)

@@ -85,14 +85,20 @@ ADDED_FIELDS: dict[str, Any] = {
     "loss.intra_camera": 0.0,
     "loss.inter_camera": 0.0,
     "adaptation.target_bn": False,
+    # Plus fields named here are held to their old behaviour, not waved through by ADDED_GROUPS: switching
+    # one on changes what a resumed plus run does.
+    "plus.cluster_temporal": "",
+    "plus.true_identities": False,
 }
 ADDED_GROUPS = ("plus.*",)
 
 
 def _added_at_its_old_behaviour(field: str, value: Any) -> bool:
+    if field in ADDED_FIELDS:
+        return value == ADDED_FIELDS[field]
     if any(fnmatch.fnmatchcase(field, pattern) for pattern in ADDED_GROUPS):
         return True
-    return field in ADDED_FIELDS and value == ADDED_FIELDS[field]
+    return False
 
 
 def flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:

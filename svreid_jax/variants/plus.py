@@ -260,7 +260,7 @@ def reads_target_labels(config) -> bool:
     return bool(config.plus.true_identities)
 
 
-def epoch_start(config, state, extract: Callable[[dict], np.ndarray], camids: np.ndarray,
+def epoch_start(config, state, extract: Callable[..., np.ndarray], camids: np.ndarray,
                 epoch: int, identities: np.ndarray | None = None) -> tuple[Any, dict[str, float]]:
     """Re-cluster the target training set before `epoch` (0-based): state with a new TrainState.variant_state,
     and stats to log ({'clusters', 'outliers' (fraction)}).

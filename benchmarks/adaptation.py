@@ -10,7 +10,9 @@
 
 Every run is `python -m svreid_jax.main --config=configs/demo.py:<variant>[,hard] --config.seed=<s>
 --workdir=<root>/<preset>/<variant>/s<seed>`, one at a time, all presets sharing the demo data under
-<root>/data (the hard preset's goes to <root>/data_hard). A '+' in a variant joins configs/demo.py modifiers:
+<root>/data (the hard preset's goes to <root>/data_hard). `demo_large` and `hard_large` are the two presets
+with 200 target test identities (about 400 queries; configs/demo.py large_test), their data under
+<root>/data_large (and data_large_hard). A '+' in a variant joins configs/demo.py modifiers:
 'plus+no_soft' runs configs/demo.py:plus,no_soft. A run whose results.json came from the same
 command is read, not run again, so the benchmark resumes and extends; a changed command runs again
 (a finished training then only resumes at its last step and re-evaluates).
@@ -52,7 +54,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRESETS = {"demo": "", "hard": ",hard"}  # preset → what it adds to the config argument
+# preset → what it adds to the config argument; the _large presets test on 200 target identities (about 400
+# queries, configs/demo.py large_test), from demo data of their own (DATA_FOLDERS).
+PRESETS = {"demo": "", "hard": ",hard", "demo_large": ",large_test", "hard_large": ",hard,large_test"}
+DATA_FOLDERS = {"demo_large": "data_large", "hard_large": "data_large"}  # under --root; other presets: data
 BASELINE, UPPER = "source_only", "oracle"
 RECORD = "benchmark_command.json"  # in each run's workdir: the command its results.json came from
 PER_QUERY = "per_query.json"  # in each run's workdir: training's per-query outcomes (protocols.per_query)
@@ -221,7 +226,8 @@ def plan(args) -> list[dict]:
             for seed in args.seeds:
                 workdir = os.path.join(root, preset, variant, f"s{seed}")
                 base = [sys.executable, "-m", "svreid_jax.main", f"--config=configs/demo.py:{variant.replace('+', ',')}{PRESETS[preset]}",
-                        f"--config.seed={seed}", f"--config.data.demo_root={os.path.join(root, 'data')}",
+                        f"--config.seed={seed}",
+                        f"--config.data.demo_root={os.path.join(root, DATA_FOLDERS.get(preset, 'data'))}",
                         f"--workdir={workdir}"]
                 train_options = [] if args.eval_rows else options
                 runs.append(dict(preset=preset, variant=variant, seed=seed, workdir=workdir, kind="train",
@@ -317,7 +323,7 @@ def _clock(seconds: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--presets", default="demo,hard", help="comma-separated: demo, hard")
+    parser.add_argument("--presets", default="demo,hard", help="comma-separated: demo, hard, demo_large, hard_large")
     parser.add_argument("--variants", default="source_only,paper,plus,oracle", help="configs/demo.py variants")
     parser.add_argument("--seeds", default="0,1,2", help="comma- or space-separated training seeds")
     parser.add_argument("--root", default="runs/adaptation", help="where the runs (and the shared demo data) go")

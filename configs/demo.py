@@ -27,6 +27,8 @@ Sizes and data:
   hard         (combine: "source_only,hard", "paper,hard", …) the hard data preset: a rendered-vs-filmed
                gap shared by all target cameras instead of per-camera scenes (svreid_jax/data/demo/scenes.py,
                shift="hard"); its data goes to <demo root>_hard
+  large_test   (combine: "plus,large_test", "plus,hard,large_test") 200 target test identities instead of 50,
+               about 400 queries; other data than the presets', so give it its own --config.data.demo_root
 
 Every clustering setting (the teacher's per-batch clusters, plus's k1, k2, eps, min_samples, k-means
 count) comes from the label-free rules of configs/default.py, as on real data; tests/test_configs.py
@@ -177,6 +179,9 @@ HARD_DEMO_OPTIONS = dict(shift="hard", texture_strength=0.25, clutter_blobs=2, c
 DATA_PRESETS = {
     # Merged into the demo options, so it combines with any training variant and size.
     "hard": {"data.demo_options": lambda c: {**c.data.demo_options.to_dict(), **HARD_DEMO_OPTIONS}},
+    # 200 target test identities instead of 50 (about 400 queries, a gallery four times as large): a paired
+    # 95% interval about 7 R-1 wide instead of 15-20. Its data differ, so give it a demo root of its own.
+    "large_test": {"data.demo_options": lambda c: {**c.data.demo_options.to_dict(), "num_target_test_ids": 200}},
 }
 
 

@@ -246,3 +246,14 @@ def test_an_evaluation_row_gets_its_own_per_query_file_only(tmp_path):
     run["command"] = [sys.executable, "-c", both]
     assert bench._execute(run)["rank1"] == 0.5
     assert open(run["per_query"]).read() == "this one"
+
+
+def test_large_presets_test_on_200_identities_from_data_of_their_own(tmp_path, capsys):
+    bench.main(["--presets=demo_large,hard_large", "--variants=plus", "--seeds=0", f"--root={tmp_path}", "--dry-run"])
+    demo_line, hard_line = [l for l in capsys.readouterr().out.splitlines() if "svreid_jax.main" in l]
+    assert demo_line == ("python -m svreid_jax.main --config=configs/demo.py:plus,large_test --config.seed=0 "
+                         f"--config.data.demo_root={tmp_path}/data_large --workdir={tmp_path}/demo_large/plus/s0")
+    assert "--config=configs/demo.py:plus,hard,large_test " in hard_line
+    assert hard_line.endswith(f"--workdir={tmp_path}/hard_large/plus/s0")
+    with pytest.raises(SystemExit):
+        bench.main(["--presets=demo_huge", f"--root={tmp_path}", "--dry-run"])

@@ -64,6 +64,16 @@ def test_every_default_field_has_a_comment():
     assert flat <= documented, sorted(flat - documented)
 
 
+def test_demo_large_test_only_changes_the_number_of_target_test_identities():
+    for variant in ("plus", "plus,hard", "source_only,micro"):
+        plain = demo.get_config(variant).to_dict()
+        large = demo.get_config(f"{variant},large_test").to_dict()
+        options = large["data"].pop("demo_options")
+        assert options.pop("num_target_test_ids") == 200
+        assert options == {k: v for k, v in plain["data"].pop("demo_options").items() if k != "num_target_test_ids"}
+        assert plain == large
+
+
 def test_demo_hard_preset_only_changes_the_data():
     for variant in ("paper", "source_only", "oracle"):
         plain, hard = demo.get_config(variant).to_dict(), demo.get_config(f"{variant},hard").to_dict()
@@ -137,7 +147,7 @@ def test_demo_tables_name_existing_fields():
 
 @pytest.mark.parametrize("arg, message", [
     ("plus,fast", "unknown demo variant 'fast'; expected paper, source_only, oracle, frame, frame_clip, reference, "
-                  "plus, cam, tbn, pairs, micro, hard or after plus one of no_camera_normalise, "),
+                  "plus, cam, tbn, pairs, micro, hard, large_test or after plus one of no_camera_normalise, "),
     ("micro,standalone", "demo variant 'standalone' changes an ingredient of plus; combine it after plus, "
                          "e.g. 'plus,standalone'"),
     ("reference,cam", "demo modifier 'cam' is read by the paper and plus steps, not by reference's; combine it "

@@ -181,6 +181,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.plus.inter_camera_positives = "all"  # inter_camera's positives: 'all' proxies of the clip's pseudo-identity (CAP) or 'other_cameras' (its own-camera proxy counts nowhere, so a one-camera pseudo-identity cannot pull its clips towards that camera)
     c.plus.hard_negatives = 50  # inter_camera: the most similar proxies of other pseudo-identities each clip is contrasted with
     c.plus.cluster_temporal = ""  # clips of the target tracklets plus clusters: '' = the evaluation's (eval.temporal), or 'restricted_begin', 'evenly', 'dense' (every frame, in chunks of eval.seq_len, averaged)
+    c.plus.outlier_instances = False  # each tracklet DBSCAN leaves out becomes a pseudo-identity of its own (SpCL's un-clustered instances) instead of counting in no memory term
     c.plus.true_identities = False  # a diagnostic, not adaptation (reads the target's training labels, like oracle): the true identities replace the pseudo-identities, the ceiling of plus's clustering phase; off in every preset
     c.plus.soft_targets = "identity"  # loss.cluster_soft with camera proxies: 'identity' (teacher and student probabilities summed over each pseudo-identity's proxies) or 'proxy' (a softmax over every proxy, which rewards the clip's own-camera proxy)
 

@@ -21,7 +21,7 @@ Our additions, each a modifier that combines with any variant but reference ("so
 Plus's ingredients, each switched off, swapped or added by a modifier after plus ("plus,no_soft"):
   no_camera_normalise, no_soft, other_camera_positives, soft_per_proxy, no_contrast, no_target_bn, kmeans,
   no_camera_alignment, no_domain_alignment, no_consistency, no_paper_terms, early_start, no_camera_proxies,
-  standalone, with_reliability, dense_clusters, true_identities (a diagnostic that reads the target's training labels)
+  standalone, with_reliability, dense_clusters, outlier_instances, true_identities (a diagnostic that reads the target's training labels)
 Sizes and data:
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
   hard         (combine: "source_only,hard", "paper,hard", …) the hard data preset: a rendered-vs-filmed
@@ -138,6 +138,8 @@ PLUS_ABLATIONS = {
     "no_camera_proxies": {"plus.camera_proxies": False, "loss.cluster_contrast": 1.0, "loss.intra_camera": 0.0,
                           "loss.inter_camera": 0.0},
     "with_reliability": {"plus.reliable_delta": 0.05},  # only pseudo-labels stable at eps ± 0.05 (SpCL-style)
+    # Every tracklet DBSCAN leaves out as a pseudo-identity of its own (SpCL's un-clustered instances).
+    "outlier_instances": {"plus.outlier_instances": True},
     # Cluster each tracklet's mean feature over all its frames, not the evaluation's 4-frame clip.
     "dense_clusters": {"plus.cluster_temporal": "dense"},
     # A diagnostic, not UDA (reads target training labels, like oracle): the true identities for the

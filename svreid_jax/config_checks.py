@@ -88,6 +88,7 @@ ADDED_FIELDS: dict[str, Any] = {
     # Plus fields named here are held to their old behaviour, not waved through by ADDED_GROUPS: switching
     # one on changes what a resumed plus run does.
     "plus.cluster_temporal": "",
+    "plus.outlier_instances": False,
     "plus.true_identities": False,
 }
 ADDED_GROUPS = ("plus.*",)

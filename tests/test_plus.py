@@ -529,3 +529,22 @@ def test_plus_asks_the_loop_for_its_clustering_clips(modifier, asked):
     config.plus.cluster_temporal = "restricted_random"
     with pytest.raises(ValueError, match=r"^config.plus.cluster_temporal='restricted_random'; expected '' \(the "):
         variants.check_config(config)
+
+
+def test_outliers_become_clusters_of_their_own_after_the_largest_id():
+    np.testing.assert_array_equal(plus.outliers_as_instances(np.array([1, -1, 0, -1, 1])), [1, 2, 0, 3, 1])
+    np.testing.assert_array_equal(plus.outliers_as_instances(np.array([-1, -1])), [0, 1])
+    config = demo.get_config("plus,outlier_instances")
+    config.plus.max_clusters = 64
+    state = create_train_state(config, None, {"w": jnp.ones(2)}, {}, jax.random.PRNGKey(0), 10)
+    rng = np.random.default_rng(0)
+    # Four tight pairs (one per camera pair) and four isolated points that DBSCAN leaves out.
+    centres = rng.normal(size=(8, 16))
+    features = np.concatenate([np.repeat(centres[:4], 2, axis=0) + 0.01 * rng.normal(size=(8, 16)), centres[4:]])
+    camids = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1], np.int32)
+    _, without = plus.epoch_start(demo.get_config("plus"), state, lambda variables: features.astype(np.float32),
+                                  camids, config.plus.start_epoch)
+    new_state, stats = plus.epoch_start(config, state, lambda variables: features.astype(np.float32), camids,
+                                        config.plus.start_epoch)
+    assert without["outliers"] > 0 and stats["outliers"] == 0.0
+    assert stats["clusters"] == without["clusters"] + round(without["outliers"] * len(features))

@@ -255,6 +255,15 @@ def fill_proxy_memory(features: np.ndarray, labels: np.ndarray, camids: np.ndarr
             "slot_cluster": slot_cluster, "slot_camera": slot_camera}
 
 
+def outliers_as_instances(labels: np.ndarray) -> np.ndarray:
+    """int32 [N]: the clusters as they are, and each outlier (−1) a cluster of its own, numbered after the
+    largest id in index order (SpCL keeps un-clustered instances in its memory rather than dropping them)."""
+    labels = np.asarray(labels, np.int32).copy()
+    outliers = np.flatnonzero(labels < 0)
+    labels[outliers] = labels.max(initial=-1) + 1 + np.arange(outliers.size, dtype=np.int32)
+    return labels
+
+
 def reads_target_labels(config) -> bool:
     """plus.true_identities, the diagnostic that needs the target training labels."""
     return bool(config.plus.true_identities)
@@ -292,6 +301,8 @@ def epoch_start(config, state, extract: Callable[..., np.ndarray], camids: np.nd
         raw[known] = np.unique(identities[known], return_inverse=True)[1].reshape(-1)
     else:
         raw = cluster_features(config, features, np.asarray(camids), epoch, report=settings)
+        if p.outlier_instances:
+            raw = outliers_as_instances(raw)
     found = len(np.unique(raw[raw >= 0]))
     if p.camera_proxies:
         memory_state = fill_proxy_memory(features, raw, camids, p.max_clusters)

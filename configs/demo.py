@@ -21,7 +21,8 @@ Our additions, each a modifier that combines with any variant but reference ("so
 Plus's ingredients, each switched off, swapped or added by a modifier after plus ("plus,no_soft"):
   no_camera_normalise, no_soft, other_camera_positives, soft_per_proxy, no_contrast, no_target_bn, kmeans,
   no_camera_alignment, no_domain_alignment, no_consistency, no_paper_terms, early_start, no_camera_proxies,
-  standalone, with_reliability, dense_clusters, outlier_instances, true_identities (a diagnostic that reads the target's training labels)
+  standalone, with_reliability, dense_clusters, outlier_instances,
+  true_identities (a diagnostic that reads the target's training labels, like oracle)
 Sizes and data:
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
   hard         (combine: "source_only,hard", "paper,hard", …) the hard data preset: a rendered-vs-filmed

@@ -275,8 +275,9 @@ def epoch_start(config, state, extract: Callable[..., np.ndarray], camids: np.nd
     and stats to log ({'clusters', 'outliers' (fraction)}).
 
     extract(variables, temporal=None) -> float32 [N_target_train, D]: eval-mode features (the loop's evaluation
-    pipeline; plus.cluster_temporal, when set, is passed as `temporal`); the teacher's variables are used. Before plus.start_epoch the memory stays empty; at it the divergence
-    guard's history is emptied (divergence.forget_history). The state is taken and returned as the loop
+    pipeline; plus.cluster_temporal, when set, is passed as `temporal`); the teacher's variables are used.
+    Before plus.start_epoch the memory stays empty; at it the divergence guard's history is emptied
+    (divergence.forget_history). The state is taken and returned as the loop
     holds it replicated; the new arrays are plain host values. identities int [N_target_train]: the true
     labels, given (and read) only with the diagnostic plus.true_identities, where they replace the clustering.
     """

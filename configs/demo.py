@@ -21,7 +21,7 @@ Our additions, each a modifier that combines with any variant but reference ("so
 Plus's ingredients, each switched off, swapped or added by a modifier after plus ("plus,no_soft"):
   no_camera_normalise, no_soft, other_camera_positives, soft_per_proxy, no_contrast, no_target_bn, kmeans,
   no_camera_alignment, no_domain_alignment, no_consistency, no_paper_terms, early_start, no_camera_proxies,
-  standalone, with_reliability, dense_clusters, outlier_instances,
+  standalone, with_reliability, dense_clusters, outlier_instances, most_clusters,
   true_identities (a diagnostic that reads the target's training labels, like oracle)
 Sizes and data:
   micro        (combine: "paper,micro") a few steps on tiny data, for the end-to-end test
@@ -143,6 +143,8 @@ PLUS_ABLATIONS = {
     "outlier_instances": {"plus.outlier_instances": True},
     # Cluster each tracklet's mean feature over all its frames, not the evaluation's 4-frame clip.
     "dense_clusters": {"plus.cluster_temporal": "dense"},
+    # DBSCAN's radius where it finds the most clusters, not at the k-distances' 0.8-quantile (variants/plus.py).
+    "most_clusters": {"plus.eps_rule": "most_clusters"},
     # A diagnostic, not UDA (reads target training labels, like oracle): the true identities for the
     # clustering's pseudo-identities, the ceiling of plus's clustering phase.
     "true_identities": {"plus.true_identities": True},

@@ -90,6 +90,7 @@ ADDED_FIELDS: dict[str, Any] = {
     "plus.cluster_temporal": "",
     "plus.outlier_instances": False,
     "plus.true_identities": False,
+    "plus.eps_rule": "quantile",
 }
 ADDED_GROUPS = ("plus.*",)
 

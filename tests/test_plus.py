@@ -435,6 +435,53 @@ def test_rule_eps_stays_below_one_when_most_points_are_isolated():
     assert plus.neighbour_eps(empty, 2, 0.8) == 0.0
 
 
+def test_most_clusters_eps_picks_the_radius_before_pairs_chain():
+    # Three tight pairs (0.1); at 0.3 points 6 and 7 join two of them and 8–9 pair up (4 clusters); at
+    # 0.5 points 10–12 chain everything into 2. Nearest-neighbour distances: six 0.1, four 0.3, three
+    # 0.5, so the 5–45% quantiles give radius 0.1 (3 clusters), 50–80% 0.3 (4), 85–95% 0.5 (2).
+    edges = [(0, 1, 0.1), (2, 3, 0.1), (4, 5, 0.1), (6, 1, 0.3), (7, 3, 0.3), (8, 9, 0.3),
+             (10, 5, 0.5), (10, 9, 0.5), (11, 1, 0.5), (11, 3, 0.5), (12, 10, 0.5)]
+    first, second, distance = (np.array(column) for column in zip(*edges))
+    graph = clustering.RadiusGraph(13, first, second, distance.astype(np.float32), 1.0)
+    eps, quantile = plus.most_clusters_eps(graph, 2)
+    assert eps == pytest.approx(0.3) and quantile == 0.8  # ties at 4 clusters: the largest radius
+    eps, quantile = plus.most_clusters_eps(graph, 2, quantiles=(0.45, 0.95))
+    assert eps == pytest.approx(0.1) and quantile == 0.45  # 3 clusters beat 2
+
+
+def test_most_clusters_eps_matches_a_dense_oracle():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(10, 16))
+    feats = _unit(np.repeat(centres, 4, axis=0) + 0.6 * rng.normal(size=(40, 16))).astype(np.float32)
+    dense = np.asarray(kreciprocal.jaccard_distances(np.maximum(1.0 - feats @ feats.T, 0.0), k1=8, k2=2), np.float64)
+    off = dense + np.diag(np.full(40, np.inf))
+    kth = off.min(axis=1)
+    counts = []
+    for q in plus.EPS_GRID:  # the k-distance quantile and the dense DBSCAN's cluster count at it
+        eps = min(np.quantile(kth, q, method="lower"), kth[kth < 1].max())
+        labels = clustering.dbscan(dense, eps, 2)
+        counts.append((len(np.unique(labels[labels >= 0])), eps, q))
+    most = max(c for c, _, _ in counts)
+    want = [(eps, q) for c, eps, q in counts if c == most][-1]
+    graph = kreciprocal.jaccard_graph(feats, k1=8, k2=2, radius=1.0)
+    eps, quantile = plus.most_clusters_eps(graph, 2)
+    assert (eps, quantile) == (pytest.approx(want[0]), want[1])
+    config = demo.get_config("plus,most_clusters")
+    config.plus.camera_normalise, config.plus.k1 = False, 8
+    report = {}
+    labels = plus.cluster_features(config, feats, np.zeros(40, int), epoch=0, report=report)
+    assert report["eps"] == pytest.approx(want[0]) and report["eps_quantile"] == want[1]
+    np.testing.assert_array_equal(labels, clustering.dbscan(dense, report["eps"], 2))
+
+
+def test_an_unknown_eps_rule_is_named():
+    config = demo.get_config("plus")
+    assert config.plus.eps_rule == "quantile" and demo.get_config("plus,most_clusters").plus.eps_rule == "most_clusters"
+    config.plus.eps_rule = "largest"
+    with pytest.raises(ValueError, match=r"config.plus.eps_rule='largest'; expected one of \('quantile', 'most_clusters'\)"):
+        variants.check_config(config)
+
+
 def test_kmeans_rule_takes_as_many_clusters_as_dbscan_finds():
     config = demo.get_config("plus,kmeans")
     rng = np.random.default_rng(0)

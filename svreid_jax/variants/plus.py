@@ -33,6 +33,10 @@ from svreid_jax.variants import common, divergence, paper
 CLUSTERINGS = ("dbscan", "kmeans")  # config.plus.clustering
 SOFT_TARGETS = ("identity", "proxy")  # config.plus.soft_targets
 INTER_CAMERA_POSITIVES = ("all", "other_cameras")  # config.plus.inter_camera_positives
+EPS_RULES = ("quantile", "most_clusters")  # config.plus.eps_rule
+# The radii most_clusters_eps tries: the k-distances' 5%, 10%, …, 95% quantiles. Steps of 5% of the
+# tracklets, not every distinct distance: one pair more or less must not move the pick.
+EPS_GRID = tuple(np.arange(1, 20) / 20)
 
 
 def check_config(config) -> None:
@@ -72,6 +76,8 @@ def check_config(config) -> None:
     if p.clustering == "kmeans" and not 0 <= p.kmeans_clusters <= p.max_clusters:
         raise ValueError(f"config.plus.kmeans_clusters={p.kmeans_clusters} must lie in 0 (the rule)..plus.max_clusters="
                          f"{p.max_clusters}")
+    if p.eps_rule not in EPS_RULES:
+        raise ValueError(f"config.plus.eps_rule={p.eps_rule!r}; expected one of {EPS_RULES}")
     if not 0 <= p.eps < 1 or not 0 < p.eps_quantile <= 1:
         raise ValueError(f"config.plus.eps={p.eps} must lie in [0, 1) (0: the rule) and config.plus.eps_quantile="
                          f"{p.eps_quantile} in (0, 1]")
@@ -144,6 +150,27 @@ def neighbour_eps(graph: clustering.RadiusGraph, min_samples: int, quantile: flo
     return float(min(np.quantile(kth, quantile, method="lower"), below.max()))
 
 
+def most_clusters_eps(graph: clustering.RadiusGraph, min_samples: int,
+                      quantiles: tuple[float, ...] = EPS_GRID) -> tuple[float, float]:
+    """(eps, its quantile): of the radii `neighbour_eps` gives at `quantiles`, the one at which DBSCAN finds
+    the most clusters (ties: the largest radius, which clusters the most tracklets).
+
+    Why: as the radius grows, clusters first multiply (tracklets pair up) and then merge; past the peak
+    each merge joins two groups that were apart, and in a target where a person is filmed a few times
+    those are mostly two people (single linkage chains them, min_samples 2). The peak is where joining
+    stops outpacing chaining, read from the target's own distances: no identity count, no labels.
+    graph: as for neighbour_eps (radius ≥ every k-distance, e.g. jaccard_graph(radius=1)).
+    """
+    best = None
+    for quantile in quantiles:
+        eps = neighbour_eps(graph, min_samples, quantile)
+        labels = clustering.dbscan(restrict(graph, eps), eps, min_samples)
+        found = len(np.unique(labels[labels >= 0]))
+        if best is None or found >= best[0]:
+            best = (found, eps, float(quantile))
+    return best[1], best[2]
+
+
 def restrict(graph: clustering.RadiusGraph, radius: float) -> clustering.RadiusGraph:
     """The same graph with only the pairs within `radius` (≤ graph.radius)."""
     near = graph.distance <= radius
@@ -188,7 +215,11 @@ def _dbscan(config, f: np.ndarray, camids: np.ndarray, report: dict) -> np.ndarr
         graph = kreciprocal.jaccard_graph(f, k1=settings["k1"], k2=settings["k2"], radius=eps + delta)
     else:
         everything = kreciprocal.jaccard_graph(f, k1=settings["k1"], k2=settings["k2"], radius=1.0)
-        eps = neighbour_eps(everything, settings["min_samples"], p.eps_quantile)
+        if p.eps_rule == "most_clusters":
+            eps, quantile = most_clusters_eps(everything, settings["min_samples"])
+            report["eps_quantile"] = quantile
+        else:
+            eps = neighbour_eps(everything, settings["min_samples"], p.eps_quantile)
         graph = restrict(everything, min(eps + delta, 1.0))
     report.update(settings, eps=eps)
     if p.reliable_delta > 0:

@@ -163,7 +163,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The clustering neighbourhood comes from a label-free rule (variants/plus.py `clustering_settings`,
     # docs/METHOD.md §1.4), the same for every dataset: 0 means "from the rule". A positive value is
     # an explicit setting that overrides it.
-    c.plus.eps = 0.0  # DBSCAN radius on Jaccard distances (in (0, 1)); 0 = the plus.eps_quantile-quantile of the tracklets' nearest-neighbour Jaccard distances
+    c.plus.eps = 0.0  # DBSCAN radius on Jaccard distances (in (0, 1)); 0 = from plus.eps_rule (by default the plus.eps_quantile-quantile of the tracklets' nearest-neighbour Jaccard distances)
     c.plus.eps_rule = "quantile"  # how eps is found when plus.eps is 0: 'quantile' (plus.eps_quantile) or 'most_clusters' (the k-distance quantile, in 5% steps, at which DBSCAN finds the most clusters)
     c.plus.eps_quantile = 0.8  # the rule's eps: with min_samples 2 this is the share of tracklets that get a pseudo-identity (the most isolated fifth are left out)
     c.plus.min_samples = 2  # DBSCAN: neighbours within eps (itself included) that make a core point; 2 because a re-ID target guarantees only two tracklets per identity (iLIDS-VID, PRID2011)

@@ -447,6 +447,8 @@ def test_most_clusters_eps_picks_the_radius_before_pairs_chain():
     assert eps == pytest.approx(0.3) and quantile == 0.8  # ties at 4 clusters: the largest radius
     eps, quantile = plus.most_clusters_eps(graph, 2, quantiles=(0.45, 0.95))
     assert eps == pytest.approx(0.1) and quantile == 0.45  # 3 clusters beat 2
+    eps, quantile = plus.most_clusters_eps(graph, 2, quantiles=(0.95, 0.6, 0.45))
+    assert eps == pytest.approx(0.3) and quantile == 0.6  # the peak, whatever the order of the grid
 
 
 def test_most_clusters_eps_matches_a_dense_oracle():

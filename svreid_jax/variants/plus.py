@@ -166,7 +166,7 @@ def most_clusters_eps(graph: clustering.RadiusGraph, min_samples: int,
         eps = neighbour_eps(graph, min_samples, quantile)
         labels = clustering.dbscan(restrict(graph, eps), eps, min_samples)
         found = len(np.unique(labels[labels >= 0]))
-        if best is None or found >= best[0]:
+        if best is None or (found, eps) >= best[:2]:  # ties go to the larger radius, whatever the order given
             best = (found, eps, float(quantile))
     return best[1], best[2]
 

@@ -133,6 +133,11 @@ def neighbour_eps(graph: clustering.RadiusGraph, min_samples: int, quantile: flo
 
     graph: the pairs within `graph.radius` ≥ every k-distance wanted (jaccard_graph(radius=1) lists all).
     """
+    return _eps_at(_k_distances(graph, min_samples), float(graph.ceiling), quantile)
+
+
+def _k_distances(graph: clustering.RadiusGraph, min_samples: int) -> np.ndarray:
+    """float64 [N]: each point's distance to its (min_samples − 1)-th nearest other point (the ceiling if none)."""
     k = max(min_samples - 1, 1)
     n = graph.num_points
     first = np.concatenate([graph.first, graph.second])
@@ -144,7 +149,11 @@ def neighbour_eps(graph: clustering.RadiusGraph, min_samples: int, quantile: flo
     kth = np.full(n, float(graph.ceiling))
     has = count >= k
     kth[has] = dist[start[has] + k - 1]
-    below = kth[kth < graph.ceiling]
+    return kth
+
+
+def _eps_at(kth: np.ndarray, ceiling: float, quantile: float) -> float:
+    below = kth[kth < ceiling]
     if below.size == 0:
         return 0.0
     return float(min(np.quantile(kth, quantile, method="lower"), below.max()))
@@ -161,9 +170,10 @@ def most_clusters_eps(graph: clustering.RadiusGraph, min_samples: int,
     stops outpacing chaining, read from the target's own distances: no identity count, no labels.
     graph: as for neighbour_eps (radius ≥ every k-distance, e.g. jaccard_graph(radius=1)).
     """
+    kth = _k_distances(graph, min_samples)  # sorted once, read at every quantile
     best = None
     for quantile in quantiles:
-        eps = neighbour_eps(graph, min_samples, quantile)
+        eps = _eps_at(kth, float(graph.ceiling), quantile)
         labels = clustering.dbscan(restrict(graph, eps), eps, min_samples)
         found = len(np.unique(labels[labels >= 0]))
         if best is None or (found, eps) >= best[:2]:  # ties go to the larger radius, whatever the order given
